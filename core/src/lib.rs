@@ -16,6 +16,7 @@ pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;
 pub mod time;
+pub mod titles;
 pub mod topology;
 
 pub use locale::Locale;
