@@ -1,0 +1,338 @@
+//! Rolling windows of one target, keyed on source time.
+//!
+//! Consumes trade and price observations of one target, each with its source time in
+//! milliseconds, and produces one [`WindowStats`] per window length that the task's rules use.
+//! This module is pure: no clock, no I/O.
+//!
+//! Semantics, for a window of `W` seconds:
+//! - Bucket width `b = ceil(W / 64)` seconds (at least 1). A time `t` (ms) falls in bucket
+//!   index `floor(t / 1000 / b)`. The window ending at `t` covers the `n = ceil(W / b)` bucket
+//!   indices `idx(t) - n + 1 ..= idx(t)`, so a window never keeps more than 64 buckets.
+//! - Trades and prices come over separate feed connections, so each channel keeps its own
+//!   newest source time per target, and each channel's figures are computed over the window
+//!   ending at that channel's newest time. Trades feed `volume_usd`, `buy_usd`, `sell_usd` and
+//!   `trades`; prices feed `start_price`, `high`, `low` and `start_time_ms`. The figures of a
+//!   channel therefore depend only on the order of that channel's own observations.
+//! - An observation older than the window (its bucket is before the first covered bucket of
+//!   the window ending at the channel's newest time) is not placed in that window and is
+//!   counted as too old. A late observation inside the window is placed in its own bucket.
+//!   For a late observation the figures are those of the window ending at the channel's
+//!   newest time, which includes the late observation. The window ending at the late time
+//!   itself could need buckets that have already been recycled, so it is not computed.
+//! - `start_price` is the candle `open` of the earliest price observation in the covered
+//!   buckets (earliest by source time, then by arrival), `start_time_ms` its source time;
+//!   `high` and `low` are the maximum candle `high` and minimum candle `low` over the covered
+//!   buckets.
+
+use monitor_core::messages::{Side, WindowStats};
+
+/// Maximum number of buckets that one window keeps.
+pub const MAX_BUCKETS: u32 = 64;
+
+/// Bucket width and count of one window length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub window_sec: u32,
+    /// Width of one bucket, in seconds.
+    pub bucket_sec: u32,
+    /// Number of buckets a window covers.
+    pub buckets: u32,
+}
+
+impl Geometry {
+    pub fn new(window_sec: u32) -> Self {
+        let window_sec = window_sec.max(1);
+        let bucket_sec = window_sec.div_ceil(MAX_BUCKETS).max(1);
+        Geometry {
+            window_sec,
+            bucket_sec,
+            buckets: window_sec.div_ceil(bucket_sec),
+        }
+    }
+
+    /// Bucket index of a source time in milliseconds.
+    pub fn index(&self, time_ms: i64) -> i64 {
+        time_ms.div_euclid(1000 * i64::from(self.bucket_sec))
+    }
+
+    /// First bucket index covered by the window ending at `newest_ms`.
+    pub fn first_covered(&self, newest_ms: i64) -> i64 {
+        self.index(newest_ms) - i64::from(self.buckets) + 1
+    }
+}
+
+/// One observation of a target.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Observation {
+    Trade {
+        side: Side,
+        volume_usd: f64,
+    },
+    Price {
+        open: f64,
+        high: f64,
+        low: f64,
+        close: f64,
+    },
+}
+
+/// Outcome of one observation: the number of windows that took it and of those that found it
+/// too old.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Placement {
+    pub placed: usize,
+    pub too_old: usize,
+}
+
+impl Placement {
+    /// Whether the observation was too old for every window, so it should be dropped.
+    pub fn is_dropped(&self) -> bool {
+        self.placed == 0 && self.too_old > 0
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TradeBucket {
+    index: i64,
+    volume_usd: f64,
+    buy_usd: f64,
+    sell_usd: f64,
+    trades: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PriceBucket {
+    index: i64,
+    first_time_ms: i64,
+    first_open: f64,
+    high: f64,
+    low: f64,
+}
+
+/// Buckets of one window length, stored in a ring indexed by `bucket index mod buckets`.
+/// Each slot has a trade part and a price part, each tagged with the bucket index it holds, so
+/// a slot left over from an older index reads as empty without being cleared.
+#[derive(Debug, Clone)]
+struct Window {
+    geometry: Geometry,
+    trades: Vec<Option<TradeBucket>>,
+    prices: Vec<Option<PriceBucket>>,
+}
+
+impl Window {
+    fn new(window_sec: u32) -> Self {
+        let geometry = Geometry::new(window_sec);
+        let slots = geometry.buckets as usize;
+        Window {
+            geometry,
+            trades: vec![None; slots],
+            prices: vec![None; slots],
+        }
+    }
+
+    fn slot(&self, index: i64) -> usize {
+        index.rem_euclid(i64::from(self.geometry.buckets)) as usize
+    }
+
+    /// Places a trade in its bucket; `false` when it is older than the window ending at
+    /// `newest_ms`.
+    fn add_trade(&mut self, time_ms: i64, newest_ms: i64, side: Side, volume_usd: f64) -> bool {
+        let index = self.geometry.index(time_ms);
+        if index < self.geometry.first_covered(newest_ms) {
+            return false;
+        }
+        let slot = self.slot(index);
+        let bucket = match &mut self.trades[slot] {
+            Some(bucket) if bucket.index == index => bucket,
+            other => other.insert(TradeBucket {
+                index,
+                volume_usd: 0.0,
+                buy_usd: 0.0,
+                sell_usd: 0.0,
+                trades: 0,
+            }),
+        };
+        bucket.volume_usd += volume_usd;
+        match side {
+            Side::Buy => bucket.buy_usd += volume_usd,
+            Side::Sell => bucket.sell_usd += volume_usd,
+        }
+        bucket.trades += 1;
+        true
+    }
+
+    /// Places a price candle in its bucket; `false` when it is older than the window ending at
+    /// `newest_ms`.
+    fn add_price(&mut self, time_ms: i64, newest_ms: i64, open: f64, high: f64, low: f64) -> bool {
+        let index = self.geometry.index(time_ms);
+        if index < self.geometry.first_covered(newest_ms) {
+            return false;
+        }
+        let slot = self.slot(index);
+        match &mut self.prices[slot] {
+            Some(bucket) if bucket.index == index => {
+                // Strictly earlier only: at equal times the first arrival stays the start.
+                if time_ms < bucket.first_time_ms {
+                    bucket.first_time_ms = time_ms;
+                    bucket.first_open = open;
+                }
+                bucket.high = bucket.high.max(high);
+                bucket.low = bucket.low.min(low);
+            }
+            other => {
+                *other = Some(PriceBucket {
+                    index,
+                    first_time_ms: time_ms,
+                    first_open: open,
+                    high,
+                    low,
+                });
+            }
+        }
+        true
+    }
+
+    /// Figures of the window: trade part ending at `newest_trade_ms`, price part ending at
+    /// `newest_price_ms`. Buckets are visited from oldest to newest, so sums are added in a
+    /// fixed order.
+    fn stats(&self, newest_trade_ms: Option<i64>, newest_price_ms: Option<i64>) -> WindowStats {
+        let mut stats = WindowStats {
+            window_sec: self.geometry.window_sec,
+            ..WindowStats::default()
+        };
+        if let Some(newest) = newest_trade_ms {
+            for index in self.geometry.first_covered(newest)..=self.geometry.index(newest) {
+                if let Some(bucket) = self.trades[self.slot(index)].filter(|b| b.index == index) {
+                    stats.volume_usd += bucket.volume_usd;
+                    stats.buy_usd += bucket.buy_usd;
+                    stats.sell_usd += bucket.sell_usd;
+                    stats.trades += bucket.trades;
+                }
+            }
+        }
+        if let Some(newest) = newest_price_ms {
+            for index in self.geometry.first_covered(newest)..=self.geometry.index(newest) {
+                if let Some(bucket) = self.prices[self.slot(index)].filter(|b| b.index == index) {
+                    merge_price(&mut stats, &bucket);
+                }
+            }
+        }
+        stats
+    }
+}
+
+fn merge_price(stats: &mut WindowStats, bucket: &PriceBucket) {
+    // Buckets are visited in index order, so the first one seen has the earliest time.
+    if stats.start_time_ms.is_none() {
+        stats.start_time_ms = Some(bucket.first_time_ms);
+        stats.start_price = Some(bucket.first_open);
+    }
+    stats.high = Some(stats.high.map_or(bucket.high, |h| h.max(bucket.high)));
+    stats.low = Some(stats.low.map_or(bucket.low, |l| l.min(bucket.low)));
+}
+
+/// Every window of one target, plus the newest source time of each channel and the last
+/// candle close.
+#[derive(Debug, Clone, Default)]
+pub struct TargetWindows {
+    windows: Vec<Window>,
+    newest_trade_ms: Option<i64>,
+    newest_price_ms: Option<i64>,
+    /// Source time and close of the newest candle (at equal times, the latest arrival).
+    last_close: Option<(i64, f64)>,
+}
+
+impl TargetWindows {
+    /// Creates empty windows for the given lengths in seconds (duplicates are ignored).
+    pub fn new(lengths: &[u32]) -> Self {
+        let mut windows = TargetWindows::default();
+        windows.set_lengths(lengths);
+        windows
+    }
+
+    /// Changes the window lengths. Windows of a length that stays keep their buckets; new
+    /// lengths start empty, so their figures cover only observations from now on.
+    pub fn set_lengths(&mut self, lengths: &[u32]) {
+        let mut lengths: Vec<u32> = lengths.iter().map(|l| (*l).max(1)).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        let mut old = std::mem::take(&mut self.windows);
+        self.windows = lengths
+            .into_iter()
+            .map(
+                |length| match old.iter().position(|w| w.geometry.window_sec == length) {
+                    Some(position) => old.swap_remove(position),
+                    None => Window::new(length),
+                },
+            )
+            .collect();
+    }
+
+    /// Window lengths in seconds, ascending.
+    pub fn lengths(&self) -> Vec<u32> {
+        self.windows.iter().map(|w| w.geometry.window_sec).collect()
+    }
+
+    /// Adds an observation to every window it is recent enough for.
+    pub fn observe(&mut self, time_ms: i64, observation: Observation) -> Placement {
+        let mut placement = Placement::default();
+        match observation {
+            Observation::Trade { side, volume_usd } => {
+                let newest = self.newest_trade_ms.map_or(time_ms, |n| n.max(time_ms));
+                self.newest_trade_ms = Some(newest);
+                for window in &mut self.windows {
+                    count(
+                        &mut placement,
+                        window.add_trade(time_ms, newest, side, volume_usd),
+                    );
+                }
+            }
+            Observation::Price {
+                open,
+                high,
+                low,
+                close,
+            } => {
+                let newest = self.newest_price_ms.map_or(time_ms, |n| n.max(time_ms));
+                self.newest_price_ms = Some(newest);
+                for window in &mut self.windows {
+                    count(
+                        &mut placement,
+                        window.add_price(time_ms, newest, open, high, low),
+                    );
+                }
+                if self
+                    .last_close
+                    .is_none_or(|(last_ms, _)| time_ms >= last_ms)
+                {
+                    self.last_close = Some((time_ms, close));
+                }
+            }
+        }
+        placement
+    }
+
+    /// Returns the close of the newest candle seen.
+    pub fn price(&self) -> Option<f64> {
+        self.last_close.map(|(_, close)| close)
+    }
+
+    /// Figures of every window, ascending by length.
+    pub fn stats(&self) -> Vec<WindowStats> {
+        self.windows
+            .iter()
+            .map(|w| w.stats(self.newest_trade_ms, self.newest_price_ms))
+            .collect()
+    }
+}
+
+fn count(placement: &mut Placement, placed: bool) {
+    if placed {
+        placement.placed += 1;
+    } else {
+        placement.too_old += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests;
