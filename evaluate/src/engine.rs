@@ -1,0 +1,461 @@
+//! The rule engine: judges one event frame against its task's rules.
+//!
+//! Consumes a [`TaskSpec`] (config and rules) and an [`EventFrame`]; produces the alerts that
+//! the frame's events raise. It is a pure function of its inputs, and no state survives
+//! between frames, so any evaluate instance may judge any frame. Judging a frame again (after
+//! a redelivery or in a replay) yields the same alerts with the same ids.
+//!
+//! Which event judges which rule, with trigger logic OR: trades judge `large_trade`, `volume`
+//! and `cumulative_buy`; price events judge `price_change`; holder events judge
+//! `holder_change` and `top_holders`. Each rule that holds raises its own alert. With AND,
+//! every enabled rule is judged on each token event's snapshot (`large_trade` holds only on a
+//! qualifying trade), and one `composite` alert lists every finding when all of them hold.
+//! Thresholds are inclusive.
+//!
+//! Alert ids are `<task_id>:<target address>:<alert_type>:<bucket>` with
+//! `bucket = source_time_ms / 1000 / cooldown_sec`; an id already raised by an earlier event of
+//! the same frame is not raised again.
+
+use std::collections::HashSet;
+
+use monitor_core::messages::{
+    Alert, AlertState, AlertType, ConfigSpec, Event, EventFrame, EventKind, Finding, Side,
+    TargetRef, TargetSpec, TaskSpec, TokenSnapshot, Trade, MESSAGE_VERSION,
+};
+use monitor_core::rules::{
+    CumulativeBuyRule, HolderChangeRule, LargeTradeRule, PriceChangeRule, Rules, TokenRules,
+    TopHoldersRule, TriggerLogic, VolumeRule,
+};
+use monitor_core::titles::{AlertFacts, TradeFacts};
+
+/// Judges a frame without token names; alerts carry no `token_name` or `token_symbol`.
+pub fn evaluate(task: &TaskSpec, frame: &EventFrame) -> Vec<Alert> {
+    evaluate_with_targets(task, frame, |_| None)
+}
+
+/// Judges a frame; `lookup_target` returns the target's spec (token name, symbol, market cap
+/// from the tasks bucket) when the caller has it.
+pub fn evaluate_with_targets<'a, F>(
+    task: &TaskSpec,
+    frame: &EventFrame,
+    lookup_target: F,
+) -> Vec<Alert>
+where
+    F: Fn(&TargetRef) -> Option<&'a TargetSpec>,
+{
+    let Some(config) = &task.config else {
+        return Vec::new();
+    };
+    let rules = match &config.rules {
+        Rules::Token(rules) => rules,
+        // NOTE: block rules (new blocks, large transactions, contract events, program logs)
+        // are not judged yet, so frames of block tasks raise no alerts.
+        Rules::Block(_) => return Vec::new(),
+    };
+
+    let mut seen_ids = HashSet::new();
+    let mut alerts = Vec::new();
+    for event in &frame.events {
+        let Some(token_event) = TokenEvent::of(event) else {
+            continue;
+        };
+        let target = lookup_target(token_event.target);
+        for alert in judge_event(task, config, rules, frame, &token_event, target) {
+            if seen_ids.insert(alert.id.clone()) {
+                alerts.push(alert);
+            }
+        }
+    }
+    alerts
+}
+
+/// Builds the deterministic alert id `<task_id>:<target>:<alert_type>:<cooldown bucket>`.
+pub fn alert_id(
+    task_id: u64,
+    target: &str,
+    alert_type: AlertType,
+    source_time_ms: i64,
+    cooldown_sec: u32,
+) -> String {
+    let bucket = source_time_ms
+        .div_euclid(1000)
+        .div_euclid(i64::from(cooldown_sec.max(1)));
+    format!("{task_id}:{target}:{alert_type}:{bucket}")
+}
+
+/// An event of a token task with the parts every token rule needs.
+struct TokenEvent<'e> {
+    event: &'e Event,
+    target: &'e TargetRef,
+    snapshot: &'e TokenSnapshot,
+}
+
+impl<'e> TokenEvent<'e> {
+    /// Returns `None` for events without a target or snapshot, which no token rule can judge.
+    fn of(event: &'e Event) -> Option<Self> {
+        Some(TokenEvent {
+            event,
+            target: event.target.as_ref()?,
+            snapshot: event.snapshot.as_ref()?,
+        })
+    }
+
+    fn trade(&self) -> Option<&'e Trade> {
+        match &self.event.kind {
+            EventKind::Trade(trade) => Some(trade),
+            _ => None,
+        }
+    }
+
+    fn time_ms(&self) -> i64 {
+        self.event.source_time_ms
+    }
+}
+
+/// A rule that held: its finding and the source time of the oldest observation it covers.
+#[derive(Debug, Clone, PartialEq)]
+struct Held {
+    finding: Finding,
+    window_start_ms: Option<i64>,
+}
+
+fn judge_event(
+    task: &TaskSpec,
+    config: &ConfigSpec,
+    rules: &TokenRules,
+    frame: &EventFrame,
+    event: &TokenEvent<'_>,
+    target: Option<&TargetSpec>,
+) -> Vec<Alert> {
+    match config.trigger_logic {
+        TriggerLogic::Or => judge_any(rules, event)
+            .into_iter()
+            .map(|held| {
+                let alert_type = held.finding.rule;
+                build_alert(
+                    task,
+                    config,
+                    rules,
+                    frame,
+                    event,
+                    target,
+                    alert_type,
+                    vec![held],
+                )
+            })
+            .collect(),
+        TriggerLogic::And => match judge_all(rules, event) {
+            Some(all_held) => {
+                vec![build_alert(
+                    task,
+                    config,
+                    rules,
+                    frame,
+                    event,
+                    target,
+                    AlertType::Composite,
+                    all_held,
+                )]
+            }
+            None => Vec::new(),
+        },
+    }
+}
+
+/// Judges, with trigger logic OR, the rules that this kind of event feeds.
+fn judge_any(rules: &TokenRules, event: &TokenEvent<'_>) -> Vec<Held> {
+    let held = match &event.event.kind {
+        EventKind::Trade(_) => vec![
+            rules
+                .large_trade
+                .as_ref()
+                .and_then(|r| judge_large_trade(r, event)),
+            rules.volume.as_ref().and_then(|r| judge_volume(r, event)),
+            rules
+                .cumulative_buy
+                .as_ref()
+                .and_then(|r| judge_cumulative_buy(r, event)),
+        ],
+        EventKind::Price(_) => vec![rules
+            .price_change
+            .as_ref()
+            .and_then(|r| judge_price_change(r, event))],
+        EventKind::Holders(_) => vec![
+            rules
+                .holder_change
+                .as_ref()
+                .and_then(|r| judge_holder_change(r, event)),
+            rules
+                .top_holders
+                .as_ref()
+                .and_then(|r| judge_top_holders(r, event)),
+        ],
+        _ => Vec::new(),
+    };
+    held.into_iter().flatten().collect()
+}
+
+/// Judges, with trigger logic AND, every enabled rule on the event's snapshot; returns the
+/// findings only when all of them hold.
+fn judge_all(rules: &TokenRules, event: &TokenEvent<'_>) -> Option<Vec<Held>> {
+    let mut all_held = Vec::new();
+    if let Some(rule) = &rules.price_change {
+        all_held.push(judge_price_change(rule, event)?);
+    }
+    if let Some(rule) = &rules.volume {
+        all_held.push(judge_volume(rule, event)?);
+    }
+    if let Some(rule) = &rules.holder_change {
+        all_held.push(judge_holder_change(rule, event)?);
+    }
+    if let Some(rule) = &rules.large_trade {
+        all_held.push(judge_large_trade(rule, event)?);
+    }
+    if let Some(rule) = &rules.cumulative_buy {
+        all_held.push(judge_cumulative_buy(rule, event)?);
+    }
+    if let Some(rule) = &rules.top_holders {
+        all_held.push(judge_top_holders(rule, event)?);
+    }
+    (!all_held.is_empty()).then_some(all_held)
+}
+
+/// Tests `observed >= threshold`, forgiving the rounding error of binary floating point, so
+/// that a price that moved by exactly the threshold percent (`(105 - 100) / 100 * 100`) or
+/// sums of decimal dollar amounts equal to the minimum count as reaching it.
+fn reaches(observed: f64, threshold: f64) -> bool {
+    observed >= threshold - threshold.abs().max(1.0) * 1e-9
+}
+
+fn judge_price_change(rule: &PriceChangeRule, event: &TokenEvent<'_>) -> Option<Held> {
+    let window = event.snapshot.window(rule.window_sec)?;
+    let price = event.snapshot.price?;
+    let start_price = window.start_price.filter(|p| *p > 0.0)?;
+    let change_pct = (price - start_price) / start_price * 100.0;
+    let window_sec = rule.window_sec;
+
+    let (threshold, reason) = if rule.rise_pct.is_some_and(|rise| reaches(change_pct, rise)) {
+        let rise = rule.rise_pct?;
+        (
+            rise,
+            format!("price rose {change_pct:.4}% in {window_sec}s (>= {rise}%)"),
+        )
+    } else if rule.fall_pct.is_some_and(|fall| reaches(-change_pct, fall)) {
+        let fall = rule.fall_pct?;
+        (
+            -fall,
+            format!(
+                "price fell {:.4}% in {window_sec}s (>= {fall}%)",
+                -change_pct
+            ),
+        )
+    } else {
+        return None;
+    };
+    Some(Held {
+        finding: finding(
+            AlertType::PriceChange,
+            change_pct,
+            threshold,
+            Some(window_sec),
+            reason,
+        ),
+        window_start_ms: window.start_time_ms,
+    })
+}
+
+fn judge_volume(rule: &VolumeRule, event: &TokenEvent<'_>) -> Option<Held> {
+    let window = event.snapshot.window(rule.window_sec)?;
+    if !reaches(window.volume_usd, rule.min_volume_usd) {
+        return None;
+    }
+    let reason = format!(
+        "volume ${:.2} in {}s (>= ${})",
+        window.volume_usd, rule.window_sec, rule.min_volume_usd
+    );
+    Some(Held {
+        finding: finding(
+            AlertType::VolumeChange,
+            window.volume_usd,
+            rule.min_volume_usd,
+            Some(rule.window_sec),
+            reason,
+        ),
+        window_start_ms: window.start_time_ms,
+    })
+}
+
+fn judge_holder_change(rule: &HolderChangeRule, event: &TokenEvent<'_>) -> Option<Held> {
+    let window = event.snapshot.window(rule.window_sec)?;
+    let holders = event.snapshot.holders?;
+    let start_holders = window.start_holders.filter(|h| *h > 0)?;
+    if holders < rule.min_holders {
+        return None;
+    }
+    let change_pct = (holders as f64 - start_holders as f64) / start_holders as f64 * 100.0;
+    if !reaches(change_pct.abs(), rule.min_change_pct) {
+        return None;
+    }
+    let reason = format!(
+        "holders changed {change_pct:.4}% ({start_holders} -> {holders}) in {}s (>= {}%)",
+        rule.window_sec, rule.min_change_pct
+    );
+    Some(Held {
+        finding: finding(
+            AlertType::HolderChange,
+            change_pct,
+            rule.min_change_pct,
+            Some(rule.window_sec),
+            reason,
+        ),
+        window_start_ms: window.start_time_ms,
+    })
+}
+
+fn judge_large_trade(rule: &LargeTradeRule, event: &TokenEvent<'_>) -> Option<Held> {
+    let trade = event.trade()?;
+    if !rule.side.accepts(trade.side) || !reaches(trade.volume_usd, rule.min_usd) {
+        return None;
+    }
+    let side = match trade.side {
+        Side::Buy => "buy",
+        Side::Sell => "sell",
+    };
+    let reason = format!("{side} of ${:.2} (>= ${})", trade.volume_usd, rule.min_usd);
+    Some(Held {
+        finding: finding(
+            AlertType::LargeTrade,
+            trade.volume_usd,
+            rule.min_usd,
+            None,
+            reason,
+        ),
+        window_start_ms: Some(event.time_ms()),
+    })
+}
+
+fn judge_cumulative_buy(rule: &CumulativeBuyRule, event: &TokenEvent<'_>) -> Option<Held> {
+    let window = event.snapshot.window(rule.window_sec)?;
+    if !reaches(window.buy_usd, rule.min_usd) {
+        return None;
+    }
+    let reason = format!(
+        "buys of ${:.2} in {}s (>= ${})",
+        window.buy_usd, rule.window_sec, rule.min_usd
+    );
+    Some(Held {
+        finding: finding(
+            AlertType::CumulativeBuy,
+            window.buy_usd,
+            rule.min_usd,
+            Some(rule.window_sec),
+            reason,
+        ),
+        window_start_ms: window.start_time_ms,
+    })
+}
+
+fn judge_top_holders(rule: &TopHoldersRule, event: &TokenEvent<'_>) -> Option<Held> {
+    let share_pct = event.snapshot.top_share_pct?;
+    if !reaches(share_pct, rule.threshold_pct) {
+        return None;
+    }
+    let reason = format!(
+        "top {} holders hold {share_pct:.4}% (>= {}%)",
+        rule.top_n, rule.threshold_pct
+    );
+    Some(Held {
+        finding: finding(
+            AlertType::TopHolders,
+            share_pct,
+            rule.threshold_pct,
+            None,
+            reason,
+        ),
+        window_start_ms: Some(event.time_ms()),
+    })
+}
+
+fn finding(
+    rule: AlertType,
+    observed: f64,
+    threshold: f64,
+    window_sec: Option<u32>,
+    reason: String,
+) -> Finding {
+    Finding {
+        rule,
+        observed,
+        threshold,
+        window_sec,
+        reason,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_alert(
+    task: &TaskSpec,
+    config: &ConfigSpec,
+    rules: &TokenRules,
+    frame: &EventFrame,
+    event: &TokenEvent<'_>,
+    target: Option<&TargetSpec>,
+    alert_type: AlertType,
+    held: Vec<Held>,
+) -> Alert {
+    let address = &event.target.address;
+    let first_event_time_ms = held.iter().filter_map(|h| h.window_start_ms).min();
+    let facts = alert_facts(rules, event, &held);
+
+    Alert {
+        v: MESSAGE_VERSION,
+        id: alert_id(
+            task.task_id,
+            address,
+            alert_type,
+            event.time_ms(),
+            rules.cooldown_sec,
+        ),
+        task_id: task.task_id,
+        config_id: config.config_id,
+        config_version: config.version,
+        batch_id: frame.batch_id,
+        target_id: Some(event.target.target_id),
+        chain: frame.chain,
+        alert_type,
+        state: AlertState::Confirmed,
+        target_value: address.clone(),
+        token_name: target.and_then(|t| t.token_name.clone()),
+        token_symbol: target.and_then(|t| t.token_symbol.clone()),
+        findings: held.into_iter().map(|h| h.finding).collect(),
+        event_time_ms: event.time_ms(),
+        first_event_time_ms,
+        price: event.snapshot.price,
+        market_cap: event
+            .snapshot
+            .market_cap
+            .or(target.and_then(|t| t.market_cap)),
+        extra_json: facts.to_json(),
+    }
+}
+
+/// Collects the trade behind an alert raised on a trade, and the top-N count of a
+/// `top_holders` finding, which titles need and findings cannot carry.
+fn alert_facts(rules: &TokenRules, event: &TokenEvent<'_>, held: &[Held]) -> AlertFacts {
+    let trade = event.trade().map(|trade| TradeFacts {
+        side: trade.side,
+        volume_usd: trade.volume_usd,
+        tx_hash: trade.tx_hash.clone(),
+        owner: trade.owner.clone(),
+    });
+    let has_top_holders = held.iter().any(|h| h.finding.rule == AlertType::TopHolders);
+    let top_n = rules
+        .top_holders
+        .as_ref()
+        .filter(|_| has_top_holders)
+        .map(|r| r.top_n);
+    AlertFacts { trade, top_n }
+}
+
+#[cfg(test)]
+mod tests;
