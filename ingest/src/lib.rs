@@ -1,2 +1,3 @@
 //! placeholder
+pub mod birdeye;
 pub mod window;

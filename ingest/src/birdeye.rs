@@ -1,0 +1,444 @@
+//! The Birdeye WebSocket protocol: connection URL, subscription messages and frame parsing.
+//!
+//! Consumes the text of one WebSocket frame and produces a typed [`FeedMessage`]: `WELCOME`,
+//! `PRICE_DATA` (1-minute candles), `TXS_DATA` in its simple shape (token subscription, with
+//! `tokenAddress` and `side`) or its complex shape (pair subscription, side taken from which of
+//! `from`/`to` is a watched token), and `ERROR`. A frame that breaks the protocol gives a
+//! [`ParseError`] naming the frame type and the problem with the value involved; it never
+//! panics. Volumes and prices must be finite and not negative. This module is pure: the
+//! connection lives in [`crate::feed`].
+
+use std::fmt;
+
+use monitor_core::messages::{Chain, Side};
+use serde_json::{Map, Value};
+use url::Url;
+
+/// Maximum addresses in one `SUBSCRIBE_PRICE` or `SUBSCRIBE_TXS` query.
+pub const MAX_ADDRESSES_PER_QUERY: usize = 100;
+
+/// WebSocket sub-protocol that the Birdeye socket requires.
+pub const SUB_PROTOCOL: &str = "echo-protocol";
+
+/// `Origin` header sent with the WebSocket handshake.
+pub const ORIGIN: &str = "ws://public-api.birdeye.so";
+
+/// One of the two connections a batch keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// `SUBSCRIBE_PRICE` / `PRICE_DATA`.
+    Prices,
+    /// `SUBSCRIBE_TXS` / `TXS_DATA`.
+    Trades,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Prices => "prices",
+            Channel::Trades => "trades",
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Builds `<base>/<chain>?x-api-key=<key>`. The result contains the key: never log it, log
+/// [`redact_url`] instead.
+pub fn feed_url(base: &Url, chain: Chain, api_key: &str) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty().push(chain.birdeye_name());
+    }
+    url.query_pairs_mut().append_pair("x-api-key", api_key);
+    url
+}
+
+/// The URL without its query, for logs.
+pub fn redact_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.to_string()
+}
+
+/// Normalizes an address for look-ups: EVM addresses (`0x…`) are case-insensitive, Solana
+/// addresses (base58) are not.
+pub fn address_key(address: &str) -> String {
+    let address = address.trim();
+    if address.starts_with("0x") || address.starts_with("0X") {
+        address.to_ascii_lowercase()
+    } else {
+        address.to_owned()
+    }
+}
+
+/// `SUBSCRIBE_PRICE` messages for 1-minute USD candles, at most
+/// [`MAX_ADDRESSES_PER_QUERY`] addresses each.
+pub fn price_subscriptions(addresses: &[String]) -> Vec<String> {
+    addresses
+        .chunks(MAX_ADDRESSES_PER_QUERY)
+        .map(|chunk| {
+            let query = chunk
+                .iter()
+                .map(|a| format!("(address = {a} AND chartType = 1m AND currency = usd)"))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            subscription("SUBSCRIBE_PRICE", query)
+        })
+        .collect()
+}
+
+/// `SUBSCRIBE_TXS` messages, at most [`MAX_ADDRESSES_PER_QUERY`] addresses each.
+pub fn trade_subscriptions(addresses: &[String]) -> Vec<String> {
+    addresses
+        .chunks(MAX_ADDRESSES_PER_QUERY)
+        .map(|chunk| {
+            let query = chunk
+                .iter()
+                .map(|a| format!("address = {a}"))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            subscription("SUBSCRIBE_TXS", query)
+        })
+        .collect()
+}
+
+fn subscription(kind: &str, query: String) -> String {
+    serde_json::json!({
+        "type": kind,
+        "data": { "queryType": "complex", "query": query },
+    })
+    .to_string()
+}
+
+/// A parsed frame of the feed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedMessage {
+    Welcome,
+    Price(PriceData),
+    /// One trade, or two when a complex frame swaps two watched tokens.
+    Trades(Vec<TradeData>),
+    /// `ERROR` sent by the server.
+    Error(String),
+    /// A frame type this client does not use.
+    Other(String),
+}
+
+/// A `PRICE_DATA` candle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriceData {
+    pub address: String,
+    pub open: f64,
+    pub high: f64,
+    pub low: f64,
+    pub close: f64,
+    /// Volume in token units, not USD.
+    pub volume_token: Option<f64>,
+    /// Candle start (`unixTime`) in milliseconds.
+    pub time_ms: i64,
+}
+
+/// A trade of a watched token from `TXS_DATA`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TradeData {
+    pub address: String,
+    pub side: Side,
+    pub volume_usd: f64,
+    pub price_usd: Option<f64>,
+    pub time_ms: i64,
+    pub tx_hash: Option<String>,
+    pub owner: Option<String>,
+}
+
+/// A frame that breaks the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {frame_type} frame: {problem}")]
+pub struct ParseError {
+    /// The frame's `type`, or `<invalid JSON>` / `<no type>` when it has none.
+    pub frame_type: String,
+    pub problem: String,
+}
+
+/// Parses one text frame. `is_watched` tells whether an address is one of the batch's
+/// targets; it decides which side of a complex trade is the watched token.
+pub fn parse_frame(
+    text: &str,
+    is_watched: impl Fn(&str) -> bool,
+) -> Result<FeedMessage, ParseError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| ParseError {
+        frame_type: "<invalid JSON>".into(),
+        problem: e.to_string(),
+    })?;
+    let Some(frame_type) = value.get("type").and_then(Value::as_str) else {
+        return Err(ParseError {
+            frame_type: "<no type>".into(),
+            problem: format!("the frame has no string field type: {}", preview(text)),
+        });
+    };
+    let error = |problem: String| ParseError {
+        frame_type: frame_type.to_owned(),
+        problem,
+    };
+    match frame_type {
+        "WELCOME" => Ok(FeedMessage::Welcome),
+        "PRICE_DATA" => parse_price(data(&value).map_err(error)?)
+            .map(FeedMessage::Price)
+            .map_err(error),
+        "TXS_DATA" => parse_trades(data(&value).map_err(error)?, &is_watched)
+            .map(FeedMessage::Trades)
+            .map_err(error),
+        "ERROR" => Ok(FeedMessage::Error(error_message(&value))),
+        other => Ok(FeedMessage::Other(other.to_owned())),
+    }
+}
+
+fn data(frame: &Value) -> Result<&Map<String, Value>, String> {
+    match frame.get("data") {
+        Some(Value::Object(map)) => Ok(map),
+        Some(other) => Err(format!("data must be an object, got {}", short(other))),
+        None => Err("data is missing".into()),
+    }
+}
+
+fn error_message(frame: &Value) -> String {
+    let data = frame.get("data");
+    let message = data
+        .and_then(|d| d.get("message"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    message.unwrap_or_else(|| data.map_or_else(|| "no message".into(), |d| short(d)))
+}
+
+fn parse_price(data: &Map<String, Value>) -> Result<PriceData, String> {
+    let address = required_str(data, "address")?;
+    let open = positive(data, "o")?;
+    let high = positive(data, "h")?;
+    let low = positive(data, "l")?;
+    let close = positive(data, "c")?;
+    if high < low {
+        return Err(format!("h must be >= l, got h = {high} and l = {low}"));
+    }
+    let volume_token = optional_non_negative(data, "v")?;
+    let time_ms = seconds_to_ms(data, "unixTime")?;
+    Ok(PriceData {
+        address: address.to_owned(),
+        open,
+        high,
+        low,
+        close,
+        volume_token,
+        time_ms,
+    })
+}
+
+fn parse_trades(
+    data: &Map<String, Value>,
+    is_watched: &impl Fn(&str) -> bool,
+) -> Result<Vec<TradeData>, String> {
+    let volume_usd = non_negative(data, "volumeUSD")?;
+    let time_ms = trade_time_ms(data)?;
+    let tx_hash = optional_str(data, "txHash")?.map(str::to_owned);
+    let owner = optional_str(data, "owner")?.map(str::to_owned);
+    let trade = |address: &str, side: Side, price_usd: Option<f64>| TradeData {
+        address: address.to_owned(),
+        side,
+        volume_usd,
+        price_usd,
+        time_ms,
+        tx_hash: tx_hash.clone(),
+        owner: owner.clone(),
+    };
+
+    if let Some(token) = optional_str(data, "tokenAddress")? {
+        // Simple shape: the frame names the token and the side.
+        let side = parse_side(data)?;
+        let price = match optional_non_negative(data, "tokenPrice")? {
+            Some(price) => Some(price),
+            None => leg_price_of(data, token)?,
+        };
+        return Ok(vec![trade(token, side, price)]);
+    }
+
+    // Complex shape: the watched token is whichever leg has a subscribed address; receiving
+    // it (`to`) is a buy, giving it away (`from`) is a sell.
+    let from = leg(data, "from")?;
+    let to = leg(data, "to")?;
+    let mut trades = Vec::with_capacity(2);
+    if is_watched(to.address) {
+        trades.push(trade(to.address, Side::Buy, to.price));
+    }
+    if is_watched(from.address) {
+        trades.push(trade(from.address, Side::Sell, from.price));
+    }
+    if trades.is_empty() {
+        let pair = optional_str(data, "address")?.or(optional_str(data, "pairAddress")?);
+        return Err(format!(
+            "neither from.address {} nor to.address {} is a subscribed token (pair {})",
+            to_json(from.address),
+            to_json(to.address),
+            pair.map_or_else(|| "unknown".into(), to_json),
+        ));
+    }
+    Ok(trades)
+}
+
+struct Leg<'a> {
+    address: &'a str,
+    price: Option<f64>,
+}
+
+fn leg<'a>(data: &'a Map<String, Value>, name: &str) -> Result<Leg<'a>, String> {
+    let object = match data.get(name) {
+        Some(Value::Object(object)) => object,
+        Some(other) => return Err(format!("{name} must be an object, got {}", short(other))),
+        None => {
+            return Err(format!(
+                "{name} is missing (a complex trade needs from and to)"
+            ))
+        }
+    };
+    let address = match object.get("address") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.as_str(),
+        Some(other) => {
+            return Err(format!(
+                "{name}.address must be a non-empty string, got {}",
+                short(other)
+            ))
+        }
+        None => return Err(format!("{name}.address is missing")),
+    };
+    let price =
+        optional_non_negative(object, "price").map_err(|problem| format!("{name}.{problem}"))?;
+    Ok(Leg { address, price })
+}
+
+/// Price of the leg (`from` or `to`) whose address is the token, when the frame has one.
+fn leg_price_of(data: &Map<String, Value>, token: &str) -> Result<Option<f64>, String> {
+    let token = address_key(token);
+    for name in ["to", "from"] {
+        if let Some(Value::Object(object)) = data.get(name) {
+            let matches = object
+                .get("address")
+                .and_then(Value::as_str)
+                .is_some_and(|a| address_key(a) == token);
+            if matches {
+                return optional_non_negative(object, "price").map_err(|p| format!("{name}.{p}"));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn parse_side(data: &Map<String, Value>) -> Result<Side, String> {
+    match data.get("side") {
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("buy") => Ok(Side::Buy),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("sell") => Ok(Side::Sell),
+        Some(other) => Err(format!(
+            "side must be \"buy\" or \"sell\", got {}",
+            short(other)
+        )),
+        None => Err("side is missing (a trade with tokenAddress needs a side)".into()),
+    }
+}
+
+/// `blockUnixTimeMs` when present (milliseconds), else `blockUnixTime` (seconds).
+fn trade_time_ms(data: &Map<String, Value>) -> Result<i64, String> {
+    match data.get("blockUnixTimeMs") {
+        None | Some(Value::Null) => seconds_to_ms(data, "blockUnixTime"),
+        Some(_) => {
+            let ms = number(data, "blockUnixTimeMs")?;
+            if ms <= 0.0 || ms > MAX_TIME_MS {
+                return Err(format!(
+                    "blockUnixTimeMs must be a positive time in milliseconds, got {ms}"
+                ));
+            }
+            Ok(ms.round() as i64)
+        }
+    }
+}
+
+/// Latest time accepted: the year 2200, in milliseconds. Anything later is a unit mistake.
+const MAX_TIME_MS: f64 = 7_258_118_400_000.0;
+
+fn seconds_to_ms(data: &Map<String, Value>, key: &str) -> Result<i64, String> {
+    let seconds = number(data, key)?;
+    if seconds <= 0.0 || seconds * 1000.0 > MAX_TIME_MS {
+        return Err(format!(
+            "{key} must be a positive time in seconds, got {seconds}"
+        ));
+    }
+    Ok((seconds * 1000.0).round() as i64)
+}
+
+fn number(data: &Map<String, Value>, key: &str) -> Result<f64, String> {
+    match data.get(key) {
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .ok_or_else(|| format!("{key} must be a finite number, got {n}")),
+        Some(other) => Err(format!("{key} must be a number, got {}", short(other))),
+        None => Err(format!("{key} is missing")),
+    }
+}
+
+fn non_negative(data: &Map<String, Value>, key: &str) -> Result<f64, String> {
+    let value = number(data, key)?;
+    if value < 0.0 {
+        return Err(format!("{key} must not be negative, got {value}"));
+    }
+    Ok(value)
+}
+
+fn positive(data: &Map<String, Value>, key: &str) -> Result<f64, String> {
+    let value = number(data, key)?;
+    if value <= 0.0 {
+        return Err(format!("{key} must be a positive number, got {value}"));
+    }
+    Ok(value)
+}
+
+/// A number that may be absent or null, and is otherwise checked like [`non_negative`].
+fn optional_non_negative(data: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => non_negative(data, key).map(Some),
+    }
+}
+
+fn required_str<'a>(data: &'a Map<String, Value>, key: &str) -> Result<&'a str, String> {
+    optional_str(data, key)?.ok_or_else(|| format!("{key} is missing"))
+}
+
+/// A string that may be absent or null; an empty string counts as absent.
+fn optional_str<'a>(data: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, String> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(other) => Err(format!("{key} must be a string, got {}", short(other))),
+    }
+}
+
+/// A value as JSON, cut to 80 characters for error messages.
+fn short(value: &Value) -> String {
+    preview(&value.to_string())
+}
+
+fn to_json(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+fn preview(text: &str) -> String {
+    const LIMIT: usize = 80;
+    match text.char_indices().nth(LIMIT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
