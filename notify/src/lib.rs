@@ -1,1 +1,81 @@
-//! placeholder
+//! The notify stage: the sink of the pipeline.
+//!
+//! Consumes alerts (`notify_alerts` on the alerts stream) and heartbeats and status changes
+//! (`notify_status` on the status stream). Each alert is written once into
+//! `monitor_alert_log_v2`, pushed to the Java backend's monitor WebSocket and marked pushed;
+//! the table is the outbox, so alerts that could not be pushed are sent after the socket
+//! returns or the stage restarts. Heartbeats and status changes go to the same socket.
+//!
+//! Modules: [`alerts`] and [`alert_log`] for alerts, [`status`] for heartbeats and status,
+//! [`java_ws`] for the socket, [`java_messages`] for the JSON the Java side reads.
+
+pub mod alert_log;
+pub mod alerts;
+pub mod java_messages;
+pub mod java_ws;
+pub mod jetstream;
+pub mod settings;
+pub mod status;
+
+use anyhow::Context;
+use monitor_core::shutdown::Tasks;
+use monitor_core::{topology, Subjects};
+use tokio_util::sync::CancellationToken;
+
+pub use settings::{NotifySettings, WsSettings, WsTiming};
+
+/// Runs the notify stage until `shutdown` is cancelled or one of its parts fails.
+pub async fn run(settings: NotifySettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tracing::info!(settings = ?settings, "starting notify");
+
+    let pool = monitor_core::db::connect(&settings.db).await?;
+    let client = settings
+        .nats
+        .connect("notify")
+        .await
+        .with_context(|| format!("failed to connect to NATS at {}", settings.nats.url))?;
+    let js = async_nats::jetstream::new(client);
+    let subjects = topology::ensure(&js, &settings.nats).await?.subjects;
+
+    let alert_consumer = jetstream::durable_consumer(
+        &js,
+        &subjects.alerts_stream(),
+        Subjects::NOTIFY_ALERTS_CONSUMER,
+        &subjects.all_alerts(),
+    )
+    .await?;
+    let status_consumer = jetstream::durable_consumer(
+        &js,
+        &subjects.status_stream(),
+        Subjects::NOTIFY_STATUS_CONSUMER,
+        &subjects.all_status(),
+    )
+    .await?;
+
+    let (ws, socket) = java_ws::JavaWs::new(settings.ws.clone());
+    let locale = settings.runtime.locale;
+    let alerts = alerts::AlertForwarder::new(
+        alert_log::AlertLog::new(pool),
+        ws.clone(),
+        js.clone(),
+        subjects.clone(),
+        locale,
+    );
+    let status = status::StatusForwarder::new(ws, js, subjects, locale);
+
+    let mut tasks = Tasks::new(shutdown.clone());
+    let token = shutdown.clone();
+    tasks.spawn("java_ws", async move {
+        socket.run(token).await;
+        Ok(())
+    });
+    let token = shutdown.clone();
+    tasks.spawn("alerts", async move {
+        Ok(alerts.run(alert_consumer, token).await?)
+    });
+    let token = shutdown.clone();
+    tasks.spawn("status", async move {
+        Ok(status.run(status_consumer, token).await?)
+    });
+    tasks.join().await
+}

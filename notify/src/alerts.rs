@@ -1,0 +1,281 @@
+//! Alert forwarding: from the alerts stream into `monitor_alert_log_v2`, then to the Java
+//! WebSocket.
+//!
+//! Consumes the durable pull consumer `notify_alerts`. For each alert, in this order: insert
+//! the row (or find the one an earlier delivery inserted), push the `alert` message, mark the
+//! row `pushed`, ack. The table is the outbox: once the row is stored the message is acked
+//! even when the socket is down, and rows still `pending` are pushed, oldest `event_time`
+//! first, at the start of every WebSocket session before anything newer. A row is never
+//! inserted twice; a push may repeat (at least once) when a session ends between the push and
+//! the `pushed` mark.
+//!
+//! MySQL unavailable: the alert is nak'ed with a delay and redelivered; an alert MySQL rejects
+//! as invalid data, or one that cannot be decoded, goes to the dead stream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::message::Message;
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use monitor_core::codec;
+use monitor_core::messages::Alert;
+use monitor_core::{titles, Locale, Subjects};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, instrument, warn};
+
+use crate::alert_log::{AlertLog, AlertLogError, NotifyStatus, PendingCursor};
+use crate::java_messages;
+use crate::java_ws::JavaWs;
+use crate::jetstream::{acknowledge, dead_letter, messages, JetStreamError};
+
+/// Delay before a nak'ed alert is delivered again while MySQL is unavailable.
+const DB_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Pause after a MySQL failure before the next message, so an outage is not a busy loop.
+const DB_FAILURE_PAUSE: Duration = Duration::from_secs(1);
+/// Period of the retry of an interrupted outbox flush.
+const FLUSH_RETRY_PERIOD: Duration = Duration::from_secs(5);
+/// Rows read per query while pushing the outbox.
+const FLUSH_PAGE: u32 = 200;
+
+/// Forwards alerts from the stream to the log and the Java WebSocket.
+pub struct AlertForwarder {
+    log: AlertLog,
+    ws: JavaWs,
+    js: jetstream::Context,
+    subjects: Subjects,
+    locale: Locale,
+    db: DbHealth,
+    outbox: OutboxState,
+}
+
+/// Whether the outbox was pushed completely in the current WebSocket session.
+#[derive(Debug, Default)]
+struct OutboxState {
+    flushed_session: Option<u64>,
+    /// Set when a push or a `pushed` mark failed, so pending rows may be left behind.
+    dirty: bool,
+}
+
+impl AlertForwarder {
+    pub fn new(
+        log: AlertLog,
+        ws: JavaWs,
+        js: jetstream::Context,
+        subjects: Subjects,
+        locale: Locale,
+    ) -> Self {
+        AlertForwarder {
+            log,
+            ws,
+            js,
+            subjects,
+            locale,
+            db: DbHealth::default(),
+            outbox: OutboxState::default(),
+        }
+    }
+
+    /// Consumes alerts until `shutdown`; the alert in hand is finished first.
+    pub async fn run(
+        mut self,
+        consumer: PullConsumer,
+        shutdown: CancellationToken,
+    ) -> Result<(), JetStreamError> {
+        let name = Subjects::NOTIFY_ALERTS_CONSUMER;
+        let mut stream = messages(&consumer, name).await?;
+        let mut connection = self.ws.watch();
+        let mut retry = tokio::time::interval(FLUSH_RETRY_PERIOD);
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                changed = connection.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.flush_if_behind().await;
+                }
+                _ = retry.tick() => self.flush_if_behind().await,
+                next = stream.next() => match next {
+                    Some(Ok(message)) => self.handle(message, &shutdown).await,
+                    Some(Err(error)) => warn!(consumer = name, error = %error, "failed to pull alerts, retrying"),
+                    None => {
+                        warn!(consumer = name, "alert consumer stream ended, reopening it");
+                        stream = messages(&consumer, name).await?;
+                    }
+                },
+            }
+        }
+        info!("alert forwarder stopped");
+        Ok(())
+    }
+
+    #[instrument(skip_all, fields(subject = %message.subject))]
+    async fn handle(&mut self, message: Message, shutdown: &CancellationToken) {
+        let alert = match codec::decode::<Alert>(&message.payload) {
+            Ok(alert) => alert,
+            Err(error) => {
+                dead_letter(&self.js, &self.subjects, &message, &error.to_string()).await;
+                return;
+            }
+        };
+        let title = titles::alert_title(&alert, self.locale);
+        let alert_data = java_messages::alert_data(&alert, &title);
+
+        let logged = match self.log.insert(&alert, &title, &alert_data).await {
+            Ok(logged) => {
+                self.db.available();
+                logged
+            }
+            Err(error) if error.is_permanent() => {
+                dead_letter(&self.js, &self.subjects, &message, &error.to_string()).await;
+                return;
+            }
+            Err(error) => {
+                // Not stored: leave the alert to the stream and try again later.
+                self.db.failed(&error);
+                acknowledge(&message, AckKind::Nak(Some(DB_RETRY_DELAY))).await;
+                pause(DB_FAILURE_PAUSE, shutdown).await;
+                return;
+            }
+        };
+
+        if logged.notify_status == NotifyStatus::Pending {
+            self.deliver(logged.id, alert.alert_type.as_str(), &alert_data)
+                .await;
+        } else {
+            debug!(alert_key = %alert.id, alert_row = logged.id, "alert already pushed, acking the redelivery");
+        }
+        // The row is stored: from here on the table, not the stream, guarantees the push.
+        acknowledge(&message, AckKind::Ack).await;
+    }
+
+    /// Pushes a freshly stored row, after the rows that wait before it.
+    async fn deliver(&mut self, id: u64, alert_type: &str, alert_data: &Value) {
+        let connection = self.ws.connection();
+        if !connection.connected {
+            self.outbox.dirty = true;
+            debug!(alert_row = id, "java websocket down, alert stays pending");
+            return;
+        }
+        if self.outbox.dirty || self.outbox.flushed_session != Some(connection.session) {
+            // The new row is pending in the table too, so the flush pushes it in its turn.
+            self.flush(connection.session).await;
+            return;
+        }
+        self.push(id, alert_type, alert_data).await;
+    }
+
+    /// Pushes the outbox if this session has not seen it yet or a push failed.
+    async fn flush_if_behind(&mut self) {
+        let connection = self.ws.connection();
+        let behind = self.outbox.dirty || self.outbox.flushed_session != Some(connection.session);
+        if connection.connected && behind {
+            self.flush(connection.session).await;
+        }
+    }
+
+    /// Pushes every pending row, oldest `event_time` first; stops at the first failure and
+    /// leaves the outbox dirty so that a later call resumes.
+    async fn flush(&mut self, session: u64) {
+        self.outbox = OutboxState {
+            flushed_session: Some(session),
+            dirty: false,
+        };
+        let mut cursor = PendingCursor::start();
+        let mut pushed = 0usize;
+        loop {
+            let page = match self.log.pending_after(cursor, FLUSH_PAGE).await {
+                Ok(page) => {
+                    self.db.available();
+                    page
+                }
+                Err(error) => {
+                    self.db.failed(&error);
+                    self.outbox.dirty = true;
+                    return;
+                }
+            };
+            for row in &page {
+                if !self.push(row.id, &row.alert_type, &row.alert_data).await {
+                    return;
+                }
+                pushed += 1;
+            }
+            match page.last() {
+                Some(last) if page.len() == FLUSH_PAGE as usize => {
+                    cursor = PendingCursor::after(last)
+                }
+                _ => break,
+            }
+        }
+        if pushed > 0 {
+            info!(
+                session,
+                pushed, "pushed pending alerts to the java websocket"
+            );
+        }
+    }
+
+    /// Pushes one row and marks it pushed; returns whether both succeeded.
+    async fn push(&mut self, id: u64, alert_type: &str, alert_data: &Value) -> bool {
+        let message = java_messages::alert(
+            id,
+            alert_type,
+            alert_data.clone(),
+            monitor_core::time::now_ms(),
+        );
+        if !self.ws.send(&message).await {
+            self.outbox.dirty = true;
+            debug!(alert_row = id, "push failed, alert stays pending");
+            return false;
+        }
+        match self.log.mark_pushed(id).await {
+            Ok(()) => {
+                self.db.available();
+                debug!(alert_row = id, alert_type, "pushed alert");
+                true
+            }
+            Err(error) => {
+                // The row stays pending and is pushed again later: a repeat, never a loss.
+                self.db.failed(&error);
+                self.outbox.dirty = true;
+                false
+            }
+        }
+    }
+}
+
+/// Logs MySQL outages once when they start and once when they end, not once per alert.
+#[derive(Debug, Default)]
+struct DbHealth {
+    failing: bool,
+}
+
+impl DbHealth {
+    fn failed(&mut self, error: &AlertLogError) {
+        if self.failing {
+            debug!(error = %error, "mysql still unavailable");
+        } else {
+            warn!(error = %error, "mysql unavailable, alerts are redelivered until it returns");
+            self.failing = true;
+        }
+    }
+
+    fn available(&mut self) {
+        if self.failing {
+            info!("mysql available again");
+            self.failing = false;
+        }
+    }
+}
+
+async fn pause(duration: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(duration) => {}
+    }
+}
