@@ -130,7 +130,9 @@ fn finding_phrase(finding: &Finding, facts: &AlertFacts, locale: Locale) -> Stri
             format!("holders {verb} {}{en_window}", percent(observed.abs()))
         }
         (AlertType::LargeTrade, _) => large_trade_phrase(observed, facts, locale),
-        (AlertType::CumulativeBuy, Locale::ZhCn) => format!("{zh_window}累计买入 {}", usd(observed)),
+        (AlertType::CumulativeBuy, Locale::ZhCn) => {
+            format!("{zh_window}累计买入 {}", usd(observed))
+        }
         (AlertType::CumulativeBuy, Locale::En) => {
             format!("cumulative buys {}{en_window}", usd(observed))
         }
@@ -428,7 +430,10 @@ mod tests {
             vec![finding(AlertType::VolumeChange, 3_000_000.0, 1.0, Some(60))],
             AlertFacts::default(),
         );
-        assert_eq!(alert_title(&alert, Locale::default()), "WETH 60秒内成交额 $3,000,000");
+        assert_eq!(
+            alert_title(&alert, Locale::default()),
+            "WETH 60秒内成交额 $3,000,000"
+        );
     }
 
     #[test]
@@ -459,16 +464,25 @@ mod tests {
             AlertFacts::default(),
         );
         alert.token_symbol = Some("  ".into());
-        assert_eq!(alert_title(&alert, Locale::En), "0xc02a…6cc2 volume $3,000,000 in 60s");
+        assert_eq!(
+            alert_title(&alert, Locale::En),
+            "0xc02a…6cc2 volume $3,000,000 in 60s"
+        );
         alert.token_symbol = None;
-        assert_eq!(alert_title(&alert, Locale::ZhCn), "0xc02a…6cc2 60秒内成交额 $3,000,000");
+        assert_eq!(
+            alert_title(&alert, Locale::ZhCn),
+            "0xc02a…6cc2 60秒内成交额 $3,000,000"
+        );
     }
 
     #[test]
     fn alert_without_findings_is_named_by_type() {
         let alert = alert(AlertType::TopHolders, vec![], AlertFacts::default());
         assert_eq!(alert_title(&alert, Locale::ZhCn), "WETH 头部持有者集中");
-        assert_eq!(alert_title(&alert, Locale::En), "WETH top holders concentration");
+        assert_eq!(
+            alert_title(&alert, Locale::En),
+            "WETH top holders concentration"
+        );
     }
 
     #[test]
