@@ -126,26 +126,29 @@ impl NatsSettings {
 }
 
 /// Connection to MySQL / MariaDB; the names follow the original monitor's `.env`.
+///
+/// Argument ids carry a `db_` prefix (and `redis_` in [`RedisSettings`]) so that both groups
+/// can be flattened into one command without clashing on `host`, `port` or `password`.
 #[derive(Debug, Clone, Args)]
 pub struct DbSettings {
-    #[arg(long = "db-host", env = "DB_HOST", default_value = "localhost")]
+    #[arg(id = "db_host", long = "db-host", env = "DB_HOST", default_value = "localhost")]
     pub host: String,
 
-    #[arg(long = "db-port", env = "DB_PORT", default_value_t = 3306)]
+    #[arg(id = "db_port", long = "db-port", env = "DB_PORT", default_value_t = 3306)]
     pub port: u16,
 
-    #[arg(long = "db-user", env = "DB_USER", default_value = "root")]
+    #[arg(id = "db_user", long = "db-user", env = "DB_USER", default_value = "root")]
     pub user: String,
 
     /// Database password.
-    #[arg(long = "db-password", env = "DB_PASSWORD", default_value = "", hide_env_values = true, hide_default_value = true)]
+    #[arg(id = "db_password", long = "db-password", env = "DB_PASSWORD", default_value = "", hide_env_values = true, hide_default_value = true)]
     pub password: Redacted,
 
-    #[arg(long = "db-name", env = "DB_NAME", default_value = "kakarot_web3")]
+    #[arg(id = "db_name", long = "db-name", env = "DB_NAME", default_value = "kakarot_web3")]
     pub name: String,
 
     /// Maximum connections in the pool.
-    #[arg(long = "db-max-connections", env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
+    #[arg(id = "db_max_connections", long = "db-max-connections", env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub max_connections: u32,
 }
 
@@ -165,17 +168,17 @@ impl DbSettings {
 /// Connection to Redis, for config change notifications.
 #[derive(Debug, Clone, Args)]
 pub struct RedisSettings {
-    #[arg(long = "redis-host", env = "REDIS_HOST", default_value = "localhost")]
+    #[arg(id = "redis_host", long = "redis-host", env = "REDIS_HOST", default_value = "localhost")]
     pub host: String,
 
-    #[arg(long = "redis-port", env = "REDIS_PORT", default_value_t = 6379)]
+    #[arg(id = "redis_port", long = "redis-port", env = "REDIS_PORT", default_value_t = 6379)]
     pub port: u16,
 
-    #[arg(long = "redis-db", env = "REDIS_DB", default_value_t = 0)]
+    #[arg(id = "redis_db", long = "redis-db", env = "REDIS_DB", default_value_t = 0)]
     pub db: u32,
 
     /// Redis password.
-    #[arg(long = "redis-password", env = "REDIS_PASSWORD", default_value = "", hide_env_values = true, hide_default_value = true)]
+    #[arg(id = "redis_password", long = "redis-password", env = "REDIS_PASSWORD", default_value = "", hide_env_values = true, hide_default_value = true)]
     pub password: Redacted,
 }
 
@@ -255,5 +258,32 @@ pub fn load_dotenv() {
         Ok(_) => {}
         Err(e) if e.not_found() => {}
         Err(e) => eprintln!("warning: ignoring .env: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct AllGroups {
+        #[command(flatten)]
+        db: DbSettings,
+        #[command(flatten)]
+        nats: NatsSettings,
+        #[command(flatten)]
+        redis: RedisSettings,
+        #[command(flatten)]
+        runtime: RuntimeSettings,
+    }
+
+    #[test]
+    fn all_groups_flatten_into_one_command() {
+        AllGroups::command().debug_assert();
+        let parsed = AllGroups::try_parse_from(["x", "--db-host", "db.local", "--redis-host", "cache.local", "--redis-port", "6380"]).unwrap();
+        assert_eq!(parsed.db.host, "db.local");
+        assert_eq!(parsed.redis.host, "cache.local");
+        assert_eq!(parsed.redis.port, 6380);
     }
 }
