@@ -131,12 +131,15 @@ impl NatsSettings {
 /// can be flattened into one command without clashing on `host`, `port` or `password`.
 #[derive(Debug, Clone, Args)]
 pub struct DbSettings {
+    /// Database host name or IP address.
     #[arg(id = "db_host", long = "db-host", env = "DB_HOST", default_value = "localhost")]
     pub host: String,
 
+    /// Database TCP port.
     #[arg(id = "db_port", long = "db-port", env = "DB_PORT", default_value_t = 3306)]
     pub port: u16,
 
+    /// Database user name.
     #[arg(id = "db_user", long = "db-user", env = "DB_USER", default_value = "root")]
     pub user: String,
 
@@ -144,6 +147,7 @@ pub struct DbSettings {
     #[arg(id = "db_password", long = "db-password", env = "DB_PASSWORD", default_value = "", hide_env_values = true, hide_default_value = true)]
     pub password: Redacted,
 
+    /// Database (schema) name.
     #[arg(id = "db_name", long = "db-name", env = "DB_NAME", default_value = "kakarot_web3")]
     pub name: String,
 
@@ -168,12 +172,15 @@ impl DbSettings {
 /// Connection to Redis, for config change notifications.
 #[derive(Debug, Clone, Args)]
 pub struct RedisSettings {
+    /// Redis host name or IP address.
     #[arg(id = "redis_host", long = "redis-host", env = "REDIS_HOST", default_value = "localhost")]
     pub host: String,
 
+    /// Redis TCP port.
     #[arg(id = "redis_port", long = "redis-port", env = "REDIS_PORT", default_value_t = 6379)]
     pub port: u16,
 
+    /// Redis database number.
     #[arg(id = "redis_db", long = "redis-db", env = "REDIS_DB", default_value_t = 0)]
     pub db: u32,
 
