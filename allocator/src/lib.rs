@@ -1,1 +1,106 @@
-//! placeholder
+//! The allocator: the control plane of the monitor pipeline.
+//!
+//! It is the only stage that reads the task tables. It assigns each token task's targets to
+//! batches of at most `BATCH_SIZE` (new epochs, written in one transaction), and publishes a
+//! validated snapshot of every active task into the tasks bucket: `task.<task_id>`
+//! ([`monitor_core::messages::TaskSpec`]) and `batch.<batch_id>`
+//! ([`monitor_core::messages::BatchSpec`]). Changes are found by polling the database and, faster,
+//! through config change notices on Redis.
+//!
+//! Modules: [`order`] (the md5 order and the strategies, pure), [`store`] (MySQL),
+//! [`allocate`] (the epoch transaction), [`snapshot`] (building the specs), [`publish`] (the
+//! bucket), [`control`] (the run loop), [`redis_watch`], [`debounce`], [`status`], [`cli`].
+
+pub mod allocate;
+pub mod cli;
+pub mod control;
+pub mod debounce;
+pub mod order;
+pub mod publish;
+pub mod redis_watch;
+pub mod settings;
+pub mod snapshot;
+pub mod status;
+pub mod store;
+
+use anyhow::Context;
+use monitor_core::shutdown::Tasks;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::allocate::AllocationPlan;
+use crate::control::{ControlOptions, ControlPlane};
+use crate::publish::Publisher;
+pub use crate::settings::AllocatorSettings;
+
+/// Capacity of the queue of config change notices between Redis and the control loop.
+const CHANGE_QUEUE: usize = 256;
+
+impl From<&AllocatorSettings> for ControlOptions {
+    fn from(settings: &AllocatorSettings) -> Self {
+        ControlOptions {
+            plan: AllocationPlan {
+                strategy: settings.allocation_strategy,
+                batch_size: settings.batch_size,
+            },
+            epoch_grace_period: settings.epoch_grace_period,
+        }
+    }
+}
+
+/// Connects to NATS, creates the streams and buckets if needed, and returns a publisher on
+/// the tasks bucket.
+pub async fn connect_publisher(settings: &AllocatorSettings) -> anyhow::Result<Publisher> {
+    let client = settings
+        .nats
+        .connect("allocator")
+        .await
+        .with_context(|| format!("failed to connect to NATS at {}", settings.nats.url))?;
+    let jetstream = async_nats::jetstream::new(client);
+    let topology = monitor_core::topology::ensure(&jetstream, &settings.nats).await?;
+    Ok(Publisher::new(
+        topology.tasks,
+        jetstream,
+        topology.subjects,
+        settings.runtime.consumer_id(),
+        settings.runtime.locale,
+    ))
+}
+
+/// Runs the control plane until `shutdown` is cancelled.
+pub async fn run(settings: AllocatorSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tracing::info!(
+        db_host = settings.db.host,
+        db_name = settings.db.name,
+        nats_url = settings.nats.url,
+        subject_prefix = settings.nats.subject_prefix,
+        redis_host = settings.redis.host,
+        redis_port = settings.redis.port,
+        batch_size = settings.batch_size.get(),
+        strategy = %settings.allocation_strategy,
+        poll_interval = ?settings.config_poll_interval,
+        epoch_grace_period = ?settings.epoch_grace_period,
+        "allocator starting"
+    );
+    let pool = monitor_core::db::connect(&settings.db).await?;
+    let publisher = connect_publisher(&settings).await?;
+    let mut plane = ControlPlane::new(pool, publisher, ControlOptions::from(&settings));
+    let entries = plane.load_published().await?;
+    tracing::info!(entries, "tasks bucket loaded");
+
+    let (changes_tx, changes_rx) = mpsc::channel(CHANGE_QUEUE);
+    let mut tasks = Tasks::new(shutdown.clone());
+    let redis = settings.redis.clone();
+    let channel = settings.config_channel.clone();
+    let watch_shutdown = shutdown.clone();
+    tasks.spawn("redis-watch", async move {
+        redis_watch::watch(redis, channel, changes_tx, watch_shutdown).await;
+        Ok(())
+    });
+    let interval = settings.config_poll_interval;
+    tasks.spawn("control-loop", async move {
+        control::run_loop(plane, changes_rx, interval, shutdown).await;
+        Ok(())
+    });
+    tasks.join().await
+}

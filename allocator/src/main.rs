@@ -1,1 +1,12 @@
-fn main() {}
+//! The `allocator` binary: parses the command line and hands over to the library.
+
+use monitor_allocator::cli::{self, Cli};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    monitor_core::settings::load_dotenv();
+    let cli = Cli::parse_args();
+    monitor_core::telemetry::init(cli.settings.runtime.log_format);
+    let shutdown = monitor_core::shutdown::on_signals();
+    cli::execute(cli, shutdown, &mut std::io::stdout()).await
+}

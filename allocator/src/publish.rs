@@ -1,0 +1,429 @@
+//! Publishing snapshots to the tasks bucket, and task status changes to the status stream.
+//!
+//! Consumes [`Snapshot`]s. Produces `batch.<batch_id>` and `task.<task_id>` entries in the
+//! tasks bucket and deletes entries that no longer describe a running task. Publishes a task
+//! `StatusChange` when a config error appears or clears. Guarantees: an entry is written only
+//! when its content differs from what is already in the bucket (compared without
+//! `published_ms`); the batch entries of a snapshot are written before its task entry, so a
+//! reader that sees a task spec finds its batches.
+//!
+//! The publisher caches what it last wrote or read. An entry it has not seen is read from the
+//! bucket before it is compared, so a restarted allocator does not rewrite unchanged entries
+//! and still knows a task's last valid config.
+
+use std::collections::{BTreeSet, HashMap};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use monitor_core::codec::{self, CodecError};
+use monitor_core::messages::{
+    BatchSpec, BatchStatus, StatusChange, StatusMessage, StatusScope, TaskSpec, MESSAGE_VERSION,
+};
+use monitor_core::rules::ConfigError;
+use monitor_core::{Locale, Subjects};
+
+use crate::snapshot::{same_task_content, Snapshot};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("failed to write {key} to bucket {bucket}: {source}")]
+    Put {
+        bucket: String,
+        key: String,
+        source: BoxError,
+    },
+    #[error("failed to delete {key} from bucket {bucket}: {source}")]
+    Delete {
+        bucket: String,
+        key: String,
+        source: BoxError,
+    },
+    #[error("failed to read {key} from bucket {bucket}: {source}")]
+    Read {
+        bucket: String,
+        key: String,
+        source: BoxError,
+    },
+    #[error("failed to list the keys of bucket {bucket}: {source}")]
+    Keys { bucket: String, source: BoxError },
+    #[error("failed to publish the status of task {task_id} on {subject}: {source}")]
+    Status {
+        task_id: u64,
+        subject: String,
+        source: BoxError,
+    },
+    #[error(transparent)]
+    Encode(#[from] CodecError),
+}
+
+/// A key of the tasks bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SpecKey {
+    Task(u64),
+    Batch(u64),
+}
+
+impl SpecKey {
+    pub fn parse(key: &str) -> Option<Self> {
+        if let Some(id) = key.strip_prefix("task.") {
+            return id.parse().ok().map(SpecKey::Task);
+        }
+        key.strip_prefix("batch.")
+            .and_then(|id| id.parse().ok())
+            .map(SpecKey::Batch)
+    }
+
+    pub fn as_key(self) -> String {
+        match self {
+            SpecKey::Task(id) => Subjects::task_key(id),
+            SpecKey::Batch(id) => Subjects::batch_key(id),
+        }
+    }
+}
+
+/// Counts of the entries written by one [`Publisher::publish`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    pub task_written: bool,
+    pub batches_written: usize,
+}
+
+/// Writer of the tasks bucket with a cache of its content.
+pub struct Publisher {
+    bucket: kv::Store,
+    bucket_name: String,
+    jetstream: jetstream::Context,
+    subjects: Subjects,
+    consumer_id: String,
+    locale: Locale,
+    tasks: HashMap<u64, TaskSpec>,
+    batches: HashMap<u64, BatchSpec>,
+    /// Config error last reported on the status stream, per task (`None`: no error).
+    reported: HashMap<u64, Option<ConfigError>>,
+}
+
+impl Publisher {
+    pub fn new(
+        bucket: kv::Store,
+        jetstream: jetstream::Context,
+        subjects: Subjects,
+        consumer_id: String,
+        locale: Locale,
+    ) -> Self {
+        Publisher {
+            bucket_name: subjects.tasks_bucket(),
+            bucket,
+            jetstream,
+            subjects,
+            consumer_id,
+            locale,
+            tasks: HashMap::new(),
+            batches: HashMap::new(),
+            reported: HashMap::new(),
+        }
+    }
+
+    /// Returns the ids of the tasks whose spec is in the cache, which mirrors the bucket.
+    pub fn published_task_ids(&self) -> BTreeSet<u64> {
+        self.tasks.keys().copied().collect()
+    }
+
+    /// Reads every entry of the bucket into the cache. Entries that cannot be decoded are
+    /// skipped with a warning; they are overwritten or deleted like any stale entry.
+    pub async fn load_all(&mut self) -> Result<usize, PublishError> {
+        let keys = self.list_keys().await?;
+        for key in &keys {
+            match key {
+                SpecKey::Task(task_id) => {
+                    if let Some(spec) = self.read::<TaskSpec>(*key).await? {
+                        self.tasks.insert(*task_id, spec);
+                    }
+                }
+                SpecKey::Batch(batch_id) => {
+                    if let Some(spec) = self.read::<BatchSpec>(*key).await? {
+                        self.batches.insert(*batch_id, spec);
+                    }
+                }
+            }
+        }
+        Ok(keys.len())
+    }
+
+    /// Returns the task's spec in the bucket, from the cache or read once.
+    pub async fn previous_task(&mut self, task_id: u64) -> Result<Option<TaskSpec>, PublishError> {
+        if let Some(spec) = self.tasks.get(&task_id) {
+            return Ok(Some(spec.clone()));
+        }
+        let spec = self.read::<TaskSpec>(SpecKey::Task(task_id)).await?;
+        if let Some(spec) = &spec {
+            self.tasks.insert(task_id, spec.clone());
+        }
+        Ok(spec)
+    }
+
+    /// Writes the entries of a snapshot that differ from the bucket: batches first, then the task.
+    pub async fn publish(&mut self, snapshot: &Snapshot) -> Result<PublishReport, PublishError> {
+        let mut report = PublishReport::default();
+        for batch in &snapshot.batches {
+            if self.cached_batch(batch.batch_id).await?.as_ref() != Some(batch) {
+                self.put(SpecKey::Batch(batch.batch_id), codec::encode(batch)?)
+                    .await?;
+                self.batches.insert(batch.batch_id, batch.clone());
+                report.batches_written += 1;
+            }
+        }
+
+        let task = &snapshot.task;
+        let unchanged = self
+            .previous_task(task.task_id)
+            .await?
+            .is_some_and(|previous| same_task_content(&previous, task));
+        if !unchanged {
+            self.put(SpecKey::Task(task.task_id), codec::encode(task)?)
+                .await?;
+            self.tasks.insert(task.task_id, task.clone());
+            report.task_written = true;
+        }
+        Ok(report)
+    }
+
+    async fn cached_batch(&mut self, batch_id: u64) -> Result<Option<BatchSpec>, PublishError> {
+        if let Some(spec) = self.batches.get(&batch_id) {
+            return Ok(Some(spec.clone()));
+        }
+        let spec = self.read::<BatchSpec>(SpecKey::Batch(batch_id)).await?;
+        if let Some(spec) = &spec {
+            self.batches.insert(batch_id, spec.clone());
+        }
+        Ok(spec)
+    }
+
+    /// Deletes the spec of a task that no longer runs, and the specs of all its batches.
+    /// Returns the number of entries deleted.
+    pub async fn retire_task(&mut self, task_id: u64) -> Result<usize, PublishError> {
+        let batch_ids: Vec<u64> = self
+            .batches
+            .values()
+            .filter(|b| b.task_id == task_id)
+            .map(|b| b.batch_id)
+            .collect();
+        let mut deleted = self.delete_batches(&batch_ids).await?;
+        if self.tasks.remove(&task_id).is_some() {
+            self.delete(SpecKey::Task(task_id)).await?;
+            deleted += 1;
+        }
+        self.reported.remove(&task_id);
+        Ok(deleted)
+    }
+
+    /// Deletes batch specs (rows of expired epochs, or of tasks that stopped).
+    pub async fn delete_batches(&mut self, batch_ids: &[u64]) -> Result<usize, PublishError> {
+        for batch_id in batch_ids {
+            self.delete(SpecKey::Batch(*batch_id)).await?;
+            self.batches.remove(batch_id);
+        }
+        Ok(batch_ids.len())
+    }
+
+    /// Lists the keys in the bucket and drops cached entries that are no longer there, so
+    /// that an entry deleted by someone else is written again on the next sync.
+    pub async fn refresh_keys(&mut self) -> Result<Vec<SpecKey>, PublishError> {
+        let keys = self.list_keys().await?;
+        let present: BTreeSet<SpecKey> = keys.iter().copied().collect();
+        self.tasks
+            .retain(|id, _| present.contains(&SpecKey::Task(*id)));
+        self.batches
+            .retain(|id, _| present.contains(&SpecKey::Batch(*id)));
+        Ok(keys)
+    }
+
+    /// Deletes one entry by key, whatever the cache holds.
+    pub async fn delete_key(&mut self, key: SpecKey) -> Result<(), PublishError> {
+        self.delete(key).await?;
+        match key {
+            SpecKey::Task(id) => {
+                self.tasks.remove(&id);
+                self.reported.remove(&id);
+            }
+            SpecKey::Batch(id) => {
+                self.batches.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes a task status change when the task's config error appeared, changed or
+    /// cleared since the last report. Returns whether a message was sent. Before the first
+    /// report the error of the spec previously in the bucket counts as reported.
+    pub async fn report_config_status(
+        &mut self,
+        spec: &TaskSpec,
+        previous: Option<&TaskSpec>,
+    ) -> Result<bool, PublishError> {
+        let reported = self
+            .reported
+            .entry(spec.task_id)
+            .or_insert_with(|| previous.and_then(|p| p.config_error.clone()))
+            .clone();
+        if reported == spec.config_error {
+            return Ok(false);
+        }
+
+        let change = config_status(spec, reported.as_ref(), &self.consumer_id, self.locale);
+        let subject = self.subjects.task_status(spec.task_id);
+        let payload = codec::encode(&StatusMessage::Change(change))?;
+        let status_failed = |source: BoxError| PublishError::Status {
+            task_id: spec.task_id,
+            subject: subject.clone(),
+            source,
+        };
+        self.jetstream
+            .publish(subject.clone(), Bytes::from(payload))
+            .await
+            .map_err(|e| status_failed(Box::new(e)))?
+            .await
+            .map_err(|e| status_failed(Box::new(e)))?;
+        self.reported
+            .insert(spec.task_id, spec.config_error.clone());
+        Ok(true)
+    }
+
+    async fn list_keys(&self) -> Result<Vec<SpecKey>, PublishError> {
+        let keys_failed = |source: BoxError| PublishError::Keys {
+            bucket: self.bucket_name.clone(),
+            source,
+        };
+        let keys: Vec<String> = self
+            .bucket
+            .keys()
+            .await
+            .map_err(|e| keys_failed(Box::new(e)))?
+            .try_collect()
+            .await
+            .map_err(|e| keys_failed(Box::new(e)))?;
+        let mut parsed: Vec<SpecKey> = keys.iter().filter_map(|k| SpecKey::parse(k)).collect();
+        parsed.sort();
+        Ok(parsed)
+    }
+
+    async fn read<T>(&self, key: SpecKey) -> Result<Option<T>, PublishError>
+    where
+        T: serde::de::DeserializeOwned + codec::Versioned,
+    {
+        let key = key.as_key();
+        let bytes = self
+            .bucket
+            .get(key.clone())
+            .await
+            .map_err(|e| PublishError::Read {
+                bucket: self.bucket_name.clone(),
+                key: key.clone(),
+                source: Box::new(e),
+            })?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        match codec::decode::<T>(&bytes) {
+            Ok(spec) => Ok(Some(spec)),
+            Err(error) => {
+                tracing::warn!(key, error = %error, "ignoring an undecodable entry of the tasks bucket, it will be replaced");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn put(&self, key: SpecKey, payload: Vec<u8>) -> Result<(), PublishError> {
+        let key = key.as_key();
+        self.bucket
+            .put(key.as_str(), Bytes::from(payload))
+            .await
+            .map_err(|e| PublishError::Put {
+                bucket: self.bucket_name.clone(),
+                key: key.clone(),
+                source: Box::new(e),
+            })?;
+        tracing::debug!(key, "entry written");
+        Ok(())
+    }
+
+    async fn delete(&self, key: SpecKey) -> Result<(), PublishError> {
+        let key = key.as_key();
+        self.bucket
+            .delete(key.as_str())
+            .await
+            .map_err(|e| PublishError::Delete {
+                bucket: self.bucket_name.clone(),
+                key: key.clone(),
+                source: Box::new(e),
+            })?;
+        tracing::debug!(key, "entry deleted");
+        Ok(())
+    }
+}
+
+/// Builds the status change for a config error that appeared or changed
+/// (`spec.config_error` set) or cleared (`cleared` is the error reported before). A task that
+/// still runs on earlier rules stays `running`, and one without any valid rules is `error`.
+pub fn config_status(
+    spec: &TaskSpec,
+    cleared: Option<&ConfigError>,
+    consumer_id: &str,
+    locale: Locale,
+) -> StatusChange {
+    let (status, reason) = match (&spec.config_error, cleared) {
+        (Some(error), _) => {
+            let status = if spec.config.is_some() {
+                BatchStatus::Running
+            } else {
+                BatchStatus::Error
+            };
+            (status, error.message(locale))
+        }
+        (None, cleared) => (
+            BatchStatus::Running,
+            config_valid_message(spec, cleared, locale),
+        ),
+    };
+    StatusChange {
+        v: MESSAGE_VERSION,
+        scope: StatusScope::Task {
+            task_id: spec.task_id,
+        },
+        consumer_id: consumer_id.to_owned(),
+        status,
+        reason: Some(reason),
+        item_count: spec.batches.iter().map(|b| b.item_count).sum(),
+        progress: 0.0,
+        errors: 0,
+        sent_ms: monitor_core::time::now_ms(),
+    }
+}
+
+fn config_valid_message(spec: &TaskSpec, cleared: Option<&ConfigError>, locale: Locale) -> String {
+    let (config_id, version) = match (&spec.config, cleared) {
+        (Some(config), _) => (config.config_id, config.version),
+        (None, Some(error)) => (error.config_id, error.version),
+        (None, None) => (0, 0),
+    };
+    match locale {
+        Locale::ZhCn => format!("配置 {config_id} (版本 {version}) 已通过校验并生效"),
+        Locale::En => format!("config {config_id} version {version} is valid and in force"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_key_round_trips() {
+        assert_eq!(SpecKey::parse("task.12"), Some(SpecKey::Task(12)));
+        assert_eq!(SpecKey::parse("batch.7"), Some(SpecKey::Batch(7)));
+        assert_eq!(SpecKey::Batch(7).as_key(), "batch.7");
+        assert_eq!(SpecKey::parse("lease.3"), None);
+        assert_eq!(SpecKey::parse("task.x"), None);
+    }
+}
