@@ -210,7 +210,7 @@ fn error_message(frame: &Value) -> String {
         .and_then(|d| d.get("message"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    message.unwrap_or_else(|| data.map_or_else(|| "no message".into(), |d| short(d)))
+    message.unwrap_or_else(|| data.map_or_else(|| "no message".into(), short))
 }
 
 fn parse_price(data: &Map<String, Value>) -> Result<PriceData, String> {

@@ -1,3 +1,86 @@
-//! placeholder
+//! The ingest stage: Birdeye feed connections per batch, rolling windows per target, and
+//! event frames to JetStream.
+//!
+//! [`run`] connects to NATS, makes sure the streams and buckets exist, and hands control to
+//! the [`supervisor::Supervisor`], which watches the tasks bucket and runs one
+//! [`runner::BatchRunner`] task per batch of every token task. A runner keeps one WebSocket
+//! connection per channel (prices and trades, [`feed`]), parses frames ([`birdeye`]), updates
+//! the targets' windows ([`target`], [`window`]) and publishes event frames ([`publish`]),
+//! heartbeats and status changes ([`status`]).
+
 pub mod birdeye;
+pub mod feed;
+pub mod plan;
+pub mod publish;
+pub mod runner;
+pub mod settings;
+pub mod status;
+pub mod supervisor;
+pub mod target;
 pub mod window;
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use monitor_core::topology::{self, TopologyError};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::runner::RunnerContext;
+use crate::settings::IngestSettings;
+use crate::supervisor::Supervisor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("failed to connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+}
+
+/// Runs the ingest stage until `shutdown` is cancelled, then stops every batch runner after
+/// it published what it holds.
+pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Result<(), IngestError> {
+    let consumer_id = settings.runtime.consumer_id();
+    info!(
+        consumer_id = %consumer_id,
+        nats_url = %settings.nats.url,
+        subject_prefix = %settings.nats.subject_prefix,
+        feed = %birdeye::redact_url(&settings.feed.ws_url),
+        api_key = %settings.feed.api_key,
+        heartbeat_interval_ms = settings.heartbeat_interval.as_millis() as u64,
+        max_buffered_events = settings.max_buffered_events,
+        "ingest starting"
+    );
+    if settings.feed.api_key.is_empty() {
+        tracing::warn!("BIRDEYE_API_KEY is empty, the Birdeye socket will reject the connection");
+    }
+
+    let client = settings
+        .nats
+        .connect(&format!("ingest {consumer_id}"))
+        .await
+        .map_err(|source| IngestError::Connect {
+            url: settings.nats.url.clone(),
+            source,
+        })?;
+    let js = jetstream::new(client);
+    let topology = topology::ensure(&js, &settings.nats).await?;
+
+    let context = Arc::new(RunnerContext {
+        js,
+        subjects: topology.subjects.clone(),
+        consumer_id,
+        feed: settings.feed.clone(),
+        heartbeat_interval: settings.heartbeat_interval,
+        max_buffered_events: settings.max_buffered_events as usize,
+    });
+    Supervisor::new(context, topology.tasks, shutdown)
+        .run()
+        .await;
+    info!("ingest stopped");
+    Ok(())
+}

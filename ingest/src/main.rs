@@ -1,1 +1,40 @@
-fn main() {}
+//! `ingest`: runs the ingest stage (`ingest run`, the default subcommand).
+
+use clap::{Parser, Subcommand};
+use monitor_ingest::settings::IngestSettings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ingest",
+    version,
+    about = "Keeps Birdeye feed connections per batch and publishes event frames to NATS JetStream",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    settings: IngestSettings,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the stage until SIGINT or SIGTERM (the default).
+    Run(IngestSettings),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    monitor_core::settings::load_dotenv();
+    let cli = Cli::parse();
+    let settings = match cli.command {
+        Some(Command::Run(settings)) => settings,
+        None => cli.settings,
+    };
+    monitor_core::telemetry::init(settings.runtime.log_format);
+    let shutdown = monitor_core::shutdown::on_signals();
+    monitor_ingest::run(settings, shutdown).await?;
+    Ok(())
+}

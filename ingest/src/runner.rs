@@ -1,0 +1,546 @@
+//! The task that runs one batch: both feed sockets, the targets' windows, the publishers.
+//!
+//! A [`BatchRunner`] consumes its [`RunnerConfig`] (the batch's targets and the window lengths
+//! of its task's rules, updated through a watch channel) and produces event frames, heartbeats
+//! and status changes. It owns everything of its batch in one tokio task: the price and trade
+//! connections, the per-target state and the publish buffers, so no per-target task or timer
+//! exists. Every branch of its loop calls one named handler.
+//!
+//! Guarantees: while the event buffer is full (NATS slow or down) the runner stops reading its
+//! sockets, so the feed is pushed back instead of events being dropped. A new config changes
+//! the windows without reconnecting. On stop it closes the sockets, publishes what it holds
+//! (for at most [`DRAIN_TIMEOUT`]), then publishes a `stopped` status change.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use monitor_core::messages::{BatchSpec, BatchStatus, Chain};
+use monitor_core::subjects::Subjects;
+use monitor_core::time::now_ms;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{interval_at, timeout_at, Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::birdeye::{self, Channel, FeedMessage, ParseError};
+use crate::feed::{FeedConnection, FeedEvent};
+use crate::publish::{EncodeError, FrameHeader, FrameOutcome, FramePublisher};
+use crate::settings::FeedSettings;
+use crate::status::{BatchCounters, StatusOutcome, StatusPublisher, StatusSource};
+use crate::target::{Outcome, Targets};
+
+/// Time a stopping runner has to publish what it holds.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Extra time to publish the final `stopped` status change.
+const STATUS_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every runner of this instance shares.
+pub struct RunnerContext {
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub consumer_id: String,
+    pub feed: FeedSettings,
+    pub heartbeat_interval: Duration,
+    pub max_buffered_events: usize,
+}
+
+/// What a runner runs. The supervisor sends a new value when the task's rules or the batch's
+/// targets change; task, batch, epoch and chain stay fixed for a runner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerConfig {
+    pub task_id: u64,
+    pub chain: Chain,
+    pub epoch: u32,
+    /// Window lengths in seconds that the task's rules use.
+    pub window_lengths: Vec<u32>,
+    pub batch: Arc<BatchSpec>,
+}
+
+/// A runner's status, sent to the supervisor on every change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunnerNotice {
+    pub batch_id: u64,
+    pub status: BatchStatus,
+}
+
+/// Counts repeated log lines and lets through at most `limit` per minute.
+struct LogLimiter {
+    limit: u32,
+    window_start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    fn new(limit: u32) -> Self {
+        LogLimiter {
+            limit,
+            window_start: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Returns `Some(lines suppressed since the last one logged)` when this line may be logged.
+    fn allow(&mut self) -> Option<u64> {
+        if self.window_start.elapsed() >= Duration::from_secs(60) {
+            self.window_start = Instant::now();
+            self.logged = 0;
+        }
+        if self.logged >= self.limit {
+            self.suppressed += 1;
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// The task of one batch.
+pub struct BatchRunner {
+    context: Arc<RunnerContext>,
+    config: RunnerConfig,
+    config_rx: watch::Receiver<RunnerConfig>,
+    stop: CancellationToken,
+    notices: mpsc::UnboundedSender<RunnerNotice>,
+    targets: Targets,
+    prices: FeedConnection,
+    trades: FeedConnection,
+    frames: FramePublisher,
+    status: StatusPublisher,
+    source: StatusSource,
+    counters: BatchCounters,
+    batch_status: BatchStatus,
+    reads_paused: bool,
+    publish_failing: bool,
+    status_failing: bool,
+    malformed_log: LogLimiter,
+    too_old_log: LogLimiter,
+}
+
+impl BatchRunner {
+    /// Prepares a runner; nothing connects before [`BatchRunner::run`].
+    pub fn new(
+        context: Arc<RunnerContext>,
+        mut config_rx: watch::Receiver<RunnerConfig>,
+        stop: CancellationToken,
+        next_seq: Arc<AtomicU64>,
+        notices: mpsc::UnboundedSender<RunnerNotice>,
+    ) -> Self {
+        let config = config_rx.borrow_and_update().clone();
+        let batch_id = config.batch.batch_id;
+        let targets = Targets::new(&config.batch.targets, &config.window_lengths);
+        let addresses = targets.addresses();
+        let url = birdeye::feed_url(
+            &context.feed.ws_url,
+            config.chain,
+            context.feed.api_key.expose(),
+        );
+        let prices = FeedConnection::new(
+            Channel::Prices,
+            url.clone(),
+            birdeye::price_subscriptions(&addresses),
+        );
+        let trades = FeedConnection::new(
+            Channel::Trades,
+            url,
+            birdeye::trade_subscriptions(&addresses),
+        );
+
+        let frames = FramePublisher::new(
+            context.js.clone(),
+            context
+                .subjects
+                .batch_events(config.chain, config.task_id, batch_id),
+            FrameHeader {
+                task_id: config.task_id,
+                batch_id,
+                epoch: config.epoch,
+                chain: config.chain,
+                producer: context.consumer_id.clone(),
+            },
+            next_seq,
+            context.max_buffered_events,
+        );
+        let status = StatusPublisher::new(
+            context.js.clone(),
+            context.subjects.batch_status(config.task_id, batch_id),
+        );
+        let source = StatusSource {
+            task_id: config.task_id,
+            batch_id,
+            consumer_id: context.consumer_id.clone(),
+            item_count: targets.len() as u32,
+        };
+        BatchRunner {
+            context,
+            config,
+            config_rx,
+            stop,
+            notices,
+            targets,
+            prices,
+            trades,
+            frames,
+            status,
+            source,
+            counters: BatchCounters::default(),
+            batch_status: BatchStatus::Pending,
+            reads_paused: false,
+            publish_failing: false,
+            status_failing: false,
+            malformed_log: LogLimiter::new(10),
+            too_old_log: LogLimiter::new(10),
+        }
+    }
+
+    /// Runs until the stop token is cancelled, then drains and reports `stopped`.
+    #[tracing::instrument(name = "batch", skip_all, fields(
+        task_id = self.config.task_id,
+        batch_id = self.config.batch.batch_id,
+        epoch = self.config.epoch,
+    ))]
+    pub async fn run(mut self) {
+        info!(
+            targets = self.targets.len(),
+            windows = ?self.config.window_lengths,
+            feed = %birdeye::redact_url(&birdeye::feed_url(&self.context.feed.ws_url, self.config.chain, "")),
+            "batch runner started"
+        );
+        if !self.targets.duplicates().is_empty() {
+            warn!(addresses = ?self.targets.duplicates(), "batch lists an address more than once, the later entries are ignored");
+        }
+        let mut heartbeat = heartbeat_timer(self.context.heartbeat_interval);
+
+        loop {
+            self.start_publishes();
+            let reading = !self.frames.is_full() && !self.targets.is_empty();
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                changed = self.config_rx.changed() => match changed {
+                    Ok(()) => self.apply_config(),
+                    Err(_) => break,
+                },
+                outcome = self.frames.next_outcome() => self.on_frame_outcome(outcome),
+                outcome = self.status.next_outcome() => self.on_status_outcome(outcome),
+                event = self.prices.next(), if reading => self.on_feed_event(Channel::Prices, event),
+                event = self.trades.next(), if reading => self.on_feed_event(Channel::Trades, event),
+                _ = heartbeat.tick() => self.queue_heartbeat(),
+            }
+            self.check_backpressure();
+        }
+
+        self.drain().await;
+    }
+
+    fn start_publishes(&mut self) {
+        if let Err(error) = self.frames.start_next() {
+            self.on_encode_error(error);
+        }
+        if let Err(error) = self.status.start_next() {
+            error!(error = %error, "failed to encode a status message, it is dropped");
+        }
+    }
+
+    fn apply_config(&mut self) {
+        let next = self.config_rx.borrow_and_update().clone();
+        if next.window_lengths != self.config.window_lengths {
+            info!(from = ?self.config.window_lengths, to = ?next.window_lengths, "window lengths changed");
+            self.targets.set_window_lengths(&next.window_lengths);
+        }
+        if next.batch != self.config.batch {
+            let before = self.targets.addresses();
+            self.targets
+                .update_specs(&next.batch.targets, &next.window_lengths);
+            self.source.item_count = self.targets.len() as u32;
+            let after = self.targets.addresses();
+            if before != after {
+                info!(
+                    targets = after.len(),
+                    "batch targets changed, subscribing again"
+                );
+                self.prices
+                    .set_subscriptions(birdeye::price_subscriptions(&after));
+                self.trades
+                    .set_subscriptions(birdeye::trade_subscriptions(&after));
+                self.refresh_status(Some("targets changed, subscribing again".into()));
+            } else {
+                debug!("target details changed");
+            }
+        }
+        self.config = next;
+    }
+
+    fn on_feed_event(&mut self, channel: Channel, event: FeedEvent) {
+        match event {
+            FeedEvent::Subscribed => {
+                info!(channel = %channel, targets = self.targets.len(), "feed connected and subscribed");
+                self.refresh_status(None);
+            }
+            FeedEvent::Frame(text) => self.on_frame(channel, &text),
+            FeedEvent::ConnectFailed { error, retry_in } => {
+                warn!(channel = %channel, error = %error, retry_in_ms = retry_in.as_millis() as u64, "feed connection failed, retrying");
+                let message = format!("{channel} connection failed: {error}");
+                self.counters.record_error(message.clone());
+                self.refresh_status(Some(message));
+            }
+            FeedEvent::Closed { reason, retry_in } => {
+                warn!(channel = %channel, reason = %reason, retry_in_ms = retry_in.as_millis() as u64, "feed connection lost, reconnecting");
+                let message = format!("{channel} connection lost: {reason}");
+                self.counters.record_error(message.clone());
+                self.refresh_status(Some(message));
+            }
+        }
+    }
+
+    fn on_frame(&mut self, channel: Channel, text: &str) {
+        let targets = &self.targets;
+        let parsed = birdeye::parse_frame(text, |address| targets.is_watched(address));
+        let ingest_time_ms = now_ms();
+        match parsed {
+            Ok(FeedMessage::Welcome) => debug!(channel = %channel, "feed sent WELCOME"),
+            Ok(FeedMessage::Price(price)) => {
+                self.connection(channel).data_received();
+                let outcome = self.targets.on_price(&price, ingest_time_ms);
+                self.accept(channel, outcome, &price.address, price.time_ms);
+            }
+            Ok(FeedMessage::Trades(trades)) => {
+                self.connection(channel).data_received();
+                for trade in trades {
+                    let outcome = self.targets.on_trade(&trade, ingest_time_ms);
+                    self.accept(channel, outcome, &trade.address, trade.time_ms);
+                }
+            }
+            Ok(FeedMessage::Error(message)) => self.on_feed_error(channel, message),
+            Ok(FeedMessage::Other(frame_type)) => {
+                debug!(channel = %channel, frame_type = %frame_type, "feed frame type not used, skipped")
+            }
+            Err(error) => self.on_malformed(channel, error),
+        }
+    }
+
+    fn accept(&mut self, channel: Channel, outcome: Outcome, address: &str, source_time_ms: i64) {
+        match outcome {
+            Outcome::Event(event) => {
+                self.counters.record_event(event.source_time_ms);
+                self.frames.push(*event);
+            }
+            Outcome::Unknown => {
+                self.counters.unknown_targets += 1;
+                debug!(channel = %channel, address, "feed data for an address that is not a target of this batch, skipped");
+            }
+            Outcome::TooOld => {
+                self.counters.too_old += 1;
+                if let Some(suppressed) = self.too_old_log.allow() {
+                    warn!(
+                        channel = %channel,
+                        address,
+                        source_time_ms,
+                        too_old_total = self.counters.too_old,
+                        suppressed,
+                        "observation older than every window of its target, dropped"
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_feed_error(&mut self, channel: Channel, message: String) {
+        let retry_in = self.connection(channel).reconnect();
+        warn!(channel = %channel, message = %message, retry_in_ms = retry_in.as_millis() as u64, "feed sent ERROR, reconnecting");
+        let error = format!("{channel} feed sent ERROR: {message}");
+        self.counters.record_error(error.clone());
+        self.refresh_status(Some(error));
+    }
+
+    fn on_malformed(&mut self, channel: Channel, error: ParseError) {
+        self.counters.malformed_frames += 1;
+        if let Some(suppressed) = self.malformed_log.allow() {
+            warn!(
+                channel = %channel,
+                frame_type = %error.frame_type,
+                problem = %error.problem,
+                malformed_total = self.counters.malformed_frames,
+                suppressed,
+                "malformed feed frame skipped"
+            );
+        }
+        self.counters.record_error(error.to_string());
+    }
+
+    fn on_frame_outcome(&mut self, outcome: FrameOutcome) {
+        match outcome {
+            FrameOutcome::Acked {
+                seq,
+                events,
+                duplicate,
+            } => {
+                if self.publish_failing {
+                    info!(seq, "event frame published again after failures");
+                    self.publish_failing = false;
+                }
+                debug!(seq, events, duplicate, "event frame acknowledged");
+            }
+            FrameOutcome::Retrying {
+                seq,
+                msg_id,
+                attempt,
+                error,
+                retry_in,
+            } => {
+                self.publish_failing = true;
+                warn!(
+                    seq,
+                    msg_id = %msg_id,
+                    attempt,
+                    error = %error,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    buffered = self.frames.len(),
+                    "event frame publish failed, retrying with the same msg id"
+                );
+            }
+            FrameOutcome::Dropped { seq, events, error } => {
+                error!(seq, events, error = %error, "event frame can never be published, its events are dropped");
+                self.counters.dropped_events += events as u64;
+                self.counters
+                    .record_error(format!("frame {seq} with {events} events dropped: {error}"));
+            }
+        }
+    }
+
+    fn on_encode_error(&mut self, error: EncodeError) {
+        error!(seq = error.seq, events = error.events, error = %error.source, "failed to encode an event frame, its events are dropped");
+        self.counters.dropped_events += error.events as u64;
+        self.counters.record_error(error.to_string());
+    }
+
+    fn on_status_outcome(&mut self, outcome: StatusOutcome) {
+        match outcome {
+            StatusOutcome::Sent => {
+                if self.status_failing {
+                    info!("status published again after failures");
+                    self.status_failing = false;
+                }
+            }
+            StatusOutcome::Retrying { error, retry_in } => {
+                if !self.status_failing {
+                    warn!(error = %error, retry_in_ms = retry_in.as_millis() as u64, "status publish failed, retrying");
+                }
+                self.status_failing = true;
+            }
+            StatusOutcome::Superseded => debug!("failing heartbeat replaced by a newer one"),
+        }
+    }
+
+    fn queue_heartbeat(&mut self) {
+        let heartbeat = self
+            .source
+            .heartbeat(&self.counters, self.targets.progress());
+        debug!(
+            events = self.counters.events,
+            errors = self.counters.errors,
+            "heartbeat"
+        );
+        self.status.push(heartbeat);
+    }
+
+    /// Running when both channels are subscribed; error when one is down after a failure.
+    fn refresh_status(&mut self, reason: Option<String>) {
+        let both_open = self.prices.is_open() && self.trades.is_open();
+        let next = match (both_open, &reason) {
+            (true, _) => BatchStatus::Running,
+            (false, Some(_)) => BatchStatus::Error,
+            (false, None) => self.batch_status,
+        };
+        if next == self.batch_status {
+            return;
+        }
+        info!(from = %self.batch_status, to = %next, reason = reason.as_deref().unwrap_or(""), "batch status changed");
+        self.set_status(next, reason);
+    }
+
+    fn set_status(&mut self, status: BatchStatus, reason: Option<String>) {
+        self.batch_status = status;
+        let change = self
+            .source
+            .change(status, reason, &self.counters, self.targets.progress());
+        self.status.push(change);
+        // The supervisor drops its receiver only when it exits, and then no one needs this.
+        let _ = self.notices.send(RunnerNotice {
+            batch_id: self.source.batch_id,
+            status,
+        });
+    }
+
+    fn check_backpressure(&mut self) {
+        let full = self.frames.is_full();
+        if full && !self.reads_paused {
+            warn!(
+                buffered = self.frames.len(),
+                "event buffer full, feed reads paused until NATS acknowledges"
+            );
+        } else if !full && self.reads_paused {
+            info!(
+                buffered = self.frames.len(),
+                "event buffer below its limit, feed reads resumed"
+            );
+        }
+        self.reads_paused = full;
+    }
+
+    fn connection(&mut self, channel: Channel) -> &mut FeedConnection {
+        match channel {
+            Channel::Prices => &mut self.prices,
+            Channel::Trades => &mut self.trades,
+        }
+    }
+
+    /// Closes the sockets, publishes what is buffered, and reports `stopped`.
+    async fn drain(mut self) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        tokio::join!(self.prices.close(), self.trades.close());
+
+        while !self.frames.is_empty() {
+            self.start_publishes();
+            match timeout_at(deadline, self.frames.next_outcome()).await {
+                Ok(outcome) => self.on_frame_outcome(outcome),
+                Err(_) => break,
+            }
+        }
+        let lost = self.frames.len();
+        if lost > 0 {
+            error!(
+                events = lost,
+                "runner stopped before NATS acknowledged these events, they are dropped"
+            );
+            self.counters.dropped_events += lost as u64;
+        }
+
+        self.set_status(BatchStatus::Stopped, None);
+        let status_deadline = Instant::now() + STATUS_DRAIN_TIMEOUT;
+        while !self.status.is_idle() {
+            self.start_publishes();
+            match timeout_at(status_deadline, self.status.next_outcome()).await {
+                Ok(outcome) => self.on_status_outcome(outcome),
+                Err(_) => {
+                    warn!("stopped status not acknowledged in time");
+                    break;
+                }
+            }
+        }
+        info!(
+            events = self.counters.events,
+            errors = self.counters.errors,
+            dropped_events = self.counters.dropped_events,
+            "batch runner stopped"
+        );
+    }
+}
+
+fn heartbeat_timer(period: Duration) -> Interval {
+    let mut timer = interval_at(Instant::now() + period, period);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    timer
+}

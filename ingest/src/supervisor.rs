@@ -1,0 +1,482 @@
+//! The supervisor: decides which batches run on this instance and owns their runners.
+//!
+//! Consumes the tasks bucket through a watch of `task.*` and `batch.*` keys (current values
+//! first, then updates; re-opened whenever it fails or ends) and the status notices of its
+//! runners. It produces one [`BatchRunner`] task per batch to run ([`plan::desired_runners`]),
+//! sends a runner the new window lengths when its task's config changes, and stops runners
+//! that are no longer wanted. When a task moves to a new epoch, the old epoch's runners stop
+//! only once every batch of the new epoch is `running` ([`plan::stop_now`]), so the targets
+//! are watched without a gap.
+//!
+//! For now every instance runs every batch. Leases and rendezvous ownership will decide here
+//! which batches this instance takes; the runners do not change for that.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, Operation};
+use futures::{StreamExt, TryStreamExt};
+use monitor_core::codec;
+use monitor_core::messages::{BatchSpec, BatchStatus, TaskSpec};
+use monitor_core::{Locale, Subjects};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::{interval, sleep, timeout, Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::plan::{self, Skip};
+use crate::runner::{BatchRunner, RunnerConfig, RunnerContext, RunnerNotice, DRAIN_TIMEOUT};
+
+/// Time to wait before restarting a runner that ended on its own.
+const RESTART_DELAY: Duration = Duration::from_secs(5);
+/// Longest wait between two attempts to open the watch.
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Sequence counters of batches that stopped are kept this long, well beyond the events
+/// stream's duplicate window (2 minutes), so a batch restarted soon never reuses a msg id.
+const SEQ_RETENTION: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+enum WatchError {
+    #[error("failed to open the watch: {0}")]
+    Open(#[from] kv::WatchError),
+    #[error("failed to list the keys: {0}")]
+    Keys(String),
+}
+
+/// A runner this supervisor started.
+struct RunnerSlot {
+    task_id: u64,
+    epoch: u32,
+    status: BatchStatus,
+    config_tx: watch::Sender<RunnerConfig>,
+    stop: CancellationToken,
+    /// Since when the runner is no longer wanted but kept for an epoch switch.
+    retiring_since: Option<Instant>,
+}
+
+/// A key of the tasks bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Task(u64),
+    Batch(u64),
+}
+
+fn parse_key(key: &str) -> Option<Key> {
+    if let Some(id) = key.strip_prefix("task.") {
+        return id.parse().ok().map(Key::Task);
+    }
+    key.strip_prefix("batch.")?.parse().ok().map(Key::Batch)
+}
+
+/// Decides which batches run and owns their runners.
+pub struct Supervisor {
+    context: Arc<RunnerContext>,
+    kv: kv::Store,
+    shutdown: CancellationToken,
+    tasks: HashMap<u64, TaskSpec>,
+    batches: HashMap<u64, Arc<BatchSpec>>,
+    runners: HashMap<u64, RunnerSlot>,
+    /// Runners asked to stop whose task has not ended yet; a batch is not started again
+    /// before its previous runner ended.
+    stopping: HashSet<u64>,
+    joins: JoinSet<()>,
+    join_ids: HashMap<Id, u64>,
+    next_seqs: HashMap<u64, (Arc<AtomicU64>, Instant)>,
+    restart_not_before: HashMap<u64, Instant>,
+    notices_tx: mpsc::UnboundedSender<RunnerNotice>,
+    notices_rx: mpsc::UnboundedReceiver<RunnerNotice>,
+}
+
+impl Supervisor {
+    pub fn new(context: Arc<RunnerContext>, kv: kv::Store, shutdown: CancellationToken) -> Self {
+        let (notices_tx, notices_rx) = mpsc::unbounded_channel();
+        Supervisor {
+            context,
+            kv,
+            shutdown,
+            tasks: HashMap::new(),
+            batches: HashMap::new(),
+            runners: HashMap::new(),
+            stopping: HashSet::new(),
+            joins: JoinSet::new(),
+            join_ids: HashMap::new(),
+            next_seqs: HashMap::new(),
+            restart_not_before: HashMap::new(),
+            notices_tx,
+            notices_rx,
+        }
+    }
+
+    /// Runs until the shutdown token is cancelled, then waits for every runner to drain.
+    pub async fn run(mut self) {
+        let Some(mut entries) = self.open_watch().await else {
+            return self.stop_all().await;
+        };
+        let mut tick = interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                entry = entries.next() => match entry {
+                    Some(Ok(entry)) => self.on_entry(entry),
+                    Some(Err(error)) => {
+                        warn!(error = %error, "tasks bucket watch failed, re-opening it");
+                        match self.open_watch().await {
+                            Some(reopened) => entries = reopened,
+                            None => break,
+                        }
+                    }
+                    None => {
+                        warn!("tasks bucket watch ended, re-opening it");
+                        match self.open_watch().await {
+                            Some(reopened) => entries = reopened,
+                            None => break,
+                        }
+                    }
+                },
+                Some(notice) = self.notices_rx.recv() => self.on_notice(notice),
+                Some(joined) = self.joins.join_next_with_id(), if !self.joins.is_empty() => {
+                    self.on_runner_exit(joined);
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        self.stop_all().await;
+    }
+
+    /// Opens the watch, retrying with backoff; `None` once shutdown was requested.
+    async fn open_watch(&mut self) -> Option<kv::Watch> {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match self.sync_and_watch().await {
+                Ok(entries) => {
+                    self.reconcile();
+                    return Some(entries);
+                }
+                Err(error) => {
+                    warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "failed to watch the tasks bucket, retrying");
+                }
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                () = sleep(delay) => {}
+            }
+            delay = (delay * 2).min(WATCH_RETRY_MAX);
+        }
+    }
+
+    /// Opens the watch and forgets tasks and batches whose keys are gone, since a re-opened
+    /// watch delivers only the keys that still exist.
+    async fn sync_and_watch(&mut self) -> Result<kv::Watch, WatchError> {
+        let entries = self
+            .kv
+            .watch_many_with_history(["task.*", "batch.*"])
+            .await?;
+        let keys: HashSet<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| WatchError::Keys(e.to_string()))?
+            .try_collect()
+            .await
+            .map_err(|e| WatchError::Keys(e.to_string()))?;
+        self.tasks
+            .retain(|id, _| keys.contains(&Subjects::task_key(*id)));
+        self.batches
+            .retain(|id, _| keys.contains(&Subjects::batch_key(*id)));
+        info!(bucket = %self.kv.name, keys = keys.len(), "watching the tasks bucket");
+        Ok(entries)
+    }
+
+    fn on_entry(&mut self, entry: kv::Entry) {
+        let caught_up = entry.delta == 0;
+        match (parse_key(&entry.key), entry.operation) {
+            (None, _) => debug!(key = %entry.key, "key of the tasks bucket not used by ingest"),
+            (Some(Key::Task(task_id)), Operation::Put) => self.put_task(task_id, &entry),
+            (Some(Key::Batch(batch_id)), Operation::Put) => self.put_batch(batch_id, &entry),
+            (Some(Key::Task(task_id)), Operation::Delete | Operation::Purge) => {
+                if self.tasks.remove(&task_id).is_some() {
+                    info!(task_id, "task removed from the tasks bucket");
+                }
+            }
+            (Some(Key::Batch(batch_id)), Operation::Delete | Operation::Purge) => {
+                self.batches.remove(&batch_id);
+                debug!(batch_id, "batch removed from the tasks bucket");
+            }
+        }
+        // While the watch delivers the existing keys, decide once at the end.
+        if caught_up {
+            self.reconcile();
+        }
+    }
+
+    fn put_task(&mut self, task_id: u64, entry: &kv::Entry) {
+        let task = match codec::decode::<TaskSpec>(&entry.value) {
+            Ok(task) if task.task_id == task_id => task,
+            Ok(task) => {
+                warn!(key = %entry.key, found_task_id = task.task_id, "task spec stored under another task's key, ignored");
+                return;
+            }
+            Err(error) => {
+                warn!(key = %entry.key, revision = entry.revision, error = %error, "task spec cannot be decoded, the previous value stays in force");
+                return;
+            }
+        };
+        self.log_task_change(self.tasks.get(&task_id), &task);
+        self.tasks.insert(task_id, task);
+    }
+
+    fn log_task_change(&self, previous: Option<&TaskSpec>, task: &TaskSpec) {
+        let skip = plan::token_rules(task).err();
+        let previous_skip = previous.map(|p| plan::token_rules(p).err());
+        match &skip {
+            Some(Skip::NotTokenTask) => {}
+            Some(reason) if previous_skip.as_ref() != Some(&skip) => {
+                warn!(task_id = task.task_id, reason = %reason, "task runs no batch");
+            }
+            _ => {}
+        }
+        let config_error = task.config_error.as_ref();
+        if config_error.is_some() && config_error != previous.and_then(|p| p.config_error.as_ref())
+        {
+            let message = config_error
+                .map(|e| e.message(Locale::En))
+                .unwrap_or_default();
+            warn!(task_id = task.task_id, error = %message, "task config is invalid, the last valid rules stay in force");
+        }
+        if skip.is_none()
+            && previous.is_none_or(|p| p.epoch != task.epoch || p.config != task.config)
+        {
+            info!(
+                task_id = task.task_id,
+                epoch = task.epoch,
+                batches = task.batches.len(),
+                "task updated"
+            );
+        }
+    }
+
+    fn put_batch(&mut self, batch_id: u64, entry: &kv::Entry) {
+        match codec::decode::<BatchSpec>(&entry.value) {
+            Ok(batch) if batch.batch_id == batch_id => {
+                self.batches.insert(batch_id, Arc::new(batch));
+            }
+            Ok(batch) => {
+                warn!(key = %entry.key, found_batch_id = batch.batch_id, "batch spec stored under another batch's key, ignored");
+            }
+            Err(error) => {
+                warn!(key = %entry.key, revision = entry.revision, error = %error, "batch spec cannot be decoded, the previous value stays in force");
+            }
+        }
+    }
+
+    fn on_notice(&mut self, notice: RunnerNotice) {
+        let Some(slot) = self.runners.get_mut(&notice.batch_id) else {
+            return;
+        };
+        slot.status = notice.status;
+        if notice.status == BatchStatus::Running {
+            // A new epoch's batch running may let an old epoch's runner stop.
+            self.reconcile();
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        self.restart_not_before.retain(|_, at| *at > now);
+        let runners = &self.runners;
+        self.next_seqs.retain(|batch_id, (_, last_used)| {
+            runners.contains_key(batch_id) || now.duration_since(*last_used) < SEQ_RETENTION
+        });
+        self.reconcile();
+    }
+
+    /// Starts wanted runners, updates their configs, and stops unwanted ones.
+    fn reconcile(&mut self) {
+        let desired = plan::desired_runners(&self.tasks, &self.batches);
+        let now = Instant::now();
+
+        for (batch_id, config) in &desired {
+            if let Some(slot) = self.runners.get_mut(batch_id) {
+                slot.retiring_since = None;
+                slot.config_tx.send_if_modified(|current| {
+                    let changed = current != config;
+                    if changed {
+                        *current = config.clone();
+                    }
+                    changed
+                });
+            } else if !self.stopping.contains(batch_id)
+                && !self.restart_not_before.contains_key(batch_id)
+            {
+                self.start_runner(*batch_id, config.clone());
+            }
+        }
+
+        let unwanted: Vec<u64> = self
+            .runners
+            .keys()
+            .filter(|id| !desired.contains_key(id))
+            .copied()
+            .collect();
+        for batch_id in unwanted {
+            self.retire(batch_id, now);
+        }
+    }
+
+    fn retire(&mut self, batch_id: u64, now: Instant) {
+        let Some(slot) = self.runners.get_mut(&batch_id) else {
+            return;
+        };
+        let first_time = slot.retiring_since.is_none();
+        let since = *slot.retiring_since.get_or_insert(now);
+        let (task_id, epoch) = (slot.task_id, slot.epoch);
+
+        let runners = &self.runners;
+        let is_running = |id: u64| {
+            runners
+                .get(&id)
+                .is_some_and(|s| s.status == BatchStatus::Running && s.retiring_since.is_none())
+        };
+        if plan::stop_now(
+            task_id,
+            epoch,
+            now.duration_since(since),
+            &self.tasks,
+            &self.batches,
+            is_running,
+        ) {
+            self.stop_runner(batch_id);
+        } else if first_time {
+            info!(
+                task_id,
+                batch_id,
+                epoch,
+                "batch of an old epoch keeps running until the new epoch's batches run"
+            );
+        }
+    }
+
+    fn start_runner(&mut self, batch_id: u64, config: RunnerConfig) {
+        let now = Instant::now();
+        let next_seq = Arc::clone(
+            &self
+                .next_seqs
+                .entry(batch_id)
+                .or_insert_with(|| (Arc::new(AtomicU64::new(1)), now))
+                .0,
+        );
+        info!(
+            task_id = config.task_id,
+            batch_id,
+            epoch = config.epoch,
+            targets = config.batch.targets.len(),
+            "starting batch runner"
+        );
+        let (task_id, epoch) = (config.task_id, config.epoch);
+        let (config_tx, config_rx) = watch::channel(config);
+        let stop = self.shutdown.child_token();
+        let runner = BatchRunner::new(
+            Arc::clone(&self.context),
+            config_rx,
+            stop.clone(),
+            next_seq,
+            self.notices_tx.clone(),
+        );
+        let handle = self.joins.spawn(runner.run());
+        self.join_ids.insert(handle.id(), batch_id);
+        self.runners.insert(
+            batch_id,
+            RunnerSlot {
+                task_id,
+                epoch,
+                status: BatchStatus::Pending,
+                config_tx,
+                stop,
+                retiring_since: None,
+            },
+        );
+    }
+
+    fn stop_runner(&mut self, batch_id: u64) {
+        let Some(slot) = self.runners.remove(&batch_id) else {
+            return;
+        };
+        info!(
+            task_id = slot.task_id,
+            batch_id,
+            epoch = slot.epoch,
+            "stopping batch runner"
+        );
+        slot.stop.cancel();
+        self.stopping.insert(batch_id);
+        if let Some((_, last_used)) = self.next_seqs.get_mut(&batch_id) {
+            *last_used = Instant::now();
+        }
+    }
+
+    fn on_runner_exit(&mut self, joined: Result<(Id, ()), JoinError>) {
+        let (id, panic) = match joined {
+            Ok((id, ())) => (id, None),
+            Err(error) => (error.id(), Some(error)),
+        };
+        let Some(batch_id) = self.join_ids.remove(&id) else {
+            return;
+        };
+        if let Some((_, last_used)) = self.next_seqs.get_mut(&batch_id) {
+            *last_used = Instant::now();
+        }
+        if self.stopping.remove(&batch_id) && panic.is_none() {
+            debug!(batch_id, "batch runner ended");
+        } else {
+            let reason = panic.map_or_else(|| "it returned".to_owned(), |e| e.to_string());
+            error!(batch_id, reason = %reason, restart_in_ms = RESTART_DELAY.as_millis() as u64, "batch runner ended without being stopped, restarting it");
+            self.runners.remove(&batch_id);
+            self.stopping.remove(&batch_id);
+            self.restart_not_before
+                .insert(batch_id, Instant::now() + RESTART_DELAY);
+        }
+        self.reconcile();
+    }
+
+    /// Waits for every runner to drain after shutdown; aborts those that take too long.
+    async fn stop_all(mut self) {
+        for slot in self.runners.values() {
+            slot.stop.cancel();
+        }
+        let limit = DRAIN_TIMEOUT + Duration::from_secs(5);
+        let joins = &mut self.joins;
+        let drained = timeout(limit, async {
+            while let Some(joined) = joins.join_next().await {
+                if let Err(error) = joined {
+                    error!(error = %error, "batch runner failed while stopping");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                runners = self.joins.len(),
+                "batch runners did not stop in time, aborting them"
+            );
+            self.joins.abort_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_to_task_or_batch() {
+        assert_eq!(parse_key("task.12"), Some(Key::Task(12)));
+        assert_eq!(parse_key("batch.7"), Some(Key::Batch(7)));
+        assert_eq!(parse_key("batch.x"), None);
+        assert_eq!(parse_key("member.host-1"), None);
+    }
+}
