@@ -6,7 +6,7 @@
 //! message was written to the Java WebSocket; pending rows are read back in `event_time` order
 //! to be pushed after an outage.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use chrono::{DateTime, NaiveDateTime};
 use monitor_core::messages::Alert;
 use serde_json::Value;
 use sqlx::mysql::MySqlPool;
@@ -89,10 +89,10 @@ pub struct PendingCursor {
 }
 
 impl PendingCursor {
-    /// The position before every row.
+    /// The position before every row: [`AlertLog::insert`] rejects event times before 1970.
     pub fn start() -> Self {
         PendingCursor {
-            event_time: NaiveDate::MIN.and_hms_opt(0, 0, 0).unwrap_or_default(),
+            event_time: DateTime::UNIX_EPOCH.naive_utc(),
             id: 0,
         }
     }
@@ -224,7 +224,8 @@ impl AlertLog {
 fn pending_alert(row: &sqlx::mysql::MySqlRow) -> Result<PendingAlert, AlertLogError> {
     let read_error = |source| AlertLogError::ReadPending { source };
     let id: i64 = row.try_get("id").map_err(read_error)?;
-    let raw_data: Option<String> = row.try_get("alert_data").map_err(read_error)?;
+    // MariaDB's JSON is LONGTEXT with a binary collation, which sqlx reads as bytes.
+    let raw_data: Option<Vec<u8>> = row.try_get("alert_data").map_err(read_error)?;
     let id = id as u64;
     Ok(PendingAlert {
         id,
@@ -236,13 +237,13 @@ fn pending_alert(row: &sqlx::mysql::MySqlRow) -> Result<PendingAlert, AlertLogEr
 
 /// This stage writes `alert_data` as JSON; text that does not parse (written by another
 /// writer) is pushed as a string rather than held back.
-fn parse_alert_data(id: u64, raw: Option<String>) -> Value {
+fn parse_alert_data(id: u64, raw: Option<Vec<u8>>) -> Value {
     let Some(raw) = raw else {
         return Value::Null;
     };
-    serde_json::from_str(&raw).unwrap_or_else(|error| {
+    serde_json::from_slice(&raw).unwrap_or_else(|error| {
         tracing::warn!(alert_row = id, error = %error, "alert_data is not valid JSON, pushing it as text");
-        Value::String(raw)
+        Value::String(String::from_utf8_lossy(&raw).into_owned())
     })
 }
 
