@@ -1,5 +1,5 @@
-# Shell helpers shared by the scripts in scripts/: messages, free loopback ports and bounded
-# waits. Source it after setting `script_name`; it defines functions only.
+# Shell helpers shared by the scripts in scripts/: messages, free loopback ports and stopping
+# a process within a time limit. Source it after setting `script_name`; it defines functions only.
 
 # Debian keeps server binaries (mariadbd) in sbin directories, which a non-login root shell
 # may not have on its PATH.
@@ -32,23 +32,6 @@ print(" ".join(str(s.getsockname()[1]) for s in sockets))
 for s in sockets:
     s.close()
 EOF
-}
-
-# Runs COMMAND (a program or a shell function) every 0.2 s until it succeeds or TIMEOUT
-# seconds have passed; returns 1 on timeout. COMMAND must itself return within a few seconds.
-wait_for() { # timeout_seconds command...
-    local timeout=$1
-    shift
-    local deadline=$((SECONDS + timeout))
-    while true; do
-        if "$@" >/dev/null 2>&1; then
-            return 0
-        fi
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            return 1
-        fi
-        sleep 0.2
-    done
 }
 
 # Succeeds while PID is a live process.
