@@ -1,1 +1,12 @@
-//! placeholder
+//! Development tools of the monitor pipeline, run as `devkit <subcommand>`.
+//!
+//! The Java backend and Birdeye cannot be reached from development machines and tests, so this
+//! crate replaces them with real protocols over real sockets:
+//! - [`feed_replay`] serves recorded trades over Birdeye's WebSocket protocol;
+//! - [`backend_stub`] plays the Java side of the monitor WebSocket and records what it receives;
+//! - [`seed`] inserts a demo task whose rules fire on the recorded trades.
+
+pub mod backend_stub;
+pub mod feed_replay;
+pub mod seed;
+pub mod trades;

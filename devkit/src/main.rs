@@ -1,1 +1,123 @@
-fn main() {}
+//! `devkit`: development tools (feed replay, Java backend stub, demo seed).
+
+// Printing to stdout is this binary's output: the bound address and the seeded ids.
+#![allow(clippy::print_stdout)]
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use monitor_core::telemetry::{self, LogFormat};
+use monitor_devkit::backend_stub::{run_backend_stub, BackendStub, BackendStubSettings};
+use monitor_devkit::feed_replay::{FeedReplay, FeedReplaySettings};
+use monitor_devkit::seed::{seed, SeedSettings};
+
+/// Development tools for the monitor pipeline: a Birdeye feed replay, a stub of the Java
+/// backend's WebSocket and a demo seed for the database.
+#[derive(Debug, Parser)]
+#[command(name = "devkit", version)]
+struct Cli {
+    /// Log format on stderr: text (readable) or json (one object per line).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve recorded trades over Birdeye's WebSocket protocol (TXS_DATA and 1m PRICE_DATA).
+    FeedReplay(FeedReplayCommand),
+    /// Play the Java backend's monitor WebSocket and record every message received as a JSON line.
+    BackendStub(BackendStubSettings),
+    /// Insert a demo smart task on WETH whose rules fire on the recorded trades; prints task_id=N.
+    Seed(SeedSettings),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct FeedReplayCommand {
+    #[command(subcommand)]
+    action: Option<FeedReplayAction>,
+
+    #[command(flatten)]
+    settings: FeedReplaySettings,
+}
+
+#[derive(Debug, Subcommand)]
+enum FeedReplayAction {
+    /// Serve the replay (the default when no action is given).
+    Serve(FeedReplaySettings),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    monitor_core::settings::load_dotenv();
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+
+    match cli.command {
+        Command::FeedReplay(command) => {
+            let settings = match command.action {
+                Some(FeedReplayAction::Serve(settings)) => settings,
+                None => command.settings,
+            };
+            feed_replay(settings, monitor_core::shutdown::on_signals()).await
+        }
+        Command::BackendStub(settings) => {
+            backend_stub(settings, monitor_core::shutdown::on_signals()).await
+        }
+        Command::Seed(settings) => {
+            let seeded = seed(&settings).await?;
+            println!("task_id={}", seeded.task_id);
+            println!("config_id={}", seeded.config_id);
+            println!("target_id={}", seeded.target_id);
+            Ok(())
+        }
+    }
+}
+
+async fn feed_replay(
+    settings: FeedReplaySettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let replay = FeedReplay::load(&settings)?;
+    let listener = bind(settings.listen).await?;
+    std::sync::Arc::new(replay).serve(listener, shutdown).await;
+    Ok(())
+}
+
+async fn backend_stub(
+    settings: BackendStubSettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let stub = BackendStub::from_settings(&settings);
+    let out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &settings.out {
+        Some(path) => Box::new(
+            tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .await
+                .with_context(|| format!("failed to open output file {}", path.display()))?,
+        ),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let listener = bind(settings.listen).await?;
+    run_backend_stub(listener, stub, out, shutdown).await?;
+    Ok(())
+}
+
+/// Binds the listener and prints its address as the first stdout line, which tests wait for.
+async fn bind(address: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("failed to listen on {address}"))?;
+    let bound = listener
+        .local_addr()
+        .context("failed to read the bound address")?;
+    println!("listening on {bound}");
+    Ok(listener)
+}

@@ -1,0 +1,304 @@
+//! `devkit feed-replay`: a Birdeye WebSocket server that replays recorded trades.
+//!
+//! Consumes a trades CSV (see [`crate::trades`]) and attributes every trade to one token.
+//! Serves any number of WebSocket clients speaking Birdeye's protocol. A client gets `WELCOME`
+//! on connect and subscribes with `SUBSCRIBE_PRICE` / `SUBSCRIBE_TXS` (simple or complex
+//! queries). The trades channel then gets one `TXS_DATA` frame per trade, and the price channel
+//! gets the current one-minute `PRICE_DATA` candle after every trade. Every connection and channel replays the file from its
+//! first row when it subscribes, at the recorded pace divided by `--speed`. The server
+//! guarantees the same frames for the same file and settings, so tests can predict alerts.
+
+mod connection;
+pub mod frames;
+pub mod handshake;
+pub mod query;
+pub mod replay;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use monitor_core::messages::Chain;
+use monitor_core::rules::{is_evm_address, is_solana_address};
+use monitor_core::settings::{parse_seconds, Redacted};
+
+use crate::trades::{load_csv, TradesError};
+use frames::{ReplayTrade, TokenInfo, TxsShape};
+use handshake::Gate;
+use replay::ReplayPlan;
+
+/// Wrapped Ether on Ethereum mainnet.
+pub const WETH_ADDRESS: &str = "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2";
+/// The Uniswap V3 WETH/USDT 0.05 % pool on Ethereum mainnet.
+pub const WETH_USDT_POOL: &str = "0x11b815efb8f581194ae79006d24e0d814b7697f6";
+/// The recorded trades shipped in `data/`, relative to the repository root.
+pub const DEFAULT_TRADES_CSV: &str = "data/binance-ethusdt-trades-2023-02-02/trades.csv";
+
+/// Settings of `devkit feed-replay`.
+#[derive(Debug, Clone, Args)]
+pub struct FeedReplaySettings {
+    /// Address to listen on; port 0 picks a free port. The bound address is printed as the
+    /// first line on stdout: `listening on ADDR`.
+    #[arg(long, default_value = "127.0.0.1:8765")]
+    pub listen: SocketAddr,
+
+    /// Trades CSV to replay (header `,timestamp,id,type,side,price,amount,cost,date`, timestamp
+    /// in milliseconds, cost in USD).
+    #[arg(long, default_value = DEFAULT_TRADES_CSV)]
+    pub csv: PathBuf,
+
+    /// Token address the trades are attributed to; subscriptions to other addresses get no data.
+    #[arg(long, default_value = WETH_ADDRESS)]
+    pub token: String,
+
+    /// Symbol sent with the token.
+    #[arg(long, default_value = "WETH")]
+    pub symbol: String,
+
+    /// Decimals of the token, for the raw `amount` fields of trades.
+    #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u32).range(0..=30))]
+    pub decimals: u32,
+
+    /// Pair address sent in the complex trade layout.
+    #[arg(long, default_value = WETH_USDT_POOL)]
+    pub pair: String,
+
+    /// Chain served: clients must connect to a path ending in its Birdeye name (solana,
+    /// ethereum or bsc).
+    #[arg(long, default_value = "ethereum")]
+    pub chain: Chain,
+
+    /// Replay speed: recorded gaps are divided by it; 1 is the recorded pace, 0 sends every
+    /// frame as fast as the client reads.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_speed)]
+    pub speed: f64,
+
+    /// Start again from the first row after the last one, with times moved forward by the
+    /// recorded span rounded up to whole minutes, instead of going idle.
+    #[arg(long = "loop")]
+    pub looping: bool,
+
+    /// Layout of TXS_DATA frames: simple (token subscription, with tokenAddress and side) or
+    /// complex (pair layout, the side follows from the from/to addresses).
+    #[arg(long, value_enum, default_value_t = TxsShape::Simple)]
+    pub txs_shape: TxsShape,
+
+    /// API key that clients must send as x-api-key (query or header); any key is accepted
+    /// when unset. Rejected clients get HTTP 401.
+    #[arg(long, hide_default_value = true)]
+    pub api_key: Option<Redacted>,
+
+    /// Seconds between WebSocket pings sent to each client.
+    #[arg(long, default_value = "15", value_parser = parse_seconds)]
+    pub ping_interval: Duration,
+
+    /// Close each connection after this many data frames (TXS_DATA and PRICE_DATA together),
+    /// to exercise client reconnects; unset keeps connections open.
+    #[arg(long)]
+    pub close_after: Option<u64>,
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(speed) if speed.is_finite() && speed >= 0.0 => Ok(speed),
+        _ => Err(format!(
+            "expected a speed factor >= 0 (0 = as fast as possible), got {s:?}"
+        )),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedReplayError {
+    #[error(transparent)]
+    Trades(#[from] TradesError),
+    #[error("invalid token {token:?} for chain {chain}: {expected}")]
+    InvalidToken {
+        token: String,
+        chain: Chain,
+        expected: &'static str,
+    },
+    #[error("trade {id} does not fit in base units with {decimals} decimals: amount {amount}, cost {cost}")]
+    AmountTooLarge {
+        id: u64,
+        decimals: u32,
+        amount: String,
+        cost: String,
+    },
+    #[error("ping interval must be greater than 0")]
+    ZeroPingInterval,
+}
+
+/// A loaded replay, ready to serve.
+#[derive(Debug)]
+pub struct FeedReplay {
+    plan: Arc<ReplayPlan>,
+    gate: Gate,
+    ping_interval: Duration,
+    close_after: Option<u64>,
+}
+
+impl FeedReplay {
+    /// Loads the trades and checks the settings.
+    pub fn load(settings: &FeedReplaySettings) -> Result<FeedReplay, FeedReplayError> {
+        check_token(&settings.token, settings.chain)?;
+        if settings.ping_interval.is_zero() {
+            return Err(FeedReplayError::ZeroPingInterval);
+        }
+
+        let trades = load_csv(&settings.csv)?
+            .into_iter()
+            .map(|trade| {
+                let error = FeedReplayError::AmountTooLarge {
+                    id: trade.id,
+                    decimals: settings.decimals,
+                    amount: trade.amount_text.clone(),
+                    cost: trade.cost_text.clone(),
+                };
+                ReplayTrade::new(trade, settings.decimals).ok_or(error)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::info!(path = %settings.csv.display(), trades = trades.len(), token = settings.token, "feed-replay trades loaded");
+
+        let plan = ReplayPlan {
+            trades,
+            token: TokenInfo {
+                address: settings.token.clone(),
+                symbol: settings.symbol.clone(),
+                decimals: settings.decimals,
+                pair_address: settings.pair.clone(),
+            },
+            speed: settings.speed,
+            looping: settings.looping,
+            txs_shape: settings.txs_shape,
+        };
+        Ok(FeedReplay {
+            plan: Arc::new(plan),
+            gate: Gate {
+                chain: settings.chain,
+                api_key: settings.api_key.clone(),
+            },
+            ping_interval: settings.ping_interval,
+            close_after: settings.close_after,
+        })
+    }
+
+    /// Number of trades in one pass over the file.
+    pub fn trade_count(&self) -> usize {
+        self.plan.trades.len()
+    }
+
+    /// Checks whether a subscribed address is the replayed token or its pair. EVM addresses
+    /// compare without regard to case, Solana addresses exactly.
+    fn replays_address(&self, address: &str) -> bool {
+        let token = &self.plan.token;
+        [token.address.as_str(), token.pair_address.as_str()]
+            .into_iter()
+            .any(|known| same_address(known, address))
+    }
+
+    /// Accepts connections until `shutdown` is cancelled, then closes every connection and
+    /// returns once they are gone.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let address = listener.local_addr().ok();
+        tracing::info!(
+            ?address,
+            speed = self.plan.speed,
+            looping = self.plan.looping,
+            "feed-replay serving"
+        );
+
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        connections.spawn(connection::serve(stream, peer, Arc::clone(&self), shutdown.clone()));
+                    }
+                    Err(error) => {
+                        // Usually out of file descriptors: wait instead of spinning.
+                        tracing::warn!(error = %error, "feed-replay failed to accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(joined) = connections.join_next(), if !connections.is_empty() => log_panic(joined),
+            }
+        }
+
+        while let Some(joined) = connections.join_next().await {
+            log_panic(joined);
+        }
+        tracing::info!("feed-replay stopped");
+    }
+}
+
+fn log_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined {
+        tracing::error!(error = %error, "feed-replay connection task panicked");
+    }
+}
+
+fn check_token(token: &str, chain: Chain) -> Result<(), FeedReplayError> {
+    let (valid, expected) = match chain {
+        Chain::Eth | Chain::Bsc => (
+            is_evm_address(token),
+            "expected 0x followed by 40 hex digits",
+        ),
+        Chain::Sol => (is_solana_address(token), "expected a base58 Solana address"),
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(FeedReplayError::InvalidToken {
+            token: token.to_owned(),
+            chain,
+            expected,
+        })
+    }
+}
+
+fn same_address(a: &str, b: &str) -> bool {
+    if a.starts_with("0x") && b.starts_with("0x") {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a == b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evm_addresses_match_without_case() {
+        assert!(same_address(
+            WETH_ADDRESS,
+            "0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756Cc2"
+        ));
+        assert!(!same_address(
+            "So11111111111111111111111111111111111111112",
+            "so11111111111111111111111111111111111111112"
+        ));
+    }
+
+    #[test]
+    fn token_must_fit_the_chain() {
+        assert!(check_token(WETH_ADDRESS, Chain::Eth).is_ok());
+        assert!(check_token(WETH_ADDRESS, Chain::Sol).is_err());
+        assert!(check_token("0x1234", Chain::Bsc).is_err());
+    }
+
+    #[test]
+    fn speed_must_be_a_non_negative_number() {
+        assert_eq!(parse_speed("0"), Ok(0.0));
+        assert_eq!(parse_speed("2.5"), Ok(2.5));
+        assert!(parse_speed("-1").is_err());
+        assert!(parse_speed("fast").is_err());
+    }
+}
