@@ -77,7 +77,7 @@ fn same_targets(targets: &[Target], placements: &[Placement]) -> bool {
 }
 
 /// Allocates the task's active targets, writing a new epoch unless nothing changed.
-#[tracing::instrument(skip_all, fields(task_id))]
+#[tracing::instrument(skip_all, fields(task_id = task_id))]
 pub async fn allocate_task(
     pool: &MySqlPool,
     task_id: u64,

@@ -212,7 +212,7 @@ impl ControlPlane {
 
     /// Brings one task's entries in the bucket up to date, allocating a new epoch first when
     /// its active targets differ from the current epoch's items.
-    #[tracing::instrument(skip_all, fields(task_id))]
+    #[tracing::instrument(skip_all, fields(task_id = task_id))]
     pub async fn sync_task(&mut self, task_id: u64) -> Result<TaskOutcome, ControlError> {
         let task = match store::task(&self.pool, task_id).await? {
             Some(task) if task.is_active() => task,

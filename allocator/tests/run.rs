@@ -186,35 +186,15 @@ async fn run_applies_redis_notice() {
     wait_for(LIMIT, || async { fx.task_spec(task_id).await })
         .await
         .expect("first poll publishes the task");
-    let redis = redis::Client::open(format!(
-        "redis://{}:{}/",
-        fx.services.redis_host, fx.services.redis_port
-    ))
-    .unwrap();
-    let mut connection = redis.get_multiplexed_async_connection().await.unwrap();
-    let subscribed = wait_for(LIMIT, || {
-        let mut connection = connection.clone();
-        let channel = channel.clone();
-        async move {
-            let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(&channel)
-                .query_async(&mut connection)
-                .await
-                .ok()?;
-            (counts.first()?.1 >= 1).then_some(())
-        }
-    })
-    .await;
-    assert!(subscribed.is_some(), "allocator subscribed to {channel}");
+    let redis = fx.services.redis_host.clone();
+    let port = fx.services.redis_port;
+    assert!(
+        wait_subscribed(&redis, port, &channel).await,
+        "allocator subscribed to {channel}"
+    );
 
     fx.update_config(config_id, OTHER_RULES, 2).await;
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(&channel)
-        .arg(format!(r#"{{"configId": {config_id}, "version": 2}}"#))
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    publish_notice(&redis, port, &channel, config_id, 2).await;
 
     let version = wait_for(LIMIT, || async {
         let version = fx.task_spec(task_id).await?.config?.version;
@@ -256,6 +236,114 @@ async fn run_polls_without_redis() {
     shutdown.cancel();
     run.await.unwrap().unwrap();
     fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn run_resubscribes_after_redis_restart() {
+    let fx = Fixture::new("reconnect").await;
+    let config_id = fx.insert_config(VALID_RULES).await;
+    let task_id = fx.insert_task("smart", "eth", config_id).await;
+    fx.insert_targets(task_id, &addresses(11, 2)).await;
+    let port = closed_port();
+    let mut server = start_redis(port).await;
+    let mut settings = fx.settings();
+    settings.redis.host = "127.0.0.1".into();
+    settings.redis.port = port;
+    // Only the first poll runs during the test, so the change can only come through Redis.
+    settings.config_poll_interval = Duration::from_secs(3600);
+    let channel = settings.config_channel.clone();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(monitor_allocator::run(settings, shutdown.clone()));
+    wait_for(LIMIT, || async { fx.task_spec(task_id).await })
+        .await
+        .expect("first poll publishes the task");
+    assert!(
+        wait_subscribed("127.0.0.1", port, &channel).await,
+        "allocator subscribed to {channel}"
+    );
+
+    server.kill().await.unwrap();
+    let _restarted = start_redis(port).await;
+    assert!(
+        wait_subscribed("127.0.0.1", port, &channel).await,
+        "allocator subscribed again after the restart"
+    );
+    fx.update_config(config_id, OTHER_RULES, 2).await;
+    publish_notice("127.0.0.1", port, &channel, config_id, 2).await;
+
+    let version = wait_for(LIMIT, || async {
+        let version = fx.task_spec(task_id).await?.config?.version;
+        (version == 2).then_some(version)
+    })
+    .await;
+    assert_eq!(
+        version,
+        Some(2),
+        "config reloaded on a notice after the restart"
+    );
+
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    fx.cleanup().await;
+}
+
+/// Starts a private redis-server on a loopback port; it is killed when the handle drops.
+async fn start_redis(port: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-server (install the redis-server package)");
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let ready = wait_for(LIMIT, || async {
+        client.get_multiplexed_async_connection().await.ok()
+    })
+    .await;
+    assert!(
+        ready.is_some(),
+        "redis-server on port {port} accepts connections"
+    );
+    child
+}
+
+/// Waits until the channel has a subscriber on the Redis server at `host:port`.
+async fn wait_subscribed(host: &str, port: u16, channel: &str) -> bool {
+    let client = redis::Client::open(format!("redis://{host}:{port}/")).unwrap();
+    wait_for(LIMIT, || async {
+        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+        let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut connection)
+            .await
+            .ok()?;
+        (counts.first()?.1 >= 1).then_some(())
+    })
+    .await
+    .is_some()
+}
+
+async fn publish_notice(host: &str, port: u16, channel: &str, config_id: u64, version: u64) {
+    let client = redis::Client::open(format!("redis://{host}:{port}/")).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(format!(
+            r#"{{"configId": {config_id}, "version": {version}}}"#
+        ))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
 }
 
 /// A loopback port with no listener: bound once, then released.
