@@ -3,7 +3,7 @@
 //! An alert is written once per `alert_key` (the alert id): inserting it again returns the
 //! first row's id and leaves the row as it was, so a redelivered alert can never create a
 //! second row. Rows start as `notify_status = 'pending'` and become `pushed` once the `alert`
-//! message was written to the Java WebSocket; pending rows are read back in `event_time` order
+//! message was written to the Java WebSocket. Pending rows are read back in `event_time` order
 //! to be pushed after an outage.
 
 use chrono::{DateTime, NaiveDateTime};
@@ -36,8 +36,8 @@ pub enum AlertLogError {
 }
 
 impl AlertLogError {
-    /// Whether retrying cannot help: the row itself is rejected (a data or constraint error),
-    /// as opposed to MySQL being unreachable, overloaded or missing the table.
+    /// Returns true when retrying cannot help because MySQL rejects the row itself (a data or
+    /// constraint error), as opposed to being unreachable, overloaded or missing the table.
     pub fn is_permanent(&self) -> bool {
         match self {
             AlertLogError::EventTime { .. } => true,
@@ -58,7 +58,7 @@ fn is_data_error(error: &sqlx::Error) -> bool {
     }
 }
 
-/// Where a row stands with the Java side.
+/// Push status of a row: whether its `alert` message reached the Java WebSocket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotifyStatus {
     Pending,
@@ -89,7 +89,8 @@ pub struct PendingCursor {
 }
 
 impl PendingCursor {
-    /// The position before every row: [`AlertLog::insert`] rejects event times before 1970.
+    /// Returns the position before every row, which is 1970 because [`AlertLog::insert`]
+    /// rejects earlier event times.
     pub fn start() -> Self {
         PendingCursor {
             event_time: DateTime::UNIX_EPOCH.naive_utc(),

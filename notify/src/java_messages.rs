@@ -94,7 +94,7 @@ pub fn heartbeat(heartbeat: &Heartbeat) -> Value {
 }
 
 /// `batch_status` for a batch, `task_status` for a task. The time is the change's own time, so
-/// a status sent again after a reconnect still says when it changed.
+/// a status sent again after a reconnect still carries the time it changed.
 pub fn status_change(change: &StatusChange, locale: Locale) -> Value {
     match change.scope {
         StatusScope::Batch { batch_id, .. } => json!({

@@ -2,9 +2,9 @@
 //!
 //! One task owns the socket ([`SocketTask`]); the rest of the stage talks to it through a
 //! [`JavaWs`] handle. [`JavaWs::send`] queues one JSON message and returns whether it was
-//! written to a connected socket: while the socket is down it returns `false` at once and
-//! nothing is queued for later, because the callers decide what deserves a resend (the alert
-//! log is the outbox for alerts, and stale heartbeats are worthless).
+//! written to a connected socket. While the socket is down it returns `false` at once and
+//! nothing is queued for later, because the callers decide what deserves a resend: the alert
+//! log is the outbox for alerts, and stale heartbeats are worthless.
 //!
 //! The task connects to `WS_URL` (`wss://` uses rustls with the system's root certificates),
 //! sends `Authorization: Bearer <WS_TOKEN>` when a token is set, logs the server's `connected`
@@ -64,7 +64,7 @@ pub enum ConnectError {
     Timeout { url: String, timeout: Duration },
 }
 
-/// Why an established session ended.
+/// Reason an established session ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionEnd {
     #[error("shutdown requested")]
@@ -135,12 +135,12 @@ impl JavaWs {
         )
     }
 
-    /// The current connection state.
+    /// Returns the current connection state.
     pub fn connection(&self) -> Connection {
         *self.connection.borrow()
     }
 
-    /// A receiver notified on every connect and disconnect.
+    /// Returns a receiver notified on every connect and disconnect.
     pub fn watch(&self) -> watch::Receiver<Connection> {
         self.connection.clone()
     }
@@ -221,15 +221,15 @@ impl SocketTask {
             SessionEnd::Shutdown => {}
             end => warn!(session, reason = %end, "java websocket disconnected, reconnecting"),
         }
-        // A session that stayed up as long as the longest delay ends an outage; a server that
-        // accepts and drops at once keeps the backoff growing.
+        // A session that stayed up for the maximum delay ends an outage. A server that accepts
+        // and drops at once keeps the backoff growing.
         if started.elapsed() >= self.settings.timing.reconnect_max {
             self.backoff.reset();
         }
         end
     }
 
-    /// Waits `delay` before the next attempt, answering `false` to every queued message.
+    /// Waits `delay` before the next attempt and reports `false` for every queued message.
     /// Returns `false` when the stage shuts down or every handle is gone.
     async fn wait_disconnected(&mut self, delay: Duration, shutdown: &CancellationToken) -> bool {
         let deadline = Instant::now() + delay;

@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, AckKind};
 use async_nats::HeaderMap;
 use monitor_core::Subjects;
 
-/// Header of a dead message that says why it could not be handled.
+/// Header of a dead message with the reason it could not be handled.
 pub const DEAD_REASON_HEADER: &str = "Monitor-Dead-Reason";
 /// Header of a dead message that names the subject it was first published on.
 pub const DEAD_SUBJECT_HEADER: &str = "Monitor-Dead-Subject";

@@ -2,8 +2,8 @@
 //!
 //! Consumes alerts (`notify_alerts` on the alerts stream) and heartbeats and status changes
 //! (`notify_status` on the status stream). Each alert is written once into
-//! `monitor_alert_log_v2`, pushed to the Java backend's monitor WebSocket and marked pushed;
-//! the table is the outbox, so alerts that could not be pushed are sent after the socket
+//! `monitor_alert_log_v2`, pushed to the Java backend's monitor WebSocket and marked pushed.
+//! The table is the outbox, so alerts that could not be pushed are sent after the socket
 //! returns or the stage restarts. Heartbeats and status changes go to the same socket.
 //!
 //! Modules: [`alerts`] and [`alert_log`] for alerts, [`status`] for heartbeats and status,

@@ -76,7 +76,7 @@ pub struct WsTiming {
     pub pong_timeout: Duration,
     /// First reconnect delay; it doubles after each failed attempt.
     pub reconnect_min: Duration,
-    /// Longest reconnect delay.
+    /// Maximum reconnect delay.
     pub reconnect_max: Duration,
     /// Time limit of the TCP, TLS and WebSocket handshakes together.
     pub connect_timeout: Duration,

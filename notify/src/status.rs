@@ -3,7 +3,7 @@
 //!
 //! Consumes the durable pull consumer `notify_status`. A heartbeat becomes `batch_heartbeat`
 //! (or `task_heartbeat` for a block task) and is sent only while the socket is connected and
-//! the heartbeat is fresh: a late heartbeat says nothing about the present, so it is dropped.
+//! the heartbeat is fresh, because a late heartbeat does not show that the batch is alive now.
 //! A status change becomes `batch_status` (or `task_status`) and is remembered as the latest
 //! status of its batch or task; at the start of every WebSocket session the latest statuses
 //! are sent once, oldest first, before anything else, so the Java side never keeps a status

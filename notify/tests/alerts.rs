@@ -1,6 +1,8 @@
 //! Alerts from the stream to `monitor_alert_log_v2` and the Java WebSocket, against real
 //! MariaDB, NATS JetStream and a WebSocket peer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on a broken set-up.
+
 mod common;
 
 use common::{eventually, free_addr, price_alert, stop_notify, Env, JavaPeer};

@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-/// Longest wait for something a test expects; reaching it fails the test.
+/// Maximum wait for something a test expects; reaching it fails the test.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -350,6 +350,8 @@ impl PeerState {
 
     async fn connection(self, stream: tokio::net::TcpStream) {
         let mut authorization = None;
+        // tungstenite fixes the callback's error type, an HTTP response.
+        #[allow(clippy::result_large_err)]
         let callback = |request: &Request, response: Response| {
             authorization = request
                 .headers()
