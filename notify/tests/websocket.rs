@@ -317,3 +317,25 @@ async fn client_sends_bearer_token_and_reports_written_messages() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn wss_url_starts_tls_handshake() {
+    use tokio::io::AsyncReadExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_ws, socket) = JavaWs::new(WsSettings::local(&format!("wss://localhost:{}/websocket/monitor", addr.port())));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(socket.run(shutdown.clone()));
+
+    let (mut stream, _) = tokio::time::timeout(common::PATIENCE, listener.accept()).await.unwrap().unwrap();
+    let mut record_header = [0u8; 3];
+    stream.read_exact(&mut record_header).await.unwrap();
+
+    // A TLS record of type 22 (handshake), version 3.x: the client hello, not plain HTTP.
+    assert_eq!(record_header[0], 0x16);
+    assert_eq!(record_header[1], 0x03);
+
+    shutdown.cancel();
+    task.await.unwrap();
+}
