@@ -26,7 +26,7 @@ use monitor_devkit::trades::{load_csv, Trade};
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Generous bound for one frame: the test only fails when the server is stuck.
+/// Generous bound for one frame, so the test fails only when the server is stuck.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 const OTHER_TOKEN: &str = "0x6b175474e89094c44da98b954eedeac495271d0f";
 
