@@ -3,10 +3,10 @@
 //! Consumes the task's active targets and its current epoch. When the targets differ from the
 //! current epoch's items, it writes a new epoch: `monitor_batch_v2` rows (status `pending`),
 //! `monitor_batch_item_v2` rows, the targets' `batch_id` / `batch_order`, and
-//! `monitor_task_v2.current_epoch`. Guarantees: the live epoch is never edited; the task row is
-//! locked (`SELECT … FOR UPDATE`) and everything is read again under the lock, so two
-//! allocators, or the allocator and the Java side, never write two epochs from one base; and
-//! an unchanged target set writes nothing.
+//! `monitor_task_v2.current_epoch`. The live epoch is never edited. The task row is locked
+//! (`SELECT … FOR UPDATE`) and everything is read again under the lock, so two allocators, or
+//! the allocator and the Java side, never write two epochs from one base. An unchanged target
+//! set writes nothing.
 
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;

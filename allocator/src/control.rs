@@ -140,6 +140,7 @@ impl ControlPlane {
         }
 
         let due = if full {
+            self.retry.clear();
             active.clone()
         } else {
             self.due_tasks(&active).await?

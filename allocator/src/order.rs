@@ -7,8 +7,8 @@
 //!
 //! The key of a target is the first 8 hex digits of `md5("<task_id>:<target_value>:<salt>")`
 //! read as a `u32`, with the salt [`HASH_SALT`]. The Java backend may compute the same order,
-//! so this must stay byte-for-byte what the original Python allocator did: targets sorted by
-//! key (ties by target id), cut into batches of the batch size, `batch_order` being the
+//! so this must stay byte-for-byte what the original Python allocator did. Targets are sorted
+//! by key (ties by target id) and cut into batches of the batch size, and `batch_order` is the
 //! position inside the batch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,7 +29,7 @@ pub fn target_key(task_id: u64, target_value: &str) -> u32 {
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
-/// How a new epoch is derived from the targets and the current epoch.
+/// Rule that derives a new epoch from the targets and the current epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Strategy {
     /// Every allocation recomputes the md5 order from scratch.
@@ -60,14 +60,14 @@ impl fmt::Display for Strategy {
     }
 }
 
-/// An active target as the allocation sees it.
+/// An active target: its id and address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub id: u64,
     pub value: String,
 }
 
-/// Where a target sits in an epoch.
+/// Position of a target in an epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     pub target_id: u64,
@@ -93,7 +93,7 @@ impl Assignment {
         self.batches.iter().map(|b| b.items.len()).sum()
     }
 
-    /// Every placement, in batch order.
+    /// Returns every placement, in batch order.
     pub fn placements(&self) -> impl Iterator<Item = &Placement> {
         self.batches.iter().flat_map(|b| b.items.iter())
     }
@@ -124,7 +124,7 @@ pub fn md5_order(task_id: u64, targets: &[Target]) -> Vec<&Target> {
     keyed.into_iter().map(|(_, target)| target).collect()
 }
 
-/// The original allocator's assignment: the md5 order cut into batches of `batch_size`.
+/// Computes the original allocator's assignment: the md5 order cut into batches of `batch_size`.
 pub fn seed_assignment(task_id: u64, targets: &[Target], batch_size: NonZeroU32) -> Assignment {
     let size = batch_size.get() as usize;
     let placements = md5_order(task_id, targets)
@@ -158,9 +158,9 @@ pub fn assign(
 /// batch numbers before new batches are opened.
 ///
 /// Falls back to [`seed_assignment`] when there is no usable current epoch (none, a
-/// position outside the batch size, two targets on one position) and when the result would
-/// be less than half full while the seed order needs fewer batches, so that removals do not
-/// leave a task spread over many nearly empty batches.
+/// position outside the batch size, two targets on one position). It also falls back when the
+/// result would be less than half full while the seed order needs fewer batches, so that
+/// removals do not leave a task spread over many nearly empty batches.
 pub fn sticky_assignment(
     task_id: u64,
     targets: &[Target],
@@ -218,7 +218,7 @@ fn kept_placements(
     Some(kept)
 }
 
-/// Whether an assignment uses more batches than the seed order would and is under half full.
+/// Returns whether an assignment uses more batches than the seed order and is under half full.
 fn is_sparse(assignment: &Assignment, batch_size: NonZeroU32) -> bool {
     let targets = assignment.target_count() as u64;
     let size = u64::from(batch_size.get());

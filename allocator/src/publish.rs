@@ -2,10 +2,10 @@
 //!
 //! Consumes [`Snapshot`]s. Produces `batch.<batch_id>` and `task.<task_id>` entries in the
 //! tasks bucket and deletes entries that no longer describe a running task. Publishes a task
-//! `StatusChange` when a config error appears or clears. Guarantees: an entry is written only
-//! when its content differs from what is already in the bucket (compared without
-//! `published_ms`); the batch entries of a snapshot are written before its task entry, so a
-//! reader that sees a task spec finds its batches.
+//! `StatusChange` when a config error appears or clears. An entry is written only when its
+//! content differs from what is already in the bucket (compared without `published_ms`). The
+//! batch entries of a snapshot are written before its task entry, so a reader that finds a
+//! task spec also finds its batches.
 //!
 //! The publisher caches what it last wrote or read. An entry it has not seen is read from the
 //! bucket before it is compared, so a restarted allocator does not rewrite unchanged entries

@@ -36,7 +36,7 @@ pub struct AllocatorSettings {
     #[arg(long = "config-poll-interval", env = "CONFIG_POLL_INTERVAL", default_value = "5", value_parser = parse_poll_interval)]
     pub config_poll_interval: Duration,
 
-    /// How a new epoch is derived: sticky (targets keep their batch) or seed (md5 order from scratch).
+    /// Allocation strategy: sticky (targets keep their batch) or seed (md5 order from scratch).
     #[arg(
         long = "allocation-strategy",
         env = "ALLOCATION_STRATEGY",

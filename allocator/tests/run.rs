@@ -346,7 +346,7 @@ async fn publish_notice(host: &str, port: u16, channel: &str, config_id: u64, ve
         .unwrap();
 }
 
-/// A loopback port with no listener: bound once, then released.
+/// Returns a loopback port with no listener: bound once, then released.
 fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()

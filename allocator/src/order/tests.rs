@@ -175,7 +175,7 @@ fn seed_assignment_of_no_targets_is_empty() {
 }
 
 #[test]
-fn seed_assignment_places_the_100th_target_by_md5_order() {
+fn seed_100th_target_opens_batch_two() {
     let targets = numbered_targets(100);
     let assignment = seed_assignment(7, &targets, size(99));
     let order = md5_order(7, &targets);
@@ -194,7 +194,7 @@ fn sticky_without_current_epoch_equals_seed() {
 }
 
 #[test]
-fn sticky_allocation_changes_one_batch_when_one_target_is_added() {
+fn sticky_added_target_changes_one_batch() {
     let mut targets = numbered_targets(150);
     let first = seed_assignment(7, &targets, size(99));
     let current: Vec<Placement> = first.placements().copied().collect();
@@ -216,7 +216,7 @@ fn sticky_allocation_changes_one_batch_when_one_target_is_added() {
 }
 
 #[test]
-fn sticky_allocation_fills_holes_of_lowest_batches_first() {
+fn sticky_fills_lowest_holes_first() {
     let mut targets = numbered_targets(198);
     let first = seed_assignment(7, &targets, size(99));
     let current: Vec<Placement> = first.placements().copied().collect();
@@ -243,7 +243,7 @@ fn sticky_allocation_fills_holes_of_lowest_batches_first() {
 }
 
 #[test]
-fn sticky_allocation_leaves_a_hole_for_a_removed_target() {
+fn sticky_removed_target_leaves_hole() {
     let mut targets = numbered_targets(10);
     let first = seed_assignment(7, &targets, size(99));
     let current: Vec<Placement> = first.placements().copied().collect();
@@ -261,7 +261,7 @@ fn sticky_allocation_leaves_a_hole_for_a_removed_target() {
 }
 
 #[test]
-fn sticky_allocation_compacts_when_under_half_full() {
+fn sticky_compacts_under_half_full() {
     let targets = numbered_targets(297);
     let first = seed_assignment(7, &targets, size(99));
     let current: Vec<Placement> = first.placements().copied().collect();
@@ -279,7 +279,7 @@ fn sticky_allocation_compacts_when_under_half_full() {
 }
 
 #[test]
-fn sticky_allocation_keeps_places_while_at_least_half_full() {
+fn sticky_keeps_places_when_half_full() {
     let targets = numbered_targets(198);
     let first = seed_assignment(7, &targets, size(99));
     let current: Vec<Placement> = first.placements().copied().collect();
@@ -301,7 +301,7 @@ fn sticky_allocation_keeps_places_while_at_least_half_full() {
 }
 
 #[test]
-fn sticky_allocation_recomputes_when_batch_size_shrank() {
+fn sticky_recomputes_after_batch_size_shrank() {
     let targets = numbered_targets(50);
     let first = seed_assignment(7, &targets, size(99));
     let current: Vec<Placement> = first.placements().copied().collect();
