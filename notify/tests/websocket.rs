@@ -324,11 +324,17 @@ async fn wss_url_starts_tls_handshake() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (_ws, socket) = JavaWs::new(WsSettings::local(&format!("wss://localhost:{}/websocket/monitor", addr.port())));
+    let (_ws, socket) = JavaWs::new(WsSettings::local(&format!(
+        "wss://localhost:{}/websocket/monitor",
+        addr.port()
+    )));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(socket.run(shutdown.clone()));
 
-    let (mut stream, _) = tokio::time::timeout(common::PATIENCE, listener.accept()).await.unwrap().unwrap();
+    let (mut stream, _) = tokio::time::timeout(common::PATIENCE, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
     let mut record_header = [0u8; 3];
     stream.read_exact(&mut record_header).await.unwrap();
 
