@@ -53,6 +53,12 @@ where
         Rules::Block(_) => return Vec::new(),
     };
 
+    let judge = TokenJudge {
+        task,
+        config,
+        rules,
+        frame,
+    };
     let mut seen_ids = HashSet::new();
     let mut alerts = Vec::new();
     for event in &frame.events {
@@ -60,7 +66,7 @@ where
             continue;
         };
         let target = lookup_target(token_event.target);
-        for alert in judge_event(task, config, rules, frame, &token_event, target) {
+        for alert in judge.judge_event(&token_event, target) {
             if seen_ids.insert(alert.id.clone()) {
                 alerts.push(alert);
             }
@@ -119,46 +125,72 @@ struct Held {
     window_start_ms: Option<i64>,
 }
 
-fn judge_event(
-    task: &TaskSpec,
-    config: &ConfigSpec,
-    rules: &TokenRules,
-    frame: &EventFrame,
-    event: &TokenEvent<'_>,
-    target: Option<&TargetSpec>,
-) -> Vec<Alert> {
-    match config.trigger_logic {
-        TriggerLogic::Or => judge_any(rules, event)
-            .into_iter()
-            .map(|held| {
-                let alert_type = held.finding.rule;
-                build_alert(
-                    task,
-                    config,
-                    rules,
-                    frame,
-                    event,
-                    target,
-                    alert_type,
-                    vec![held],
-                )
-            })
-            .collect(),
-        TriggerLogic::And => match judge_all(rules, event) {
-            Some(all_held) => {
-                vec![build_alert(
-                    task,
-                    config,
-                    rules,
-                    frame,
-                    event,
-                    target,
-                    AlertType::Composite,
-                    all_held,
-                )]
-            }
-            None => Vec::new(),
-        },
+/// The task, config and frame that every alert of one frame refers to.
+struct TokenJudge<'a> {
+    task: &'a TaskSpec,
+    config: &'a ConfigSpec,
+    rules: &'a TokenRules,
+    frame: &'a EventFrame,
+}
+
+impl TokenJudge<'_> {
+    fn judge_event(&self, event: &TokenEvent<'_>, target: Option<&TargetSpec>) -> Vec<Alert> {
+        match self.config.trigger_logic {
+            TriggerLogic::Or => judge_any(self.rules, event)
+                .into_iter()
+                .map(|held| self.build_alert(event, target, held.finding.rule, vec![held]))
+                .collect(),
+            TriggerLogic::And => match judge_all(self.rules, event) {
+                Some(all_held) => {
+                    vec![self.build_alert(event, target, AlertType::Composite, all_held)]
+                }
+                None => Vec::new(),
+            },
+        }
+    }
+
+    fn build_alert(
+        &self,
+        event: &TokenEvent<'_>,
+        target: Option<&TargetSpec>,
+        alert_type: AlertType,
+        held: Vec<Held>,
+    ) -> Alert {
+        let (task, rules, frame) = (self.task, self.rules, self.frame);
+        let address = &event.target.address;
+        let first_event_time_ms = held.iter().filter_map(|h| h.window_start_ms).min();
+        let facts = alert_facts(rules, event, &held);
+
+        Alert {
+            v: MESSAGE_VERSION,
+            id: alert_id(
+                task.task_id,
+                address,
+                alert_type,
+                event.time_ms(),
+                rules.cooldown_sec,
+            ),
+            task_id: task.task_id,
+            config_id: self.config.config_id,
+            config_version: self.config.version,
+            batch_id: frame.batch_id,
+            target_id: Some(event.target.target_id),
+            chain: frame.chain,
+            alert_type,
+            state: AlertState::Confirmed,
+            target_value: address.clone(),
+            token_name: target.and_then(|t| t.token_name.clone()),
+            token_symbol: target.and_then(|t| t.token_symbol.clone()),
+            findings: held.into_iter().map(|h| h.finding).collect(),
+            event_time_ms: event.time_ms(),
+            first_event_time_ms,
+            price: event.snapshot.price,
+            market_cap: event
+                .snapshot
+                .market_cap
+                .or(target.and_then(|t| t.market_cap)),
+            extra_json: facts.to_json(),
+        }
     }
 }
 
@@ -389,53 +421,6 @@ fn finding(
         threshold,
         window_sec,
         reason,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn build_alert(
-    task: &TaskSpec,
-    config: &ConfigSpec,
-    rules: &TokenRules,
-    frame: &EventFrame,
-    event: &TokenEvent<'_>,
-    target: Option<&TargetSpec>,
-    alert_type: AlertType,
-    held: Vec<Held>,
-) -> Alert {
-    let address = &event.target.address;
-    let first_event_time_ms = held.iter().filter_map(|h| h.window_start_ms).min();
-    let facts = alert_facts(rules, event, &held);
-
-    Alert {
-        v: MESSAGE_VERSION,
-        id: alert_id(
-            task.task_id,
-            address,
-            alert_type,
-            event.time_ms(),
-            rules.cooldown_sec,
-        ),
-        task_id: task.task_id,
-        config_id: config.config_id,
-        config_version: config.version,
-        batch_id: frame.batch_id,
-        target_id: Some(event.target.target_id),
-        chain: frame.chain,
-        alert_type,
-        state: AlertState::Confirmed,
-        target_value: address.clone(),
-        token_name: target.and_then(|t| t.token_name.clone()),
-        token_symbol: target.and_then(|t| t.token_symbol.clone()),
-        findings: held.into_iter().map(|h| h.finding).collect(),
-        event_time_ms: event.time_ms(),
-        first_event_time_ms,
-        price: event.snapshot.price,
-        market_cap: event
-            .snapshot
-            .market_cap
-            .or(target.and_then(|t| t.market_cap)),
-        extra_json: facts.to_json(),
     }
 }
 

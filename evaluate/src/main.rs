@@ -25,15 +25,41 @@ enum Command {
     Run(Settings),
 }
 
+impl Cli {
+    fn into_settings(self) -> Settings {
+        match self.command {
+            Some(Command::Run(settings)) => settings,
+            None => self.settings,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     monitor_core::settings::load_dotenv();
-    let cli = Cli::parse();
-    let settings = match cli.command {
-        Some(Command::Run(settings)) => settings,
-        None => cli.settings,
-    };
+    let settings = Cli::parse().into_settings();
     monitor_core::telemetry::init(settings.runtime.log_format);
     let shutdown = monitor_core::shutdown::on_signals();
     monitor_evaluate::run(settings, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_is_the_default_subcommand() {
+        let default = Cli::try_parse_from(["evaluate", "--evaluate-batch", "9"]).unwrap();
+        assert_eq!(default.into_settings().pull_batch, 9);
+
+        let run = Cli::try_parse_from(["evaluate", "run", "--evaluate-batch", "8"]).unwrap();
+        assert_eq!(run.into_settings().pull_batch, 8);
+    }
 }
