@@ -418,6 +418,83 @@ fn config_valid_message(spec: &TaskSpec, cleared: Option<&ConfigError>, locale: 
 mod tests {
     use super::*;
 
+    use monitor_core::messages::{Chain, ConfigSpec, TaskType};
+    use monitor_core::rules::{Constraint, Rules, TokenRules, TriggerLogic};
+
+    fn spec(config: bool, error: bool) -> TaskSpec {
+        let rules = Rules::Token(TokenRules {
+            price_change: None,
+            volume: None,
+            holder_change: None,
+            large_trade: None,
+            cumulative_buy: None,
+            top_holders: None,
+            cooldown_sec: 300,
+        });
+        TaskSpec {
+            v: MESSAGE_VERSION,
+            task_id: 4,
+            name: "majors".into(),
+            task_type: TaskType::Smart,
+            chain: Chain::Eth,
+            epoch: 1,
+            config: config.then(|| ConfigSpec {
+                config_id: 7,
+                version: 2,
+                name: "c".into(),
+                trigger_logic: TriggerLogic::Or,
+                rules,
+            }),
+            batches: vec![],
+            config_error: error.then(|| config_error(3)),
+            published_ms: 0,
+        }
+    }
+
+    fn config_error(version: u64) -> ConfigError {
+        ConfigError {
+            config_id: 7,
+            version,
+            field: "volume.min_volume_usd".into(),
+            value: "-1".into(),
+            constraint: Constraint::GreaterThan(0.0),
+        }
+    }
+
+    #[test]
+    fn config_error_with_old_rules_keeps_running() {
+        let change = config_status(&spec(true, true), None, "alloc-1", Locale::En);
+        assert_eq!(change.status, BatchStatus::Running);
+        assert_eq!(change.scope, StatusScope::Task { task_id: 4 });
+        assert_eq!(
+            change.reason.as_deref(),
+            Some(config_error(3).to_string().as_str())
+        );
+    }
+
+    #[test]
+    fn config_error_without_rules_is_error() {
+        let change = config_status(&spec(false, true), None, "alloc-1", Locale::ZhCn);
+        assert_eq!(change.status, BatchStatus::Error);
+        assert!(change.reason.unwrap().starts_with("配置 7 (版本 3) 无效"));
+    }
+
+    #[test]
+    fn cleared_config_error_names_the_config_in_force() {
+        let cleared = config_error(3);
+        let zh = config_status(&spec(true, false), Some(&cleared), "alloc-1", Locale::ZhCn);
+        let en = config_status(&spec(true, false), Some(&cleared), "alloc-1", Locale::En);
+        assert_eq!(zh.status, BatchStatus::Running);
+        assert_eq!(
+            zh.reason.as_deref(),
+            Some("配置 7 (版本 2) 已通过校验并生效")
+        );
+        assert_eq!(
+            en.reason.as_deref(),
+            Some("config 7 version 2 is valid and in force")
+        );
+    }
+
     #[test]
     fn spec_key_round_trips() {
         assert_eq!(SpecKey::parse("task.12"), Some(SpecKey::Task(12)));
