@@ -1,12 +1,13 @@
 //! The Birdeye WebSocket protocol: connection URL, subscription messages and frame parsing.
 //!
-//! Consumes the text of one WebSocket frame and produces a typed [`FeedMessage`]: `WELCOME`,
-//! `PRICE_DATA` (1-minute candles), `TXS_DATA` in its simple shape (token subscription, with
-//! `tokenAddress` and `side`) or its complex shape (pair subscription, side taken from which of
-//! `from`/`to` is a watched token), and `ERROR`. A frame that breaks the protocol gives a
-//! [`ParseError`] naming the frame type and the problem with the value involved; it never
-//! panics. Volumes and prices must be finite and not negative. This module is pure: the
-//! connection lives in [`crate::feed`].
+//! Consumes the text of one WebSocket frame and produces a typed [`FeedMessage`]. The frames
+//! are `WELCOME`, `PRICE_DATA` (1-minute candles), `ERROR`, and `TXS_DATA` in two shapes: the
+//! simple shape of a token subscription has `tokenAddress` and `side`, and in the complex shape
+//! of a pair subscription the side follows from which of `from`/`to` is a watched token.
+//!
+//! A frame that breaks the protocol gives a [`ParseError`] naming the frame type and the
+//! problem with the value involved, and parsing never panics. Volumes and prices must be
+//! finite and not negative. This module is pure: the connection lives in [`crate::feed`].
 
 use std::fmt;
 
@@ -58,7 +59,7 @@ pub fn feed_url(base: &Url, chain: Chain, api_key: &str) -> Url {
     url
 }
 
-/// The URL without its query, for logs.
+/// Returns the URL without its query, for logs.
 pub fn redact_url(url: &Url) -> String {
     let mut shown = url.clone();
     shown.set_query(None);
@@ -163,8 +164,8 @@ pub struct ParseError {
     pub problem: String,
 }
 
-/// Parses one text frame. `is_watched` tells whether an address is one of the batch's
-/// targets; it decides which side of a complex trade is the watched token.
+/// Parses one text frame. `is_watched` returns whether an address is one of the batch's
+/// targets, which decides which side of a complex trade is the watched token.
 pub fn parse_frame(
     text: &str,
     is_watched: impl Fn(&str) -> bool,
@@ -401,7 +402,7 @@ fn positive(data: &Map<String, Value>, key: &str) -> Result<f64, String> {
     Ok(value)
 }
 
-/// A number that may be absent or null, and is otherwise checked like [`non_negative`].
+/// Reads a number that may be absent or null, and is otherwise checked like [`non_negative`].
 fn optional_non_negative(data: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
     match data.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -413,7 +414,7 @@ fn required_str<'a>(data: &'a Map<String, Value>, key: &str) -> Result<&'a str, 
     optional_str(data, key)?.ok_or_else(|| format!("{key} is missing"))
 }
 
-/// A string that may be absent or null; an empty string counts as absent.
+/// Reads a string that may be absent or null. An empty string counts as absent.
 fn optional_str<'a>(data: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, String> {
     match data.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -423,7 +424,7 @@ fn optional_str<'a>(data: &'a Map<String, Value>, key: &str) -> Result<Option<&'
     }
 }
 
-/// A value as JSON, cut to 80 characters for error messages.
+/// Formats a value as JSON, cut to 80 characters, for error messages.
 fn short(value: &Value) -> String {
     preview(&value.to_string())
 }

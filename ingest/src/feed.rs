@@ -3,9 +3,9 @@
 //! A [`FeedConnection`] connects to its URL with the `echo-protocol` sub-protocol, sends its
 //! subscription messages, and then yields the text frames it receives. When the connection
 //! fails or the owner calls [`FeedConnection::reconnect`], it waits with exponential backoff
-//! and jitter (0.5 s doubling up to 30 s) and connects and subscribes again. Pings from the
-//! server are answered by tungstenite while the socket is read; the client also pings every
-//! 30 s and reconnects when nothing at all arrived for 90 s. The connection is a plain state
+//! and jitter (0.5 s doubling up to 30 s) and connects and subscribes again. Tungstenite
+//! replies to the server's pings while the socket is read. The client also pings every 30 s
+//! and reconnects when nothing at all arrived for 90 s. The connection is a plain state
 //! machine polled by the batch's task: it spawns nothing.
 
 use std::future::Future;
@@ -56,7 +56,7 @@ pub enum FeedError {
     SubscribeTimedOut(Duration),
 }
 
-/// What the connection observed.
+/// Event of a connection.
 #[derive(Debug)]
 pub enum FeedEvent {
     /// Connected and every subscription was sent.

@@ -2,10 +2,13 @@
 //!
 //! Consumes the current [`TaskSpec`]s and [`BatchSpec`]s and produces the [`RunnerConfig`] of
 //! every batch to run, and the decision whether a runner that is no longer wanted stops now
-//! or keeps running while the next epoch of its task starts. A batch runs when its task is a
-//! token task with valid token rules, the task lists it in its current epoch, its `batch.<id>`
-//! spec is present and belongs to that task and epoch, and neither the task's list nor the
-//! spec marks it paused or stopped.
+//! or keeps running while the next epoch of its task starts.
+//!
+//! A batch runs when all of these are true:
+//! - its task is a token task with valid token rules;
+//! - the task lists it in its current epoch;
+//! - its `batch.<id>` spec is present and belongs to that task and epoch;
+//! - neither the task's list nor the spec marks it paused or stopped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,11 +19,11 @@ use monitor_core::rules::{Rules, TokenRules};
 
 use crate::runner::RunnerConfig;
 
-/// Longest time a runner of an old epoch keeps running while the new epoch's runners fail to
+/// Maximum time a runner of an old epoch keeps running while the new epoch's runners fail to
 /// reach `running`. Matches the grace period after which the allocator deletes old epochs.
 pub const OVERLAP_LIMIT: Duration = Duration::from_secs(600);
 
-/// Why a task runs no batch on this stage.
+/// Reason a task runs no batch on this stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skip {
     /// Block tasks are served by the chain adapters, not by the Birdeye runners.
@@ -41,7 +44,7 @@ impl std::fmt::Display for Skip {
     }
 }
 
-/// The token rules of a task that batches of this stage can run.
+/// Returns the token rules of a task whose batches this stage can run.
 pub fn token_rules(task: &TaskSpec) -> Result<&TokenRules, Skip> {
     if !task.task_type.has_targets() {
         return Err(Skip::NotTokenTask);
@@ -101,7 +104,7 @@ pub fn desired_runners(
     desired
 }
 
-/// Whether a runner that is no longer wanted stops now.
+/// Decides whether a runner that is no longer wanted stops now.
 ///
 /// It keeps running only while its task has moved to a newer epoch whose batches are not all
 /// `running` yet (and for at most [`OVERLAP_LIMIT`]), so that the task is never unwatched

@@ -12,11 +12,11 @@
 //!   independently, so many frames are in flight across batches at once.
 //! - A failed publish is retried with the same msg id and payload (JetStream stores it once)
 //!   before any later frame, with backoff from 200 ms up to 5 s.
-//! - Nothing is dropped silently: the buffer is bounded by `capacity`, and the runner stops
-//!   reading its feeds while [`FramePublisher::is_full`] is true. The only drops are frames
-//!   that can never be published (encoding failure, payload over the server's limit) and what
-//!   is still unacknowledged when a stopping runner runs out of time; each is counted and
-//!   logged by the caller.
+//! - Nothing is dropped silently: the buffer is bounded by `capacity`. The runner stops
+//!   reading its feeds when [`FramePublisher::is_full`] and resumes at
+//!   [`FramePublisher::is_half_empty`]. Two cases drop events, and the caller counts and logs
+//!   both: a frame that can never be published (encoding failure, payload over the server's
+//!   limit), and events still unacknowledged when a stopping runner runs out of time.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -131,7 +131,7 @@ fn retry_delay(failures: u32) -> Duration {
         .min(RETRY_MAX)
 }
 
-/// Whether retrying a failed publish can never succeed.
+/// Returns whether retrying a failed publish can never succeed.
 pub fn is_permanent(error: &PublishError) -> bool {
     matches!(error.kind(), PublishErrorKind::MaxPayloadExceeded)
 }
@@ -155,7 +155,7 @@ struct InFlight {
     publish: RetryingPublish,
 }
 
-/// What became of the frame in flight.
+/// Outcome of the frame in flight.
 #[derive(Debug)]
 pub enum FrameOutcome {
     Acked {
@@ -180,7 +180,7 @@ pub enum FrameOutcome {
     },
 }
 
-/// Why a frame could not be started.
+/// Error of a frame that could not be encoded.
 #[derive(Debug, thiserror::Error)]
 #[error("failed to encode frame {seq} with {events} events, the events are dropped: {source}")]
 pub struct EncodeError {
@@ -238,6 +238,11 @@ impl FramePublisher {
 
     pub fn is_full(&self) -> bool {
         self.len() >= self.capacity
+    }
+
+    /// Returns whether at most half of the capacity is used.
+    pub fn is_half_empty(&self) -> bool {
+        self.len() <= self.capacity / 2
     }
 
     pub fn in_flight(&self) -> bool {

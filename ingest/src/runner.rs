@@ -6,10 +6,11 @@
 //! connections, the per-target state and the publish buffers, so no per-target task or timer
 //! exists. Every branch of its loop calls one named handler.
 //!
-//! Guarantees: while the event buffer is full (NATS slow or down) the runner stops reading its
-//! sockets, so the feed is pushed back instead of events being dropped. A new config changes
-//! the windows without reconnecting. On stop it closes the sockets, publishes what it holds
-//! (for at most [`DRAIN_TIMEOUT`]), then publishes a `stopped` status change.
+//! Guarantees: when the event buffer is full (NATS slow or down) the runner stops reading its
+//! sockets until the buffer is half empty, so the feed is pushed back instead of events being
+//! dropped. A new config changes the windows without reconnecting. On stop it closes the
+//! sockets, publishes the events it buffered (for at most [`DRAIN_TIMEOUT`]), then publishes a
+//! `stopped` status change.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Extra time to publish the final `stopped` status change.
 const STATUS_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What every runner of this instance shares.
+/// Handles and settings shared by every runner of this instance.
 pub struct RunnerContext {
     pub js: jetstream::Context,
     pub subjects: Subjects,
@@ -46,8 +47,8 @@ pub struct RunnerContext {
     pub max_buffered_events: usize,
 }
 
-/// What a runner runs. The supervisor sends a new value when the task's rules or the batch's
-/// targets change; task, batch, epoch and chain stay fixed for a runner.
+/// Batch and window lengths of a runner. The supervisor sends a new value when the task's rules
+/// or the batch's targets change. Task, batch, epoch and chain stay fixed for a runner.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunnerConfig {
     pub task_id: u64,
@@ -216,7 +217,7 @@ impl BatchRunner {
 
         loop {
             self.start_publishes();
-            let reading = !self.frames.is_full() && !self.targets.is_empty();
+            let reading = !self.reads_paused && !self.targets.is_empty();
             tokio::select! {
                 () = self.stop.cancelled() => break,
                 changed = self.config_rx.changed() => match changed {
@@ -474,20 +475,22 @@ impl BatchRunner {
         });
     }
 
+    /// Pauses feed reads when the event buffer is full and resumes them once it is half
+    /// empty, so that a slow NATS does not toggle the reads on every acknowledgement.
     fn check_backpressure(&mut self) {
-        let full = self.frames.is_full();
-        if full && !self.reads_paused {
+        if !self.reads_paused && self.frames.is_full() {
             warn!(
                 buffered = self.frames.len(),
                 "event buffer full, feed reads paused until NATS acknowledges"
             );
-        } else if !full && self.reads_paused {
+            self.reads_paused = true;
+        } else if self.reads_paused && self.frames.is_half_empty() {
             info!(
                 buffered = self.frames.len(),
-                "event buffer below its limit, feed reads resumed"
+                "event buffer half empty, feed reads resumed"
             );
+            self.reads_paused = false;
         }
-        self.reads_paused = full;
     }
 
     fn connection(&mut self, channel: Channel) -> &mut FeedConnection {

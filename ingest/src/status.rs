@@ -110,7 +110,7 @@ impl StatusSource {
     }
 }
 
-/// What became of the status message in flight.
+/// Outcome of the status message in flight.
 #[derive(Debug)]
 pub enum StatusOutcome {
     Sent,

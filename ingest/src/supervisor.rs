@@ -1,8 +1,8 @@
 //! The supervisor: decides which batches run on this instance and owns their runners.
 //!
-//! Consumes the tasks bucket through a watch of `task.*` and `batch.*` keys (current values
-//! first, then updates; re-opened whenever it fails or ends) and the status notices of its
-//! runners. It produces one [`BatchRunner`] task per batch to run ([`plan::desired_runners`]),
+//! Consumes the tasks bucket and the status notices of its runners. The bucket is read through
+//! a watch of `task.*` and `batch.*` keys that delivers the current values first and then the
+//! updates, and that is re-opened whenever it fails or ends. It produces one [`BatchRunner`] task per batch to run ([`plan::desired_runners`]),
 //! sends a runner the new window lengths when its task's config changes, and stops runners
 //! that are no longer wanted. When a task moves to a new epoch, the old epoch's runners stop
 //! only once every batch of the new epoch is `running` ([`plan::stop_now`]), so the targets
@@ -32,7 +32,7 @@ use crate::runner::{BatchRunner, RunnerConfig, RunnerContext, RunnerNotice, DRAI
 
 /// Time to wait before restarting a runner that ended on its own.
 const RESTART_DELAY: Duration = Duration::from_secs(5);
-/// Longest wait between two attempts to open the watch.
+/// Maximum wait between two attempts to open the watch.
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Sequence counters of batches that stopped are kept this long, well beyond the events
 /// stream's duplicate window (2 minutes), so a batch restarted soon never reuses a msg id.
@@ -169,7 +169,7 @@ impl Supervisor {
         }
     }
 
-    /// Opens the watch and forgets tasks and batches whose keys are gone, since a re-opened
+    /// Opens the watch and removes tasks and batches whose keys are gone, since a re-opened
     /// watch delivers only the keys that still exist.
     async fn sync_and_watch(&mut self) -> Result<kv::Watch, WatchError> {
         let entries = self

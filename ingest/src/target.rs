@@ -24,7 +24,7 @@ struct TargetState {
     seen: bool,
 }
 
-/// What became of one piece of feed data.
+/// Result of one piece of feed data.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     Event(Box<Event>),

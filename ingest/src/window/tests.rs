@@ -377,7 +377,7 @@ fn observation() -> impl Strategy<Value = Observation> {
     ]
 }
 
-/// A stream that mostly moves forward but often jumps back, sometimes beyond the window.
+/// Generates a stream that mostly moves forward but often jumps back, sometimes beyond the window.
 /// Times are rounded to a per-stream granularity (1 ms, 1 s or 1 min, the candle start), so
 /// equal times, and ties broken by arrival, are frequent.
 fn arrivals() -> impl Strategy<Value = Vec<Arrival>> {
