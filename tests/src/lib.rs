@@ -19,6 +19,7 @@
 mod env;
 mod paths;
 mod process;
+pub mod recorded;
 mod servers;
 mod wait;
 
