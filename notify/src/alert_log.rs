@@ -4,10 +4,12 @@
 //! first row's id and leaves the row as it was, so a redelivered alert can never create a
 //! second row. Rows start as `notify_status = 'pending'` and become `pushed` once the `alert`
 //! message was written to the Java WebSocket. Pending rows are read back in `event_time` order
-//! to be pushed after an outage.
+//! to be pushed after an outage. A later delivery of the same alert id with a new state
+//! (see [`is_state_change`]) updates `state` and sets the row `pending` again until the change
+//! reached the Java side.
 
 use chrono::{DateTime, NaiveDateTime};
-use monitor_core::messages::Alert;
+use monitor_core::messages::{Alert, AlertState};
 use serde_json::Value;
 use sqlx::mysql::MySqlPool;
 use sqlx::Row;
@@ -29,6 +31,12 @@ pub enum AlertLogError {
         alert_key: String,
         event_time_ms: i64,
     },
+    #[error("failed to update the state of alert row {id} to {state}: {source}")]
+    UpdateState {
+        id: u64,
+        state: &'static str,
+        source: sqlx::Error,
+    },
     #[error("failed to mark alert row {id} as pushed: {source}")]
     MarkPushed { id: u64, source: sqlx::Error },
     #[error("failed to read pending alerts: {source}")]
@@ -42,7 +50,9 @@ impl AlertLogError {
         match self {
             AlertLogError::EventTime { .. } => true,
             AlertLogError::Insert { source, .. } => is_data_error(source),
-            AlertLogError::MarkPushed { .. } | AlertLogError::ReadPending { .. } => false,
+            AlertLogError::UpdateState { .. }
+            | AlertLogError::MarkPushed { .. }
+            | AlertLogError::ReadPending { .. } => false,
         }
     }
 }
@@ -70,6 +80,28 @@ pub enum NotifyStatus {
 pub struct LoggedAlert {
     pub id: u64,
     pub notify_status: NotifyStatus,
+    /// State stored in the row, which is the state of the first delivery until a change.
+    pub state: AlertState,
+}
+
+/// Whether an alert delivered again with `incoming` changes the row's `stored` state. A
+/// provisional alert may be confirmed or retracted and a confirmed one retracted (a reorg);
+/// a retraction is final, and nothing returns to provisional.
+pub fn is_state_change(stored: AlertState, incoming: AlertState) -> bool {
+    matches!(
+        (stored, incoming),
+        (AlertState::Provisional, AlertState::Confirmed)
+            | (AlertState::Provisional, AlertState::Retracted)
+            | (AlertState::Confirmed, AlertState::Retracted)
+    )
+}
+
+fn parse_state(text: &str) -> AlertState {
+    match text {
+        "provisional" => AlertState::Provisional,
+        "retracted" => AlertState::Retracted,
+        _ => AlertState::Confirmed,
+    }
 }
 
 /// A row still waiting to be pushed.
@@ -170,8 +202,8 @@ impl AlertLog {
         .map_err(insert_error)?;
         let id = inserted.last_insert_id();
 
-        let status: String =
-            sqlx::query_scalar("SELECT notify_status FROM monitor_alert_log_v2 WHERE id = ?")
+        let (status, state): (String, String) =
+            sqlx::query_as("SELECT notify_status, state FROM monitor_alert_log_v2 WHERE id = ?")
                 .bind(id)
                 .fetch_one(&self.pool)
                 .await
@@ -181,7 +213,33 @@ impl AlertLog {
         } else {
             NotifyStatus::Pending
         };
-        Ok(LoggedAlert { id, notify_status })
+        Ok(LoggedAlert {
+            id,
+            notify_status,
+            state: parse_state(&state),
+        })
+    }
+
+    /// Stores a new state in the row and in its `alert_data`, and sets the row `pending` so
+    /// that the outbox pushes the change if the live push fails.
+    pub async fn update_state(&self, id: u64, state: AlertState) -> Result<(), AlertLogError> {
+        sqlx::query(
+            "UPDATE monitor_alert_log_v2 \
+             SET state = ?, alert_data = JSON_SET(COALESCE(alert_data, '{}'), '$.state', ?), \
+                 notify_status = 'pending' \
+             WHERE id = ?",
+        )
+        .bind(state.as_str())
+        .bind(state.as_str())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(|source| AlertLogError::UpdateState {
+            id,
+            state: state.as_str(),
+            source,
+        })?;
+        Ok(())
     }
 
     /// Marks a row as pushed to the Java side.
@@ -268,6 +326,17 @@ fn truncate(text: &str, max_chars: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_changes_only_forward() {
+        use AlertState::*;
+        assert!(is_state_change(Provisional, Confirmed));
+        assert!(is_state_change(Provisional, Retracted));
+        assert!(is_state_change(Confirmed, Retracted));
+        assert!(!is_state_change(Confirmed, Provisional));
+        assert!(!is_state_change(Retracted, Confirmed));
+        assert!(!is_state_change(Confirmed, Confirmed));
+    }
 
     #[test]
     fn truncate_keeps_whole_characters() {

@@ -9,8 +9,12 @@
 //! inserted twice; a push may repeat (at least once) when a session ends between the push and
 //! the `pushed` mark.
 //!
-//! MySQL unavailable: the alert is nak'ed with a delay and redelivered; an alert MySQL rejects
-//! as invalid data, or one that cannot be decoded, goes to the dead stream.
+//! An alert id delivered again with a new state (provisional to confirmed or retracted,
+//! confirmed to retracted) updates the row and pushes `alert_update`, or the whole `alert` if
+//! the Java side has not seen the row yet.
+//!
+//! While MySQL is unavailable, the alert is nak'ed with a delay and redelivered. An alert that
+//! MySQL rejects as invalid data, or one that cannot be decoded, goes to the dead stream.
 
 use std::time::Duration;
 
@@ -20,12 +24,13 @@ use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use monitor_core::codec;
 use monitor_core::messages::Alert;
+use monitor_core::time::now_ms;
 use monitor_core::{titles, Locale, Subjects};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
-use crate::alert_log::{AlertLog, AlertLogError, NotifyStatus, PendingCursor};
+use crate::alert_log::{is_state_change, AlertLog, AlertLogError, NotifyStatus, PendingCursor};
 use crate::java_messages;
 use crate::java_ws::JavaWs;
 use crate::jetstream::{acknowledge, dead_letter, messages, JetStreamError};
@@ -143,18 +148,50 @@ impl AlertForwarder {
             }
         };
 
-        if logged.notify_status == NotifyStatus::Pending {
-            self.deliver(logged.id, alert.alert_type.as_str(), &alert_data)
-                .await;
+        let outgoing = if is_state_change(logged.state, alert.state) {
+            if let Err(error) = self.log.update_state(logged.id, alert.state).await {
+                // The change is not stored: the stream delivers the alert again.
+                self.db.failed(&error);
+                acknowledge(&message, AckKind::Nak(Some(DB_RETRY_DELAY))).await;
+                pause(DB_FAILURE_PAUSE, shutdown).await;
+                return;
+            }
+            info!(alert_key = %alert.id, alert_row = logged.id, state = alert.state.as_str(), "alert changed state");
+            // A row the Java side has not seen yet is pushed whole, with its new state.
+            match logged.notify_status {
+                NotifyStatus::Pushed => Some(java_messages::alert_update(
+                    logged.id,
+                    alert.state,
+                    self.locale,
+                    now_ms(),
+                )),
+                NotifyStatus::Pending => Some(java_messages::alert(
+                    logged.id,
+                    alert.alert_type.as_str(),
+                    with_state(alert_data, &alert),
+                    now_ms(),
+                )),
+            }
+        } else if logged.notify_status == NotifyStatus::Pending {
+            Some(java_messages::alert(
+                logged.id,
+                alert.alert_type.as_str(),
+                alert_data,
+                now_ms(),
+            ))
         } else {
             debug!(alert_key = %alert.id, alert_row = logged.id, "alert already pushed, acking the redelivery");
+            None
+        };
+        if let Some(outgoing) = outgoing {
+            self.deliver(logged.id, &outgoing).await;
         }
         // The row is stored: from here on the table, not the stream, guarantees the push.
         acknowledge(&message, AckKind::Ack).await;
     }
 
-    /// Pushes a freshly stored row, after the rows that wait before it.
-    async fn deliver(&mut self, id: u64, alert_type: &str, alert_data: &Value) {
+    /// Pushes the message of a pending row, after the rows that wait before it.
+    async fn deliver(&mut self, id: u64, message: &Value) {
         let connection = self.ws.connection();
         if !connection.connected {
             self.outbox.dirty = true;
@@ -162,11 +199,11 @@ impl AlertForwarder {
             return;
         }
         if self.outbox.dirty || self.outbox.flushed_session != Some(connection.session) {
-            // The new row is pending in the table too, so the flush pushes it in its turn.
+            // The row is pending in the table too, so the flush pushes it in its turn.
             self.flush(connection.session).await;
             return;
         }
-        self.push(id, alert_type, alert_data).await;
+        self.push(id, message).await;
     }
 
     /// Pushes the outbox if this session has not seen it yet or a push failed.
@@ -178,8 +215,8 @@ impl AlertForwarder {
         }
     }
 
-    /// Pushes every pending row, oldest `event_time` first; stops at the first failure and
-    /// leaves the outbox dirty so that a later call resumes.
+    /// Pushes every pending row as an `alert` message, oldest `event_time` first. Stops at the
+    /// first failure and leaves the outbox dirty so that a later call resumes.
     async fn flush(&mut self, session: u64) {
         self.outbox = OutboxState {
             flushed_session: Some(session),
@@ -200,7 +237,9 @@ impl AlertForwarder {
                 }
             };
             for row in &page {
-                if !self.push(row.id, &row.alert_type, &row.alert_data).await {
+                let message =
+                    java_messages::alert(row.id, &row.alert_type, row.alert_data.clone(), now_ms());
+                if !self.push(row.id, &message).await {
                     return;
                 }
                 pushed += 1;
@@ -220,15 +259,9 @@ impl AlertForwarder {
         }
     }
 
-    /// Pushes one row and marks it pushed; returns whether both succeeded.
-    async fn push(&mut self, id: u64, alert_type: &str, alert_data: &Value) -> bool {
-        let message = java_messages::alert(
-            id,
-            alert_type,
-            alert_data.clone(),
-            monitor_core::time::now_ms(),
-        );
-        if !self.ws.send(&message).await {
+    /// Sends the message of row `id` and marks the row pushed; returns whether both succeeded.
+    async fn push(&mut self, id: u64, message: &Value) -> bool {
+        if !self.ws.send(message).await {
             self.outbox.dirty = true;
             debug!(alert_row = id, "push failed, alert stays pending");
             return false;
@@ -236,7 +269,7 @@ impl AlertForwarder {
         match self.log.mark_pushed(id).await {
             Ok(()) => {
                 self.db.available();
-                debug!(alert_row = id, alert_type, "pushed alert");
+                debug!(alert_row = id, message_type = %message["type"], "pushed alert");
                 true
             }
             Err(error) => {
@@ -247,6 +280,13 @@ impl AlertForwarder {
             }
         }
     }
+}
+
+/// The alert's `alertData` with the state of this delivery, as [`AlertLog::update_state`]
+/// stores it.
+fn with_state(mut alert_data: Value, alert: &Alert) -> Value {
+    alert_data["state"] = Value::from(alert.state.as_str());
+    alert_data
 }
 
 /// Logs MySQL outages once when they start and once when they end, not once per alert.

@@ -6,7 +6,7 @@
 //! (inside `data`) is in seconds. Progress is sent as a whole percent (0 to 100).
 
 use monitor_core::messages::{
-    Alert, AlertType, BatchStatus, Finding, Heartbeat, StatusChange, StatusScope,
+    Alert, AlertState, AlertType, BatchStatus, Finding, Heartbeat, StatusChange, StatusScope,
 };
 use monitor_core::Locale;
 use serde_json::{json, Value};
@@ -65,6 +65,33 @@ pub fn alert(alert_id: u64, alert_type: &str, alert_data: Value, now_ms: i64) ->
         },
         "timestamp": now_ms,
     })
+}
+
+/// The `alert_update` message: the alert of row `alert_id` was confirmed or retracted.
+pub fn alert_update(alert_id: u64, state: AlertState, locale: Locale, now_ms: i64) -> Value {
+    json!({
+        "type": "alert_update",
+        "data": {
+            "alertId": alert_id,
+            "state": state.as_str(),
+            "reason": state_change_reason(state, locale),
+            "timestamp": now_ms,
+        },
+        "timestamp": now_ms,
+    })
+}
+
+/// Alert states change only when blocks are confirmed or reorganized, so the reason follows
+/// from the new state.
+fn state_change_reason(state: AlertState, locale: Locale) -> &'static str {
+    match (locale, state) {
+        (Locale::ZhCn, AlertState::Confirmed) => "区块已确认",
+        (Locale::ZhCn, AlertState::Retracted) => "区块重组，告警已撤回",
+        (Locale::ZhCn, AlertState::Provisional) => "等待区块确认",
+        (Locale::En, AlertState::Confirmed) => "blocks confirmed",
+        (Locale::En, AlertState::Retracted) => "retracted after a chain reorganization",
+        (Locale::En, AlertState::Provisional) => "waiting for block confirmations",
+    }
 }
 
 /// `batch_heartbeat` for a batch, `task_heartbeat` for a block task.
@@ -197,7 +224,7 @@ fn extra(alert: &Alert) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use monitor_core::messages::{AlertState, Chain, MESSAGE_VERSION};
+    use monitor_core::messages::{Chain, MESSAGE_VERSION};
 
     fn price_alert() -> Alert {
         Alert {
@@ -262,6 +289,22 @@ mod tests {
             data["findings"][0]["reason"],
             "price rose 25.5% in 300s (>= 5%)"
         );
+    }
+
+    #[test]
+    fn alert_update_names_row_and_state() {
+        let message = alert_update(9, AlertState::Retracted, Locale::En, 1_700_000_000_999);
+        let expected = json!({
+            "type": "alert_update",
+            "data": {
+                "alertId": 9,
+                "state": "retracted",
+                "reason": "retracted after a chain reorganization",
+                "timestamp": 1_700_000_000_999_i64,
+            },
+            "timestamp": 1_700_000_000_999_i64,
+        });
+        assert_eq!(message, expected);
     }
 
     #[test]

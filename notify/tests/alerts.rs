@@ -6,6 +6,7 @@
 mod common;
 
 use common::{eventually, free_addr, price_alert, stop_notify, Env, JavaPeer};
+use monitor_core::messages::AlertState;
 use monitor_core::{titles, Locale, Subjects};
 use monitor_notify::jetstream::DEAD_REASON_HEADER;
 use sqlx::Row;
@@ -231,6 +232,49 @@ async fn alert_is_redelivered_until_alert_table_returns() {
     assert_eq!(pushed[0].message["data"]["alertId"], row_id);
     env.wait_acked(&env.subjects.alerts_stream(), CONSUMER, 1)
         .await;
+
+    stop_notify(notify).await;
+    peer.stop().await;
+}
+
+#[tokio::test]
+async fn retracted_alert_updates_row_and_pushes_alert_update() {
+    let env = Env::new("retract").await;
+    let peer = JavaPeer::start("127.0.0.1:0".parse().unwrap(), true).await;
+    let notify = env.start_notify(env.notify_settings(&peer.url()));
+    let mut alert = price_alert("4:0xabc:large_transaction:21000000", 1_700_000_004_000);
+    alert.state = AlertState::Provisional;
+
+    env.publish_alert(&alert, &alert.id).await;
+    let pushed = peer.wait_for("alert", 1).await;
+    assert_eq!(
+        pushed[0].message["data"]["alertData"]["state"],
+        "provisional"
+    );
+    alert.state = AlertState::Retracted;
+    env.publish_alert(&alert, &format!("{}:retracted", alert.id))
+        .await;
+    let updates = peer.wait_for("alert_update", 1).await;
+
+    let (row_id, _, _) = alert_row(&env, &alert.id).await.expect("alert row");
+    assert_eq!(updates[0].message["data"]["alertId"], row_id);
+    assert_eq!(updates[0].message["data"]["state"], "retracted");
+    assert_eq!(updates[0].message["data"]["reason"], "区块重组，告警已撤回");
+    assert_eq!(row_count(&env, &alert.id).await, 1);
+    let (state, data_state): (String, String) = sqlx::query_as(
+        "SELECT state, CAST(JSON_UNQUOTE(JSON_EXTRACT(alert_data, '$.state')) AS CHAR) FROM monitor_alert_log_v2 WHERE id = ?",
+    )
+    .bind(row_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "retracted");
+    assert_eq!(data_state, "retracted");
+    eventually("the row to be marked pushed again", || async {
+        let (_, status, _) = alert_row(&env, &alert.id).await?;
+        (status == "pushed").then_some(())
+    })
+    .await;
 
     stop_notify(notify).await;
     peer.stop().await;
