@@ -63,7 +63,7 @@ async fn frame_alerts_reach_alerts_stream() -> anyhow::Result<()> {
     assert!(pipeline.dead_letters().await?.is_empty());
 
     evaluate.stop().await?;
-    pipeline.clean_up().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -96,7 +96,7 @@ async fn same_frame_twice_yields_one_alert() -> anyhow::Result<()> {
     assert_eq!(alerts[0].1.alert_type, AlertType::LargeTrade);
 
     evaluate.stop().await?;
-    pipeline.clean_up().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -138,7 +138,7 @@ async fn garbage_frame_is_dead_lettered() -> anyhow::Result<()> {
     assert_eq!(alerts.len(), 1);
 
     evaluate.stop().await?;
-    pipeline.clean_up().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -167,7 +167,7 @@ async fn newer_frame_version_is_dead_lettered() -> anyhow::Result<()> {
     assert!(pipeline.alerts().await?.is_empty());
 
     evaluate.stop().await?;
-    pipeline.clean_up().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -211,7 +211,7 @@ async fn unknown_task_is_dead_lettered_after_timeout() -> anyhow::Result<()> {
     assert!(pipeline.alerts().await?.is_empty());
 
     evaluate.stop().await?;
-    pipeline.clean_up().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -253,7 +253,7 @@ async fn frame_waits_for_task_that_arrives_later() -> anyhow::Result<()> {
     );
 
     evaluate.stop().await?;
-    pipeline.clean_up().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -272,7 +272,7 @@ async fn removed_task_frames_are_dropped() -> anyhow::Result<()> {
     assert!(pipeline.dead_letters().await?.is_empty());
 
     evaluate.stop().await?;
-    pipeline.clean_up().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -310,7 +310,7 @@ async fn two_instances_store_each_alert_once() -> anyhow::Result<()> {
 
     first.stop().await?;
     second.stop().await?;
-    pipeline.clean_up().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -354,5 +354,5 @@ async fn failed_alert_publish_retries_frame() -> anyhow::Result<()> {
     assert!(pipeline.dead_letters().await?.is_empty());
 
     evaluate.stop().await?;
-    pipeline.clean_up().await
+    Ok(())
 }

@@ -1,11 +1,10 @@
-//! A pipeline of one test on the shared nats-server: its own subject prefix (so its own
-//! streams and buckets), task and batch specs in its tasks bucket, and evaluate instances run
-//! in-process.
+//! A pipeline of one test on the nats-server that `scripts/test` started: its own subject
+//! prefix (so its own streams and buckets, from `monitor_tests::TestEnv`), task and batch
+//! specs in its tasks bucket, and evaluate instances run in-process.
 
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -19,9 +18,11 @@ use monitor_core::messages::{
 use monitor_core::rules::{
     LargeTradeRule, Rules, SideFilter, TokenRules, TriggerLogic, VolumeRule,
 };
+use monitor_core::settings::NatsSettings;
 use monitor_core::topology::{self, Topology};
 use monitor_core::Subjects;
 use monitor_evaluate::Settings;
+use monitor_tests::TestEnv;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -34,24 +35,10 @@ pub const T0: i64 = 1_700_000_100_000;
 pub const COOLDOWN_SEC: u32 = 300;
 
 /// Upper bound of every wait; a wait ends as soon as its condition holds.
-const WAIT_LIMIT: Duration = Duration::from_secs(60);
-
-/// NATS URL of the test server (`TEST_NATS_URL`, default the development server).
-pub fn nats_url() -> String {
-    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".to_owned())
-}
-
-fn unique_prefix(test: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("t_eval_{test}_{}_{nanos}_{n}", std::process::id())
-}
+const WAIT_LIMIT: Duration = Duration::from_secs(120);
 
 pub struct Pipeline {
+    pub env: TestEnv,
     pub settings: Settings,
     pub subjects: Subjects,
     pub js: jetstream::Context,
@@ -72,13 +59,25 @@ impl Instance {
 }
 
 impl Pipeline {
+    /// Sets up a pipeline on the shared nats-server.
     pub async fn new(test: &str) -> anyhow::Result<Self> {
+        let env = TestEnv::new(test).await;
+        let nats = env.nats_settings();
+        Self::on(env, nats).await
+    }
+
+    /// Sets up a pipeline with the test's subject prefix on the server of `nats`.
+    pub async fn on(env: TestEnv, nats: NatsSettings) -> anyhow::Result<Self> {
         monitor_core::telemetry::init(monitor_core::telemetry::LogFormat::Text);
-        let settings = Settings::local(&nats_url(), &unique_prefix(test));
+        let settings = Settings {
+            nats,
+            ..Settings::local("", env.subject_prefix())
+        };
         let client = settings.nats.connect("evaluate-test").await?;
         let js = jetstream::new(client);
         let topology = topology::ensure(&js, &settings.nats).await?;
         Ok(Pipeline {
+            env,
             subjects: settings.nats.subjects(),
             settings,
             js,
@@ -207,22 +206,6 @@ impl Pipeline {
                 && info.num_ack_pending == 0)
         })
         .await
-    }
-
-    /// Deletes the streams and buckets of this pipeline.
-    pub async fn clean_up(self) -> anyhow::Result<()> {
-        let s = &self.subjects;
-        for stream in [
-            s.events_stream(),
-            s.alerts_stream(),
-            s.status_stream(),
-            s.dead_stream(),
-        ] {
-            self.js.delete_stream(stream).await?;
-        }
-        self.js.delete_key_value(s.tasks_bucket()).await?;
-        self.js.delete_key_value(s.leases_bucket()).await?;
-        Ok(())
     }
 }
 
