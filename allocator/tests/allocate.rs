@@ -129,7 +129,6 @@ async fn allocate_writes_one_epoch() {
         assert_eq!(first.market_cap, Some(1234.5));
         assert_eq!(first.source.as_deref(), Some("birdeye"));
     }
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -165,7 +164,6 @@ async fn allocate_twice_keeps_epoch() {
         fx.revision(&Subjects::task_key(task_id)).await,
         task_revision
     );
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -215,7 +213,6 @@ async fn added_target_creates_next_epoch() {
     let batch = fx.batch_spec(rows[1]).await.unwrap();
     assert_eq!(batch.epoch, 2);
     assert_eq!(batch.targets.len(), 22);
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -245,7 +242,6 @@ async fn removed_target_clears_its_position() {
     assert!(!listed.contains(&ids[3]));
     let positions = fx.target_positions(task_id).await;
     assert!(positions.contains(&(ids[3], None, None)), "{positions:?}");
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -289,7 +285,6 @@ async fn failed_allocation_writes_nothing() {
             "target {target_id} untouched"
         );
     }
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -322,7 +317,6 @@ async fn concurrent_allocations_write_one_epoch() {
             .await
             .unwrap();
     assert_eq!(epochs, vec![1]);
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -389,7 +383,6 @@ async fn invalid_config_keeps_previous_rules() {
         "{:?}",
         cleared.reason
     );
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -410,7 +403,6 @@ async fn invalid_first_config_publishes_no_rules() {
         panic!("expected a status change")
     };
     assert_eq!(change.status, BatchStatus::Error);
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -443,5 +435,4 @@ async fn block_task_has_no_batches() {
         .await
         .unwrap();
     assert_eq!(batches, 0);
-    fx.cleanup().await;
 }

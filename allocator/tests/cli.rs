@@ -5,25 +5,24 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
+use std::time::Duration;
 
 use common::{addresses, Fixture, INVALID_RULES, VALID_RULES};
 
-/// Runs the binary with the fixture's services and `db_name`, in a directory without `.env`.
-fn allocator(fx: &Fixture, db_name: &str, args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_allocator"))
-        .args(args)
-        .env_clear()
-        .env("DB_HOST", &fx.services.db_host)
-        .env("DB_PORT", fx.services.db_port.to_string())
-        .env("DB_USER", &fx.services.db_user)
-        .env("DB_PASSWORD", &fx.services.db_password)
+/// Upper bound of one command; each finishes in about a second.
+const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs the binary with the fixture's settings and `db_name`, in the test's work directory.
+async fn allocator(fx: &Fixture, db_name: &str, args: &[&str]) -> Output {
+    let output = fx
+        .env
+        .command(env!("CARGO_BIN_EXE_allocator"))
+        .envs(fx.env.stage_env())
         .env("DB_NAME", db_name)
-        .env("NATS_URL", &fx.services.nats_url)
-        .env("MONITOR_SUBJECT_PREFIX", &fx.name)
-        .current_dir(std::env::temp_dir())
-        .output()
-        .expect("run the allocator binary");
+        .args(args)
+        .output("allocator", COMMAND_LIMIT)
+        .await;
     assert!(
         output.status.success(),
         "allocator {args:?} failed: {}\n{}",
@@ -40,10 +39,10 @@ fn stdout(output: &Output) -> String {
 #[tokio::test]
 async fn migrate_creates_database_twice_safely() {
     let fx = Fixture::new("migrate").await;
-    let db_name = format!("{}_cli", fx.name);
+    let db_name = format!("{}_cli", fx.env.db_name());
 
-    let first = allocator(&fx, &db_name, &["migrate"]);
-    let second = allocator(&fx, &db_name, &["migrate"]);
+    let first = allocator(&fx, &db_name, &["migrate"]).await;
+    let second = allocator(&fx, &db_name, &["migrate"]).await;
 
     assert_eq!(
         stdout(&first).trim(),
@@ -63,7 +62,6 @@ async fn migrate_creates_database_twice_safely() {
         .execute(&fx.pool)
         .await
         .unwrap();
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -76,7 +74,7 @@ async fn allocate_and_status_commands() {
 
     let first = allocator(
         &fx,
-        &fx.name,
+        fx.env.db_name(),
         &[
             "allocate",
             "--task-id",
@@ -84,8 +82,9 @@ async fn allocate_and_status_commands() {
             "--allocation-strategy",
             "seed",
         ],
-    );
-    let second = allocator(&fx, &fx.name, &["allocate", "--task-id", &task]);
+    )
+    .await;
+    let second = allocator(&fx, fx.env.db_name(), &["allocate", "--task-id", &task]).await;
 
     assert!(
         stdout(&first).contains("epoch 1 written (was 0): 100 targets in 2 batches"),
@@ -101,7 +100,7 @@ async fn allocate_and_status_commands() {
     assert_eq!(spec.epoch, 1);
 
     fx.update_config(config_id, INVALID_RULES, 2).await;
-    let status = stdout(&allocator(&fx, &fx.name, &["status", "--task-id", &task]));
+    let status = stdout(&allocator(&fx, fx.env.db_name(), &["status", "--task-id", &task]).await);
 
     assert!(
         status.contains(&format!(
@@ -122,5 +121,4 @@ async fn allocate_and_status_commands() {
         );
         assert!(status.contains(&line), "{line} in {status}");
     }
-    fx.cleanup().await;
 }

@@ -35,7 +35,6 @@ async fn poll_picks_up_new_task() {
     assert_eq!(spec.epoch, 1);
     assert_eq!(spec.batches.len(), 1);
     assert_eq!(fx.current_epoch(task_id).await, 1);
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -56,7 +55,6 @@ async fn poll_picks_up_config_change() {
     let rules = config.rules.as_token().unwrap();
     assert!(rules.price_change.is_some());
     assert!(rules.volume.is_none());
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -75,7 +73,6 @@ async fn poll_allocates_added_target() {
     assert_eq!(spec.epoch, 2);
     let counts: Vec<u32> = spec.batches.iter().map(|b| b.item_count).collect();
     assert_eq!(counts, vec![99, 1]);
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -107,7 +104,6 @@ async fn deactivated_task_disappears() {
             "batch spec {batch_id} deleted"
         );
     }
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -130,7 +126,6 @@ async fn restarted_allocator_retires_stopped_task() {
     restarted.poll().await.unwrap();
 
     assert!(fx.task_spec(task_id).await.is_none());
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -167,7 +162,6 @@ async fn replaced_epoch_is_deleted_after_grace() {
         11,
         "the current epoch stays"
     );
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -186,8 +180,8 @@ async fn run_applies_redis_notice() {
     wait_for(LIMIT, || async { fx.task_spec(task_id).await })
         .await
         .expect("first poll publishes the task");
-    let redis = fx.services.redis_host.clone();
-    let port = fx.services.redis_port;
+    let redis = fx.redis().host;
+    let port = fx.redis().port;
     assert!(
         wait_subscribed(&redis, port, &channel).await,
         "allocator subscribed to {channel}"
@@ -205,7 +199,6 @@ async fn run_applies_redis_notice() {
 
     shutdown.cancel();
     run.await.unwrap().unwrap();
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -235,7 +228,6 @@ async fn run_polls_without_redis() {
 
     shutdown.cancel();
     run.await.unwrap().unwrap();
-    fx.cleanup().await;
 }
 
 #[tokio::test]
@@ -284,7 +276,6 @@ async fn run_resubscribes_after_redis_restart() {
 
     shutdown.cancel();
     run.await.unwrap().unwrap();
-    fx.cleanup().await;
 }
 
 /// Starts a private redis-server on a loopback port; it is killed when the handle drops.

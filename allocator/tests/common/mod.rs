@@ -1,10 +1,9 @@
 //! Test fixture: a migrated database, a subject prefix and the tasks bucket of one test.
 //!
-//! Services come from `TEST_NATS_URL`, `TEST_DB_HOST`, `TEST_DB_PORT`, `TEST_DB_USER`,
-//! `TEST_DB_PASSWORD`, `TEST_REDIS_HOST` and `TEST_REDIS_PORT` (set by `scripts/test`), with
-//! the development services on 127.0.0.1 as defaults. Each fixture has its own database and
-//! prefix, so tests run in parallel. [`Fixture::cleanup`] drops both when a test passes; a
-//! failed test leaves them for inspection.
+//! Built on `monitor_tests::TestEnv`, which reads the services that `scripts/test` starts
+//! (`TEST_NATS_URL`, `TEST_DB_*`, `TEST_REDIS_*`). Each fixture has its own database and
+//! prefix, so tests run in parallel; nothing is dropped afterwards, so a failed test's data
+//! stays for inspection.
 
 // Test helpers panic on failure: a panic is the test failure.
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
@@ -18,63 +17,18 @@ use monitor_allocator::publish::Publisher;
 use monitor_allocator::AllocatorSettings;
 use monitor_core::codec;
 use monitor_core::messages::{BatchSpec, StatusMessage, TaskSpec};
-use monitor_core::settings::{DbSettings, NatsSettings, Redacted, RedisSettings};
+use monitor_core::settings::RedisSettings;
 use monitor_core::topology::Topology;
 use monitor_core::Subjects;
+use monitor_tests::TestEnv;
 use sqlx::MySqlPool;
-
-/// Addresses of the services the tests use.
-#[derive(Debug, Clone)]
-pub struct Services {
-    pub nats_url: String,
-    pub db_host: String,
-    pub db_port: u16,
-    pub db_user: String,
-    pub db_password: String,
-    pub redis_host: String,
-    pub redis_port: u16,
-}
-
-fn var(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-impl Services {
-    pub fn from_env() -> Self {
-        Services {
-            nats_url: var("TEST_NATS_URL", "nats://127.0.0.1:14222"),
-            db_host: var("TEST_DB_HOST", "127.0.0.1"),
-            db_port: var("TEST_DB_PORT", "3306")
-                .parse()
-                .expect("TEST_DB_PORT is a port number"),
-            db_user: var("TEST_DB_USER", "root"),
-            db_password: var("TEST_DB_PASSWORD", ""),
-            redis_host: var("TEST_REDIS_HOST", "127.0.0.1"),
-            redis_port: var("TEST_REDIS_PORT", "6379")
-                .parse()
-                .expect("TEST_REDIS_PORT is a port number"),
-        }
-    }
-}
 
 /// One test's database, prefix and bucket.
 pub struct Fixture {
-    pub name: String,
-    pub services: Services,
-    pub db: DbSettings,
-    pub nats: NatsSettings,
+    pub env: TestEnv,
     pub pool: MySqlPool,
     pub jetstream: jetstream::Context,
     pub topology: Topology,
-}
-
-/// Returns a unique name for a test: `t_alloc_<test>_<random>`.
-fn unique_name(test: &str) -> String {
-    let suffix: u32 = rand::random();
-    format!("t_alloc_{test}_{suffix:08x}")
 }
 
 /// Valid token rules: a volume rule and large trades.
@@ -85,42 +39,30 @@ pub const INVALID_RULES: &str = r#"{"volume": {"window_sec": 300, "min_volume_us
 
 impl Fixture {
     pub async fn new(test: &str) -> Fixture {
-        let services = Services::from_env();
-        let name = unique_name(test);
-        let mut db = DbSettings::local(services.db_port, &name);
-        db.host = services.db_host.clone();
-        db.user = services.db_user.clone();
-        db.password = Redacted(services.db_password.clone());
-        let pool = monitor_core::db::migrate(&db)
-            .await
-            .expect("migrate the test database");
-
-        let nats = NatsSettings::local(&services.nats_url, &name);
-        let client = nats
-            .connect("allocator-test")
-            .await
-            .expect("connect to NATS");
-        let jetstream = jetstream::new(client);
-        let topology = monitor_core::topology::ensure(&jetstream, &nats)
-            .await
-            .expect("create streams and buckets");
+        let env = TestEnv::new(&format!("alloc_{test}")).await;
+        let pool = env.pool().clone();
+        let jetstream = env.jetstream().await;
+        let topology = env.topology().await;
         Fixture {
-            name,
-            services,
-            db,
-            nats,
+            env,
             pool,
             jetstream,
             topology,
         }
     }
 
+    pub fn redis(&self) -> RedisSettings {
+        self.env.redis_settings()
+    }
+
     /// Settings of an allocator on this fixture; Redis on the channel `<name>:config`.
     pub fn settings(&self) -> AllocatorSettings {
-        let mut redis = RedisSettings::local(self.services.redis_port);
-        redis.host = self.services.redis_host.clone();
-        let mut settings = AllocatorSettings::local(self.db.clone(), self.nats.clone(), redis);
-        settings.config_channel = format!("{}:config", self.name);
+        let mut settings = AllocatorSettings::local(
+            self.env.db_settings(),
+            self.env.nats_settings(),
+            self.env.redis_settings(),
+        );
+        settings.config_channel = format!("{}:config", self.env.id());
         settings.runtime.consumer_id_prefix = Some("allocator-test".into());
         settings
     }
@@ -314,26 +256,6 @@ impl Fixture {
             .await
             .ok()?;
         Some(codec::decode(&message.payload).expect("decode status message"))
-    }
-
-    /// Drops the database, the streams and the buckets of this fixture.
-    pub async fn cleanup(self) {
-        let subjects = &self.topology.subjects;
-        for stream in [
-            subjects.events_stream(),
-            subjects.alerts_stream(),
-            subjects.status_stream(),
-            subjects.dead_stream(),
-        ] {
-            let _ = self.jetstream.delete_stream(stream).await;
-        }
-        for bucket in [subjects.tasks_bucket(), subjects.leases_bucket()] {
-            let _ = self.jetstream.delete_key_value(bucket).await;
-        }
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{}`", self.name))
-            .execute(&self.pool)
-            .await;
-        self.pool.close().await;
     }
 }
 
