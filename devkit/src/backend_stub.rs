@@ -34,6 +34,8 @@ pub const MONITOR_PATH: &str = "/websocket/monitor";
 pub const CONNECTED_MESSAGE: &str = "WebSocket连接成功";
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time that open connections get to close after shutdown before they are aborted.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Lines buffered between connections and the writer before connections wait.
 const RECORD_BUFFER: usize = 1024;
 
@@ -135,7 +137,16 @@ where
         }
     }
 
-    while connections.join_next().await.is_some() {}
+    // A connection blocked on a client that stopped reading cannot see the shutdown, so it is
+    // aborted after a grace period. Messages it had already read are written.
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        tracing::warn!(
+            grace_sec = SHUTDOWN_GRACE.as_secs(),
+            "backend-stub aborted connections still open after the shutdown grace period"
+        );
+        connections.shutdown().await;
+    }
     // The writer ends once every sender is dropped and the buffered lines are written.
     drop(records);
     match writer.await {

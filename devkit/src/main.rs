@@ -32,7 +32,8 @@ enum Command {
     FeedReplay(FeedReplayCommand),
     /// Play the Java backend's monitor WebSocket and record every message received as a JSON line.
     BackendStub(BackendStubSettings),
-    /// Insert a demo smart task on WETH whose rules fire on the recorded trades; prints task_id=N.
+    /// Insert a demo smart task on WETH whose rules fire on the recorded trades and print
+    /// task_id=N. Each run inserts a new config, task and target.
     Seed(SeedSettings),
 }
 

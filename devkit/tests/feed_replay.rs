@@ -559,3 +559,21 @@ async fn binary_prints_address_and_stops() {
     let status = timeout(FRAME_TIMEOUT, child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "feed-replay exited with {status}");
 }
+
+#[tokio::test]
+async fn shutdown_aborts_stalled_connection() {
+    let server = Server::start(FeedReplaySettings {
+        looping: true,
+        ..settings()
+    })
+    .await;
+    let mut client = server.connect().await;
+    next_json(&mut client).await;
+
+    // The looping replay fills the socket buffers because this client never reads again.
+    send(&mut client, subscribe_txs_complex(&[WETH_ADDRESS])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    server.stop().await;
+    drop(client);
+}

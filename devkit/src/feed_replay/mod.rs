@@ -37,6 +37,9 @@ use replay::ReplayPlan;
 pub const WETH_ADDRESS: &str = "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2";
 /// The Uniswap V3 WETH/USDT 0.05 % pool on Ethereum mainnet.
 pub const WETH_USDT_POOL: &str = "0x11b815efb8f581194ae79006d24e0d814b7697f6";
+/// Time that open connections get to close after shutdown before they are aborted.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// The recorded trades shipped in `data/`, relative to the repository root.
 pub const DEFAULT_TRADES_CSV: &str = "data/binance-ethusdt-trades-2023-02-02/trades.csv";
 
@@ -231,8 +234,19 @@ impl FeedReplay {
             }
         }
 
-        while let Some(joined) = connections.join_next().await {
-            log_panic(joined);
+        // A connection blocked on a client that stopped reading cannot see the shutdown, so it
+        // is aborted after a grace period.
+        let drain = async {
+            while let Some(joined) = connections.join_next().await {
+                log_panic(joined);
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!(
+                grace_sec = SHUTDOWN_GRACE.as_secs(),
+                "feed-replay aborted connections still open after the shutdown grace period"
+            );
+            connections.shutdown().await;
         }
         tracing::info!("feed-replay stopped");
     }
