@@ -210,7 +210,7 @@ impl Pipeline {
 }
 
 /// Polls `condition` until it returns true, and fails after [`WAIT_LIMIT`].
-pub async fn wait_for<F, Fut>(what: &str, mut condition: F) -> anyhow::Result<()>
+pub async fn wait_for<F, Fut>(description: &str, mut condition: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<bool>>,
@@ -221,7 +221,7 @@ where
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {WAIT_LIMIT:?} waiting for {what}");
+            bail!("timed out after {WAIT_LIMIT:?} waiting for {description}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
