@@ -73,6 +73,7 @@ async fn alert_published_twice_is_stored_once_and_pushed_with_row_id() {
 
     stop_notify(notify).await;
     peer.stop().await;
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -101,6 +102,7 @@ async fn alert_waits_pending_until_java_websocket_starts() {
 
     stop_notify(notify).await;
     peer.stop().await;
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -144,6 +146,7 @@ async fn pending_alerts_are_pushed_by_event_time_before_new_ones() {
 
     stop_notify(notify).await;
     peer.stop().await;
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -191,6 +194,7 @@ async fn undecodable_alert_goes_to_dead_stream_and_next_alert_is_pushed() {
 
     stop_notify(notify).await;
     peer.stop().await;
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -235,6 +239,7 @@ async fn alert_is_redelivered_until_alert_table_returns() {
 
     stop_notify(notify).await;
     peer.stop().await;
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -278,4 +283,5 @@ async fn retracted_alert_updates_row_and_pushes_alert_update() {
 
     stop_notify(notify).await;
     peer.stop().await;
+    env.cleanup().await;
 }

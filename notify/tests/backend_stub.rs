@@ -79,6 +79,7 @@ async fn alert_and_pings_reach_backend_stub_with_token() {
 
     stop_notify(notify).await;
     stub_shutdown.cancel();
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -112,4 +113,5 @@ async fn wrong_token_keeps_alert_pending() {
 
     stop_notify(notify).await;
     stub_shutdown.cancel();
+    env.cleanup().await;
 }

@@ -147,6 +147,7 @@ async fn heartbeats_and_status_reach_java_in_its_shapes() {
 
     stop_notify(notify).await;
     peer.stop().await;
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -181,6 +182,7 @@ async fn stale_heartbeat_is_dropped_and_acked() {
 
     stop_notify(notify).await;
     peer.stop().await;
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -226,6 +228,7 @@ async fn latest_batch_status_is_sent_again_after_reconnect() {
 
     stop_notify(notify).await;
     peer.stop().await;
+    env.cleanup().await;
 }
 
 fn fast_timing(pong_timeout: Duration) -> WsTiming {

@@ -92,6 +92,29 @@ impl Env {
         }
     }
 
+    /// Drops this test's database, streams and buckets; a failed test skips it and leaves them
+    /// for inspection.
+    pub async fn cleanup(self) {
+        for stream in [
+            self.subjects.events_stream(),
+            self.subjects.alerts_stream(),
+            self.subjects.status_stream(),
+            self.subjects.dead_stream(),
+        ] {
+            let _ = self.js.delete_stream(&stream).await;
+        }
+        for bucket in [self.subjects.tasks_bucket(), self.subjects.leases_bucket()] {
+            let _ = self.js.delete_key_value(&bucket).await;
+        }
+        // The name was built from letters, digits and '_' only, so it is safe in the statement.
+        let statement = format!("DROP DATABASE IF EXISTS `{}`", self.db.name);
+        sqlx::query(&statement)
+            .execute(&self.pool)
+            .await
+            .expect("failed to drop the test database");
+        self.pool.close().await;
+    }
+
     /// Settings of a notify stage for this test, pushing to `ws_url` with short reconnects.
     pub fn notify_settings(&self, ws_url: &str) -> NotifySettings {
         NotifySettings {
