@@ -694,7 +694,10 @@ fn parse_block_rules(fields: &mut Fields) -> Result<BlockRules, ConfigError> {
 fn column_usd(column: &str, value: Option<f64>) -> Result<f64, ConfigError> {
     match value {
         None => Err(ConfigError::new(column, "null", Constraint::MissingColumn)),
-        Some(v) if !(v > 0.0) => Err(ConfigError::new(column, v, Constraint::GreaterThan(0.0))),
+        // NaN is not greater than zero either, so it is rejected here too.
+        Some(v) if v.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) => {
+            Err(ConfigError::new(column, v, Constraint::GreaterThan(0.0)))
+        }
         Some(v) if v > MAX_USD => Err(ConfigError::new(
             column,
             v,

@@ -56,7 +56,7 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("expected a number of seconds, got {s:?}"))?;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("expected a number of seconds between 0 and 1e9, got {s:?}"));
     }
     Ok(Duration::from_secs_f64(secs))
