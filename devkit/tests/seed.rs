@@ -1,35 +1,15 @@
-//! `devkit seed` against MariaDB, each test on its own database.
+//! `devkit seed` against MariaDB, each test on its own database from `monitor_tests::TestEnv`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on a broken set-up.
 
-use sqlx::{MySqlPool, Row};
+use sqlx::Row;
 
 use monitor_core::messages::{Chain, TaskType};
 use monitor_core::rules::{parse_config, ConfigRow};
-use monitor_core::settings::{DbSettings, Redacted};
+use monitor_core::settings::DbSettings;
 use monitor_devkit::feed_replay::{WETH_ADDRESS, WETH_USDT_POOL};
 use monitor_devkit::seed::{seed, SeedSettings, WETH_MARKET_CAP};
-
-/// Builds settings for the test's own database on the shared MariaDB. The `TEST_DB_*`
-/// variables that `scripts/test` sets win over the development defaults.
-fn db_settings(test: &str) -> DbSettings {
-    let var =
-        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
-    DbSettings {
-        host: var("TEST_DB_HOST", "127.0.0.1"),
-        port: var("TEST_DB_PORT", "3306")
-            .parse()
-            .expect("TEST_DB_PORT is a port number"),
-        user: var("TEST_DB_USER", "root"),
-        password: Redacted(var("TEST_DB_PASSWORD", "")),
-        name: format!(
-            "t_devkit_{test}_{}_{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ),
-        max_connections: 2,
-    }
-}
+use monitor_tests::TestEnv;
 
 fn seed_settings(db: DbSettings, task_name: &str) -> SeedSettings {
     SeedSettings {
@@ -44,25 +24,16 @@ fn seed_settings(db: DbSettings, task_name: &str) -> SeedSettings {
     }
 }
 
-async fn drop_database(pool: &MySqlPool, name: &str) {
-    // The name was generated above from letters, digits and '_'.
-    sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
-        .execute(pool)
-        .await
-        .unwrap();
-    pool.close().await;
-}
-
 #[tokio::test]
 async fn seed_creates_linked_task_config_and_target() {
-    let db = db_settings("seed_rows");
-    let pool = monitor_core::db::migrate(&db).await.unwrap();
+    let env = TestEnv::new("devkit_seed_rows").await;
+    let (db, pool) = (env.db_settings(), env.pool());
 
     let seeded = seed(&seed_settings(db.clone(), "demo task")).await.unwrap();
 
     let task = sqlx::query("SELECT task_name, task_type, chain_type, status, del_flag FROM monitor_task_v2 WHERE id = ?")
         .bind(seeded.task_id)
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .unwrap();
     assert_eq!(task.get::<String, _>("task_name"), "demo task");
@@ -73,7 +44,7 @@ async fn seed_creates_linked_task_config_and_target() {
 
     let link = sqlx::query("SELECT config_id FROM monitor_task_config_v2 WHERE task_id = ?")
         .bind(seeded.task_id)
-        .fetch_all(&pool)
+        .fetch_all(pool)
         .await
         .unwrap();
     assert_eq!(link.len(), 1);
@@ -84,7 +55,7 @@ async fn seed_creates_linked_task_config_and_target() {
          pair_address, status, batch_id FROM monitor_task_target_v2 WHERE task_id = ?",
     )
     .bind(seeded.task_id)
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     .unwrap();
     assert_eq!(targets.len(), 1);
@@ -98,14 +69,12 @@ async fn seed_creates_linked_task_config_and_target() {
     assert_eq!(target.get::<String, _>("pair_address"), WETH_USDT_POOL);
     assert_eq!(target.get::<i8, _>("status"), 1);
     assert_eq!(target.get::<Option<i32>, _>("batch_id"), None);
-
-    drop_database(&pool, &db.name).await;
 }
 
 #[tokio::test]
 async fn seeded_config_reads_back_as_four_rules() {
-    let db = db_settings("seed_config");
-    let pool = monitor_core::db::migrate(&db).await.unwrap();
+    let env = TestEnv::new("devkit_seed_config").await;
+    let (db, pool) = (env.db_settings(), env.pool());
 
     let seeded = seed(&seed_settings(db.clone(), "demo")).await.unwrap();
 
@@ -115,7 +84,7 @@ async fn seeded_config_reads_back_as_four_rules() {
          events_config, trigger_logic, status, del_flag FROM monitor_config_v2 WHERE id = ?",
     )
     .bind(seeded.config_id)
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
     .unwrap();
     assert_eq!(row.get::<i8, _>("status"), 1);
@@ -141,14 +110,12 @@ async fn seeded_config_reads_back_as_four_rules() {
     assert_eq!(rules.volume.as_ref().unwrap().window_sec, 60);
     assert_eq!(rules.price_change.as_ref().unwrap().window_sec, 60);
     assert_eq!(rules.cooldown_sec, 60);
-
-    drop_database(&pool, &db.name).await;
 }
 
 #[tokio::test]
 async fn second_seed_creates_second_task() {
-    let db = db_settings("seed_twice");
-    let pool = monitor_core::db::migrate(&db).await.unwrap();
+    let env = TestEnv::new("devkit_seed_twice").await;
+    let (db, pool) = (env.db_settings(), env.pool());
 
     let first = seed(&seed_settings(db.clone(), "demo")).await.unwrap();
     let second = seed(&seed_settings(db.clone(), "demo")).await.unwrap();
@@ -156,18 +123,16 @@ async fn second_seed_creates_second_task() {
     assert_ne!(first.task_id, second.task_id);
     assert_ne!(first.config_id, second.config_id);
     let tasks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM monitor_task_v2")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .unwrap();
     assert_eq!(tasks, 2);
-
-    drop_database(&pool, &db.name).await;
 }
 
 #[tokio::test]
 async fn binary_prints_task_id() {
-    let db = db_settings("seed_binary");
-    let pool = monitor_core::db::migrate(&db).await.unwrap();
+    let env = TestEnv::new("devkit_seed_binary").await;
+    let (db, pool) = (env.db_settings(), env.pool());
 
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_devkit"))
         .args([
@@ -200,10 +165,8 @@ async fn binary_prints_task_id() {
         .unwrap();
     let name: String = sqlx::query_scalar("SELECT task_name FROM monitor_task_v2 WHERE id = ?")
         .bind(task_id)
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .unwrap();
     assert_eq!(name, "from the binary");
-
-    drop_database(&pool, &db.name).await;
 }
