@@ -213,6 +213,13 @@ impl BatchRunner {
         if !self.targets.duplicates().is_empty() {
             warn!(addresses = ?self.targets.duplicates(), "batch lists an address more than once, the later entries are ignored");
         }
+        if self.targets.is_empty() {
+            // Nothing to subscribe: report running so that an epoch switch is not held up.
+            self.set_status(
+                BatchStatus::Running,
+                Some("the batch has no targets".into()),
+            );
+        }
         let mut heartbeat = heartbeat_timer(self.context.heartbeat_interval);
 
         loop {
