@@ -27,6 +27,7 @@ pub use settings::{NotifySettings, WsSettings, WsTiming};
 /// Runs the notify stage until `shutdown` is cancelled or one of its parts fails.
 pub async fn run(settings: NotifySettings, shutdown: CancellationToken) -> anyhow::Result<()> {
     tracing::info!(settings = ?settings, "starting notify");
+    // NOTE: METRICS_ADDR is accepted but notify serves no /metrics or /healthz endpoint yet.
 
     let pool = monitor_core::db::connect(&settings.db).await?;
     let client = settings

@@ -191,6 +191,9 @@ impl From<StatusScope> for ScopeKey {
 }
 
 /// The newest status change of every batch and task.
+///
+/// NOTE: kept in memory only, so after a restart of notify a status is sent again only once
+/// its producer publishes a new change.
 #[derive(Debug, Default)]
 struct LatestStatus {
     changes: HashMap<ScopeKey, StatusChange>,
