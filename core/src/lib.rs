@@ -4,12 +4,13 @@
 //! through NATS JetStream. Everything they must agree on lives here: subject and stream names
 //! ([`subjects`], [`topology`]), the message types and their MessagePack codec ([`messages`],
 //! [`codec`]), the rule model with its validation ([`rules`]), settings, database access,
-//! tracing and shutdown.
+//! tracing, metrics and health ([`metrics`]) and shutdown.
 
 pub mod codec;
 pub mod db;
 pub mod locale;
 pub mod messages;
+pub mod metrics;
 pub mod rules;
 pub mod settings;
 pub mod shutdown;
