@@ -338,7 +338,24 @@ pub struct Holders {
     pub top_n: Option<u32>,
 }
 
-/// A new block header.
+/// Where an event of a block task stands on the chain. Evaluate turns it into the state of
+/// the alerts the event raises: `New` gives `provisional` when the task waits for
+/// confirmations (or the transaction is pending) and `confirmed` otherwise, `Confirmed` gives
+/// `confirmed` and `Removed` gives `retracted`. Ingest sends an event again with `Confirmed` or
+/// `Removed` and the same source time, so the alert keeps its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainStatus {
+    /// First report of the event.
+    #[default]
+    New,
+    /// The block is buried under the task's `confirmations`, or a pending transaction was mined.
+    Confirmed,
+    /// A reorg removed the block, or a pending transaction was dropped.
+    Removed,
+}
+
+/// A new block header (an EVM block or a Solana slot).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Block {
     pub number: u64,
@@ -346,6 +363,8 @@ pub struct Block {
     /// Seconds since the previous block, when the adapter saw it.
     #[serde(default)]
     pub interval_sec: Option<f64>,
+    #[serde(default)]
+    pub status: ChainStatus,
 }
 
 /// A transaction of a block (or a pending one).
@@ -363,6 +382,14 @@ pub struct Transaction {
     pub value_usd: Option<f64>,
     #[serde(default)]
     pub pending: bool,
+    /// USD price of the native token used for `value_usd`.
+    #[serde(default)]
+    pub native_price_usd: Option<f64>,
+    /// Where that price came from, for example `birdeye` or `setting NATIVE_PRICE_USD_ETH`.
+    #[serde(default)]
+    pub price_source: Option<String>,
+    #[serde(default)]
+    pub status: ChainStatus,
 }
 
 /// A contract log.
@@ -379,6 +406,10 @@ pub struct Log {
     /// Decoded ERC-20 `Transfer` or `Approval`, when the log is one.
     #[serde(default)]
     pub decoded: Option<DecodedLog>,
+    #[serde(default)]
+    pub block_hash: Option<String>,
+    #[serde(default)]
+    pub status: ChainStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -397,6 +428,11 @@ pub struct ProgramLog {
     pub slot: u64,
     pub program_id: String,
     pub logs: Vec<String>,
+    /// Whether the transaction failed (`err` of the notification was not null).
+    #[serde(default)]
+    pub failed: bool,
+    #[serde(default)]
+    pub status: ChainStatus,
 }
 
 /// State of a target when an event was seen: last values and one entry per window length
@@ -464,6 +500,14 @@ pub enum AlertType {
 }
 
 impl AlertType {
+    /// Whether block tasks raise this alert type (their alerts can change state).
+    pub fn is_block_alert(self) -> bool {
+        matches!(
+            self,
+            AlertType::BlockEvent | AlertType::LargeTransaction | AlertType::ContractEvent
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlertType::PriceChange => "price_change",
@@ -545,6 +589,20 @@ pub struct Alert {
     pub extra_json: Option<String>,
 }
 
+impl Alert {
+    /// The `Nats-Msg-Id` of this delivery. A token alert is delivered once, under its id. A
+    /// block alert may be delivered once per state (provisional, then confirmed or retracted),
+    /// so its msg id is `<id>:<state>`, and the alerts stream drops only a repeat of the same
+    /// state.
+    pub fn msg_id(&self) -> String {
+        if self.alert_type.is_block_alert() {
+            format!("{}:{}", self.id, self.state.as_str())
+        } else {
+            self.id.clone()
+        }
+    }
+}
+
 /// One rule that held: what it measured against what limit, over which window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
@@ -608,4 +666,74 @@ pub struct StatusChange {
 pub enum StatusMessage {
     Heartbeat(Heartbeat),
     Change(StatusChange),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_alert(state: AlertState, alert_type: AlertType) -> Alert {
+        Alert {
+            v: MESSAGE_VERSION,
+            id: "7:0xabc:large_transaction:5".into(),
+            task_id: 7,
+            config_id: 1,
+            config_version: 1,
+            batch_id: None,
+            target_id: None,
+            chain: Chain::Eth,
+            alert_type,
+            state,
+            target_value: "0xabc".into(),
+            token_name: None,
+            token_symbol: None,
+            findings: Vec::new(),
+            event_time_ms: 0,
+            first_event_time_ms: None,
+            price: None,
+            market_cap: None,
+            extra_json: None,
+        }
+    }
+
+    #[test]
+    fn block_alert_msg_id_carries_state() {
+        let provisional = block_alert(AlertState::Provisional, AlertType::LargeTransaction);
+        let retracted = block_alert(AlertState::Retracted, AlertType::LargeTransaction);
+
+        assert_eq!(
+            provisional.msg_id(),
+            "7:0xabc:large_transaction:5:provisional"
+        );
+        assert_eq!(retracted.msg_id(), "7:0xabc:large_transaction:5:retracted");
+    }
+
+    #[test]
+    fn token_alert_msg_id_is_alert_id() {
+        let alert = block_alert(AlertState::Confirmed, AlertType::LargeTrade);
+
+        assert_eq!(alert.msg_id(), alert.id);
+    }
+
+    #[test]
+    fn transaction_without_status_decodes_as_new() {
+        #[derive(Serialize)]
+        struct OldTransaction {
+            hash: String,
+            from: String,
+            value_native: f64,
+        }
+        let old = OldTransaction {
+            hash: "0x1".into(),
+            from: "0x2".into(),
+            value_native: 1.5,
+        };
+        let bytes = rmp_serde::to_vec_named(&old).unwrap();
+
+        let decoded: Transaction = rmp_serde::from_slice(&bytes).unwrap();
+
+        assert_eq!(decoded.status, ChainStatus::New);
+        assert_eq!(decoded.price_source, None);
+        assert!(!decoded.pending);
+    }
 }
