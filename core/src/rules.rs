@@ -240,6 +240,25 @@ pub struct ContractEventsRule {
     pub signatures: Vec<String>,
 }
 
+impl ContractEventsRule {
+    /// The topic0 of every signature, in the order of `signatures`.
+    pub fn topics(&self) -> Vec<String> {
+        self.signatures.iter().map(|s| event_topic(s)).collect()
+    }
+}
+
+/// Returns the topic0 of an event: `0x` and the keccak-256 hash of its canonical signature
+/// (`Transfer(address,address,uint256)`), in lower-case hex.
+pub fn event_topic(signature: &str) -> String {
+    use tiny_keccak::{Hasher, Keccak};
+
+    let mut hasher = Keccak::v256();
+    hasher.update(signature.as_bytes());
+    let mut hash = [0u8; 32];
+    hasher.finalize(&mut hash);
+    format!("0x{}", hex::encode(hash))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgramLogsRule {
     pub program_ids: Vec<String>,

@@ -272,3 +272,15 @@ fn block_config_with_bad_address_is_rejected() {
     assert_eq!(err.field, "contract_addresses[0]");
     assert_eq!(err.constraint, Constraint::NotEvmAddress);
 }
+
+#[test]
+fn event_topic_of_erc20_events() {
+    assert_eq!(
+        event_topic("Transfer(address,address,uint256)"),
+        "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+    );
+    assert_eq!(
+        event_topic("Approval(address,address,uint256)"),
+        "0x8c5be1e5ebec7d5bd14f71427d1e84f3dd0314c0f7b2291e5b200ac8c7c3b925"
+    );
+}
