@@ -354,7 +354,7 @@ mod tests {
     async fn health_reports_a_check_that_hangs() {
         tokio::time::pause();
         let health = Health::new(&[NATS]);
-        health.attach(NATS, || std::future::pending());
+        health.attach(NATS, std::future::pending);
         let failures = health.failures().await;
         assert_eq!(failures, vec!["nats: no answer within 2s"]);
     }

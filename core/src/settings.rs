@@ -67,7 +67,9 @@ fn parse_prefix(s: &str) -> Result<String, String> {
 }
 
 /// Connection to NATS JetStream and the names derived from the subject prefix.
-#[derive(Debug, Clone, Args)]
+///
+/// `Debug` prints the URLs without user names, passwords or tokens ([`Self::redacted_url`]).
+#[derive(Clone, Args)]
 pub struct NatsSettings {
     /// NATS server URL(s), comma-separated.
     #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -90,7 +92,28 @@ pub struct NatsSettings {
     pub events_max_age_hours: u64,
 }
 
+impl fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &self.redacted_url())
+            .field("creds", &self.creds)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("replicas", &self.replicas)
+            .field("events_max_age_hours", &self.events_max_age_hours)
+            .finish()
+    }
+}
+
 impl NatsSettings {
+    /// Returns the server URLs with any user name, password or token replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        self.url
+            .split(',')
+            .map(redact_url_credentials)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     pub fn local(url: &str, prefix: &str) -> Self {
         NatsSettings {
             url: url.to_owned(),
@@ -122,6 +145,19 @@ impl NatsSettings {
             })?;
         }
         options.connect(self.url.as_str()).await
+    }
+}
+
+/// Replaces the user info of a URL (`nats://user:password@host`, `nats://token@host`) by
+/// `***`. A value that is not a URL is returned unchanged, since it carries no user info.
+fn redact_url_credentials(url: &str) -> String {
+    let trimmed = url.trim();
+    match trimmed.rsplit_once('@') {
+        Some((before, host)) => match before.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://***@{host}"),
+            None => format!("***@{host}"),
+        },
+        None => trimmed.to_owned(),
     }
 }
 
@@ -258,6 +294,93 @@ fn hostname() -> String {
         .unwrap_or_else(|| "monitor".into())
 }
 
+/// Parses the command line of `T` like `T::parse()`, except that a malformed value stops the
+/// process with status 2 and one line naming the environment variable and flag
+/// ([`one_line_error`]). `--help` and `--version` print as usual.
+pub fn parse_args<T: clap::Parser>() -> T {
+    let matches = matches_or_exit(T::command());
+    T::from_arg_matches(&matches).unwrap_or_else(|error| exit_with(&T::command(), error))
+}
+
+/// Matches the process's arguments against `command`, exiting like [`parse_args`] on an error.
+pub fn matches_or_exit(command: clap::Command) -> clap::ArgMatches {
+    match command.clone().try_get_matches() {
+        Ok(matches) => matches,
+        Err(error) => exit_with(&command, error),
+    }
+}
+
+fn exit_with(command: &clap::Command, error: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
+        _ => {
+            eprintln!("{}", one_line_error(command, &error));
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Describes a command-line error on one line. An invalid value names its environment
+/// variable and flag (`error: invalid value "abc" for DB_PORT (--db-port): invalid digit
+/// found in string`); the value of a secret is left out. Other errors keep clap's first line.
+pub fn one_line_error(command: &clap::Command, error: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let flag = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg.split_whitespace().next().map(str::to_owned),
+        _ => None,
+    };
+    let invalid_value = matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    );
+    let (Some(flag), true) = (flag, invalid_value) else {
+        let rendered = error.render().to_string();
+        let first = rendered.lines().find(|line| !line.trim().is_empty());
+        return first.unwrap_or("error: invalid command line").trim().to_owned();
+    };
+
+    let arg = find_arg(command, &flag);
+    let name = match arg.and_then(|arg| arg.get_env()) {
+        Some(env) => format!("{} ({flag})", env.to_string_lossy()),
+        None => flag,
+    };
+    let secret = arg.is_some_and(|arg| arg.is_hide_env_values_set());
+    let value = match error.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) if !secret => format!(" {value:?}"),
+        _ => String::new(),
+    };
+    let reason = match (
+        std::error::Error::source(error),
+        error.get(ContextKind::ValidValue),
+    ) {
+        (Some(source), _) => source.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!("expected one of {}", valid.join(", "))
+        }
+        _ => "invalid value".to_owned(),
+    };
+    format!(
+        "error: invalid value{value} for {name}: {}",
+        reason.replace('\n', " ")
+    )
+}
+
+/// Finds the argument with the long flag `flag` (`--db-port`) in `command` or a subcommand.
+fn find_arg<'a>(command: &'a clap::Command, flag: &str) -> Option<&'a clap::Arg> {
+    let long = flag.trim_start_matches('-');
+    command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|subcommand| find_arg(subcommand, flag))
+        })
+}
+
 /// Loads `.env` from the working directory if present, before the command line is parsed.
 /// Variables already set in the environment win over the file.
 pub fn load_dotenv() {
@@ -283,6 +406,66 @@ mod tests {
         redis: RedisSettings,
         #[command(flatten)]
         runtime: RuntimeSettings,
+    }
+
+    fn parse_error(args: &[&str]) -> String {
+        let command = AllGroups::command();
+        let error = command.clone().try_get_matches_from(args).unwrap_err();
+        one_line_error(&command, &error)
+    }
+
+    #[test]
+    fn invalid_value_error_names_the_variable() {
+        let line = parse_error(&["x", "--db-port", "abc"]);
+        assert_eq!(
+            line,
+            "error: invalid value \"abc\" for DB_PORT (--db-port): invalid digit found in string"
+        );
+    }
+
+    #[test]
+    fn out_of_range_error_names_the_variable() {
+        let line = parse_error(&["x", "--nats-replicas", "9"]);
+        assert!(
+            line.starts_with("error: invalid value \"9\" for NATS_REPLICAS (--nats-replicas): "),
+            "{line}"
+        );
+        assert!(line.contains("1..=5"), "{line}");
+    }
+
+    #[test]
+    fn invalid_log_format_names_the_variable() {
+        let line = parse_error(&["x", "--log-format", "xml"]);
+        assert_eq!(
+            line,
+            "error: invalid value \"xml\" for LOG_FORMAT (--log-format): expected text or json, got \"xml\""
+        );
+    }
+
+    #[test]
+    fn unknown_flag_error_is_one_line() {
+        let line = parse_error(&["x", "--no-such-flag"]);
+        assert!(
+            line.starts_with("error: unexpected argument '--no-such-flag'"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn nats_url_credentials_are_redacted() {
+        let mut settings = NatsSettings::local(
+            "nats://alice:s3cret@n1:4222, nats://t0ken@n2:4222",
+            "monitor",
+        );
+        assert_eq!(
+            settings.redacted_url(),
+            "nats://***@n1:4222,nats://***@n2:4222"
+        );
+        assert!(!format!("{settings:?}").contains("s3cret"));
+        assert!(!format!("{settings:?}").contains("t0ken"));
+        settings.url = "nats://127.0.0.1:4222".into();
+        assert_eq!(settings.redacted_url(), "nats://127.0.0.1:4222");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Tracing set-up: readable text by default, one JSON object per line with `LOG_FORMAT=json`,
-//! filtered by `RUST_LOG` (default `info`).
+//! filtered by `RUST_LOG` (default `info`). Also the two log lines every binary writes at the
+//! edges of its life: the settings in force ([`log_settings`]) and a fatal error
+//! ([`exit_code`]), so that with `LOG_FORMAT=json` every line on stderr is JSON.
 
 use std::str::FromStr;
 
@@ -41,4 +43,22 @@ pub fn init(format: LogFormat) {
     };
     // A second init (tests running several stages in one process) keeps the first subscriber.
     let _ = result;
+}
+
+/// Logs the settings in force once, at start. `settings` is printed with `Debug`, in which
+/// secrets ([`crate::settings::Redacted`]) and NATS URL credentials appear as `***`.
+pub fn log_settings(binary: &str, settings: &impl std::fmt::Debug) {
+    tracing::info!(binary, settings = ?settings, "settings in force");
+}
+
+/// Turns the result of a binary's work into its exit status, logging an error through
+/// tracing (one line, with its causes) instead of printing it to stderr.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "stopped on an error");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
