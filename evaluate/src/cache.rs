@@ -169,6 +169,14 @@ impl TaskCache {
         self.batches.len()
     }
 
+    /// Returns the config version of every cached task that has a config, by task id.
+    pub fn config_versions(&self) -> Vec<(u64, u64)> {
+        self.tasks
+            .iter()
+            .filter_map(|(id, spec)| spec.config.as_ref().map(|config| (*id, config.version)))
+            .collect()
+    }
+
     /// Returns the task of a frame and the batch specs that name its targets.
     pub fn resolve(&self, frame: &EventFrame) -> Resolution {
         let task_id = frame.task_id;

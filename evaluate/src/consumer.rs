@@ -305,6 +305,7 @@ impl FrameConsumer {
         }
 
         let alerts = evaluate_with_targets(&task, &frame, |target| targets.find(target));
+        crate::metrics::frame_judged(&frame, &alerts);
         debug!(
             task_id = frame.task_id,
             batch_id = ?frame.batch_id,
@@ -478,11 +479,15 @@ impl FrameConsumer {
 
 /// Awaits every alert acknowledgement of a frame concurrently; returns how many were stored.
 async fn await_alert_acks(acks: Vec<(String, PublishAckFuture)>) -> Result<u64, FrameError> {
+    let started = std::time::Instant::now();
     let results = futures::future::join_all(acks.into_iter().map(|(alert_id, ack)| async move {
         ack.await
             .map_err(|source| FrameError::PublishAlert { alert_id, source })
     }))
     .await;
+    if !results.is_empty() {
+        crate::metrics::alert_acks_awaited(started.elapsed());
+    }
     let mut published = 0;
     for result in results {
         result?;
@@ -494,6 +499,7 @@ async fn await_alert_acks(acks: Vec<(String, PublishAckFuture)>) -> Result<u64, 
 /// Sends the frame's ack, nak or term. A lost ack only delays the frame: the server
 /// redelivers it after the ack wait, and its alerts are dropped as repeated ids.
 async fn settle(message: Message, kind: AckKind) {
+    crate::metrics::frame_settled(&kind);
     if let Err(error) = message.ack_with(kind).await {
         warn!(subject = %message.subject, error = %error, "failed to settle frame, it will be redelivered");
     }

@@ -13,6 +13,7 @@
 pub mod cache;
 pub mod consumer;
 pub mod engine;
+pub mod metrics;
 pub mod settings;
 pub mod watch;
 
@@ -28,14 +29,10 @@ pub use settings::Settings;
 /// Runs the stage until `shutdown` is cancelled: ensures the streams and buckets, follows the
 /// tasks bucket and judges frames.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    info!(
-        nats_url = %settings.nats.url,
-        subject_prefix = %settings.nats.subject_prefix,
-        pull_batch = settings.pull_batch,
-        unknown_task_timeout_ms = settings.unknown_task_timeout.as_millis() as u64,
-        "starting evaluate"
-    );
+    monitor_core::telemetry::log_settings("evaluate", &settings);
+    let health = metrics::serve(&settings, shutdown.clone()).await?;
     let client = settings.nats.connect("evaluate").await?;
+    health.attach_nats(&client);
     let js = jetstream::new(client.clone());
     let topology = topology::ensure(&js, &settings.nats).await?;
     info!(events_stream = %topology.subjects.events_stream(), tasks_bucket = %topology.subjects.tasks_bucket(), "topology ready");
@@ -43,6 +40,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let cache = cache::SharedCache::default();
     let (ready_sender, ready) = tokio::sync::watch::channel(false);
     let mut tasks = Tasks::new(shutdown.clone());
+    let subjects = topology.subjects.clone();
+    let metrics_watch = metrics::watch(client.clone(), subjects, cache.clone(), shutdown.clone());
+    tasks.spawn("metrics", metrics_watch);
 
     let bucket = topology.subjects.tasks_bucket();
     let tasks_watch = watch::watch_tasks(

@@ -37,7 +37,7 @@ impl Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     monitor_core::settings::load_dotenv();
-    let settings = Cli::parse().into_settings();
+    let settings = monitor_core::settings::parse_args::<Cli>().into_settings();
     monitor_core::telemetry::init(settings.runtime.log_format);
     let shutdown = monitor_core::shutdown::on_signals();
     monitor_evaluate::run(settings, shutdown).await
