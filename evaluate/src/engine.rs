@@ -48,9 +48,9 @@ where
     };
     let rules = match &config.rules {
         Rules::Token(rules) => rules,
-        // NOTE: block rules (new blocks, large transactions, contract events, program logs)
-        // are not judged yet, so frames of block tasks raise no alerts.
-        Rules::Block(_) => return Vec::new(),
+        Rules::Block(rules) => {
+            return crate::block_rules::evaluate_block(task, config, rules, frame);
+        }
     };
 
     let judge = TokenJudge {

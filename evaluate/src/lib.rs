@@ -10,6 +10,7 @@
 //! - [`cache`] and [`watch`]: the local copy of the tasks bucket and the KV watch feeding it.
 //! - [`consumer`]: the pull loop with its ack, retry and dead-letter decisions.
 
+pub mod block_rules;
 pub mod cache;
 pub mod consumer;
 pub mod engine;

@@ -749,7 +749,7 @@ fn unknown_target_has_no_names() {
 }
 
 #[test]
-fn block_task_raises_nothing_yet() {
+fn block_task_ignores_trade_events() {
     let rules = Rules::Block(BlockRules {
         new_blocks: Some(NewBlocksRule {
             interval_threshold_sec: 1.0,
