@@ -34,7 +34,7 @@ pub fn target_key(task_id: u64, target_value: &str) -> u32 {
 pub enum Strategy {
     /// Every allocation recomputes the md5 order from scratch.
     Seed,
-    /// Targets that stay keep their batch and position; new targets fill holes.
+    /// Targets that stay keep their batch and position, and new targets fill holes of a few batches.
     #[default]
     Sticky,
 }
@@ -154,8 +154,9 @@ pub fn assign(
 }
 
 /// The sticky assignment: targets of the current epoch keep their batch number and position,
-/// removed ones leave a hole, and new targets, in md5 order, fill the holes of the lowest
-/// batch numbers before new batches are opened.
+/// and removed ones leave a hole. New targets, in md5 order, go to the free positions chosen
+/// by [`new_positions`], which touches at most `ceil(k / batch_size) + 1` batches for `k` new
+/// targets.
 ///
 /// Falls back to [`seed_assignment`] when there is no usable current epoch (none, a
 /// position outside the batch size, two targets on one position). It also falls back when the
@@ -176,9 +177,8 @@ pub fn sticky_assignment(
         .filter(|t| !kept.contains_key(&t.id))
         .collect();
     let mut placements: Vec<Placement> = kept.values().copied().collect();
-    let mut free = FreePositions::new(&placements, batch_size);
-    for target in new_targets {
-        let (batch_no, batch_order) = free.next_position();
+    let positions = new_positions(&placements, new_targets.len(), batch_size);
+    for (target, (batch_no, batch_order)) in new_targets.into_iter().zip(positions) {
         placements.push(Placement {
             target_id: target.id,
             batch_no,
@@ -191,6 +191,70 @@ pub fn sticky_assignment(
         return seed_assignment(task_id, targets, batch_size);
     }
     sticky
+}
+
+/// Chooses `count` free positions, as (batch number, position), for new targets.
+///
+/// Holes of existing batch numbers come first, from the batches with the most free positions
+/// (the lowest number on ties). They are used only while the change stays within
+/// `ceil(count / batch_size) + 1` batches, and the rest opens new batches above the highest
+/// batch number in use. Filling every hole instead could touch one batch per new target.
+/// Chosen batches are filled in ascending batch number and position, then the new batches.
+fn new_positions(
+    placements: &[Placement],
+    count: usize,
+    batch_size: NonZeroU32,
+) -> Vec<(u32, u32)> {
+    let size = batch_size.get();
+    let mut occupied: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    for p in placements {
+        occupied
+            .entry(p.batch_no)
+            .or_default()
+            .insert(p.batch_order);
+    }
+    let highest = occupied.keys().next_back().copied().unwrap_or(0);
+    let used = |batch_no: u32| {
+        occupied
+            .get(&batch_no)
+            .map_or(0, |orders| orders.len() as u32)
+    };
+
+    // Batch numbers with free positions, most free first; a number whose targets were all
+    // removed counts as a batch with `size` free positions.
+    let mut candidates: Vec<(u32, u32)> = (1..=highest)
+        .map(|batch_no| (size - used(batch_no), batch_no))
+        .filter(|(free, _)| *free > 0)
+        .collect();
+    candidates.sort_by_key(|(free, batch_no)| (std::cmp::Reverse(*free), *batch_no));
+
+    let size_usize = size as usize;
+    let budget = count.div_ceil(size_usize) + 1;
+    let mut chosen = Vec::new();
+    let mut remaining = count;
+    for (free, batch_no) in candidates {
+        if remaining == 0 {
+            break;
+        }
+        let after = remaining.saturating_sub(free as usize);
+        // Candidates come with fewer free positions from here on, so none fits the budget
+        // once this one does not.
+        if chosen.len() + 1 + after.div_ceil(size_usize) > budget {
+            break;
+        }
+        chosen.push(batch_no);
+        remaining = after;
+    }
+    chosen.sort_unstable();
+
+    let holes = chosen.into_iter().flat_map(|batch_no| {
+        let taken = occupied.get(&batch_no);
+        (0..size)
+            .filter(move |order| !taken.is_some_and(|orders| orders.contains(order)))
+            .map(move |order| (batch_no, order))
+    });
+    let fresh = (highest + 1..).flat_map(|batch_no| (0..size).map(move |order| (batch_no, order)));
+    holes.chain(fresh).take(count).collect()
 }
 
 /// Placements of the current epoch for targets that are still active, or `None` when the
@@ -225,51 +289,6 @@ fn is_sparse(assignment: &Assignment, batch_size: NonZeroU32) -> bool {
     let batches = assignment.batches.len() as u64;
     let seed_batches = targets.div_ceil(size);
     batches > seed_batches && targets * 2 < batches * size
-}
-
-/// Free positions in ascending (batch number, position) order: first the holes of batches
-/// 1 up to the highest batch in use, then the positions of new batches.
-struct FreePositions {
-    occupied: BTreeMap<u32, BTreeSet<u32>>,
-    batch_size: u32,
-    batch_no: u32,
-    batch_order: u32,
-}
-
-impl FreePositions {
-    fn new(placements: &[Placement], batch_size: NonZeroU32) -> Self {
-        let mut occupied: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
-        for p in placements {
-            occupied
-                .entry(p.batch_no)
-                .or_default()
-                .insert(p.batch_order);
-        }
-        FreePositions {
-            occupied,
-            batch_size: batch_size.get(),
-            batch_no: 1,
-            batch_order: 0,
-        }
-    }
-
-    fn next_position(&mut self) -> (u32, u32) {
-        loop {
-            let position = (self.batch_no, self.batch_order);
-            self.batch_order += 1;
-            if self.batch_order == self.batch_size {
-                self.batch_order = 0;
-                self.batch_no += 1;
-            }
-            let taken = self
-                .occupied
-                .get(&position.0)
-                .is_some_and(|orders| orders.contains(&position.1));
-            if !taken {
-                return position;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -216,7 +216,7 @@ fn sticky_added_target_changes_one_batch() {
 }
 
 #[test]
-fn sticky_fills_lowest_holes_first() {
+fn sticky_fills_holes_within_change_bound() {
     let mut targets = numbered_targets(198);
     let first = seed_assignment(7, &targets, size(99));
     let current: Vec<Placement> = first.placements().copied().collect();
@@ -234,12 +234,41 @@ fn sticky_fills_lowest_holes_first() {
     targets.extend(added.iter().cloned());
     let next = sticky_assignment(7, &targets, &current, size(99));
 
+    // Three new targets may change ceil(3 / 99) + 1 = 2 batches: the hole of batch 1 (the
+    // lowest of two batches with one hole each) and a new batch 3. Batch 2 keeps its hole.
     let after = placements_of(&next);
     let added_in_md5_order: Vec<u64> = md5_order(7, &added).iter().map(|t| t.id).collect();
     assert_eq!(after[&added_in_md5_order[0]], (1, 10));
-    assert_eq!(after[&added_in_md5_order[1]], (2, 4));
-    assert_eq!(after[&added_in_md5_order[2]], (3, 0));
+    assert_eq!(after[&added_in_md5_order[1]], (3, 0));
+    assert_eq!(after[&added_in_md5_order[2]], (3, 1));
     assert_eq!(next.batches.len(), 3);
+    assert_eq!(next.batches[1].items.len(), 98, "batch 2 keeps its hole");
+}
+
+#[test]
+fn sticky_prefers_the_batch_with_most_holes() {
+    let mut targets = numbered_targets(198);
+    let first = seed_assignment(7, &targets, size(99));
+    let current: Vec<Placement> = first.placements().copied().collect();
+
+    // One hole in batch 1, three in batch 2.
+    let removed: Vec<u64> = [
+        first.batches[0].items[0],
+        first.batches[1].items[1],
+        first.batches[1].items[2],
+        first.batches[1].items[3],
+    ]
+    .iter()
+    .map(|p| p.target_id)
+    .collect();
+    targets.retain(|t| !removed.contains(&t.id));
+    targets.push(Target {
+        id: 1000,
+        value: "added-1000".into(),
+    });
+    let next = sticky_assignment(7, &targets, &current, size(99));
+
+    assert_eq!(placements_of(&next)[&1000], (2, 1));
 }
 
 #[test]
