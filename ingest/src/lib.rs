@@ -1,15 +1,17 @@
 //! The ingest stage: Birdeye feed connections per batch, rolling windows per target, and
 //! event frames to JetStream.
 //!
-//! [`run`] connects to NATS, makes sure the streams and buckets exist, and hands control to
-//! the [`supervisor::Supervisor`], which watches the tasks bucket and runs one
-//! [`runner::BatchRunner`] task per batch of every token task. A runner keeps one WebSocket
+//! [`run`] connects to NATS, makes sure the streams and buckets exist, starts the
+//! [`ownership`] task (membership and leases in the leases bucket) and hands control to the
+//! [`supervisor::Supervisor`], which watches the tasks bucket and runs one
+//! [`runner::BatchRunner`] task per batch of every token task that this instance leases. A runner keeps one WebSocket
 //! connection per channel (prices and trades, [`feed`]), parses frames ([`birdeye`]), updates
 //! the targets' windows ([`target`], [`window`]) and publishes event frames ([`publish`]),
 //! heartbeats and status changes ([`status`]).
 
 pub mod birdeye;
 pub mod feed;
+pub mod ownership;
 pub mod plan;
 pub mod publish;
 pub mod runner;
@@ -26,6 +28,7 @@ use monitor_core::topology::{self, TopologyError};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::ownership::{Ownership, OwnershipTask};
 use crate::runner::RunnerContext;
 use crate::settings::IngestSettings;
 use crate::supervisor::Supervisor;
@@ -70,6 +73,18 @@ pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Resul
     let js = jetstream::new(client);
     let topology = topology::ensure(&js, &settings.nats).await?;
 
+    let ownership = Ownership::new(consumer_id.clone());
+    let ownership_stop = CancellationToken::new();
+    let ownership_task = tokio::spawn(
+        OwnershipTask::new(
+            ownership.clone(),
+            topology.leases.clone(),
+            js.clone(),
+            settings.nats.clone(),
+        )
+        .run(ownership_stop.clone()),
+    );
+
     let context = Arc::new(RunnerContext {
         js,
         subjects: topology.subjects.clone(),
@@ -78,9 +93,16 @@ pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Resul
         heartbeat_interval: settings.heartbeat_interval,
         max_buffered_events: settings.max_buffered_events as usize,
     });
-    Supervisor::new(context, topology.tasks, shutdown)
+    Supervisor::new(context, topology.tasks, ownership, shutdown)
         .run()
         .await;
+
+    // The leases are released only now, after every runner stopped, so that no other
+    // instance starts a batch while it still drains here.
+    ownership_stop.cancel();
+    if let Err(error) = ownership_task.await {
+        tracing::error!(error = %error, "ownership task failed");
+    }
     info!("ingest stopped");
     Ok(())
 }

@@ -13,7 +13,7 @@
 //! `stopped` status change.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -57,6 +57,42 @@ pub struct RunnerConfig {
     /// Window lengths in seconds that the task's rules use.
     pub window_lengths: Vec<u32>,
     pub batch: Arc<BatchSpec>,
+}
+
+/// How the supervisor stops a runner: a cancellation token (a child of the shutdown token)
+/// and the reason reported in the runner's `stopped` status change.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal {
+    token: CancellationToken,
+    reason: Arc<OnceLock<String>>,
+}
+
+impl StopSignal {
+    /// A signal that also fires when `shutdown` is cancelled.
+    pub fn child_of(shutdown: &CancellationToken) -> Self {
+        StopSignal {
+            token: shutdown.child_token(),
+            reason: Arc::default(),
+        }
+    }
+
+    /// Stops the runner; the first reason given is the one reported.
+    pub fn stop(&self, reason: impl Into<String>) {
+        let _ = self.reason.set(reason.into());
+        self.token.cancel();
+    }
+
+    pub async fn stopped(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// Returns the reason given to [`StopSignal::stop`], or the shutdown's.
+    pub fn reason(&self) -> String {
+        self.reason
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "ingest is shutting down".to_owned())
+    }
 }
 
 /// A runner's status, sent to the supervisor on every change.
@@ -104,7 +140,7 @@ pub struct BatchRunner {
     context: Arc<RunnerContext>,
     config: RunnerConfig,
     config_rx: watch::Receiver<RunnerConfig>,
-    stop: CancellationToken,
+    stop: StopSignal,
     notices: mpsc::UnboundedSender<RunnerNotice>,
     targets: Targets,
     prices: FeedConnection,
@@ -126,7 +162,7 @@ impl BatchRunner {
     pub fn new(
         context: Arc<RunnerContext>,
         mut config_rx: watch::Receiver<RunnerConfig>,
-        stop: CancellationToken,
+        stop: StopSignal,
         next_seq: Arc<AtomicU64>,
         notices: mpsc::UnboundedSender<RunnerNotice>,
     ) -> Self {
@@ -219,6 +255,11 @@ impl BatchRunner {
                 BatchStatus::Running,
                 Some("the batch has no targets".into()),
             );
+        } else {
+            self.set_status(
+                BatchStatus::Pending,
+                Some("connecting to the feed".into()),
+            );
         }
         let mut heartbeat = heartbeat_timer(self.context.heartbeat_interval);
 
@@ -226,7 +267,7 @@ impl BatchRunner {
             self.start_publishes();
             let reading = !self.reads_paused && !self.targets.is_empty();
             tokio::select! {
-                () = self.stop.cancelled() => break,
+                () = self.stop.stopped() => break,
                 changed = self.config_rx.changed() => match changed {
                     Ok(()) => self.apply_config(),
                     Err(_) => break,
@@ -528,7 +569,9 @@ impl BatchRunner {
             self.counters.dropped_events += lost as u64;
         }
 
-        self.set_status(BatchStatus::Stopped, None);
+        let reason = self.stop.reason();
+        info!(reason = %reason, "batch runner stopping");
+        self.set_status(BatchStatus::Stopped, Some(reason));
         let status_deadline = Instant::now() + STATUS_DRAIN_TIMEOUT;
         while !self.status.is_idle() {
             self.start_publishes();

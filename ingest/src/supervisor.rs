@@ -8,8 +8,11 @@
 //! only once every batch of the new epoch is `running` ([`plan::stop_now`]), so the targets
 //! are watched without a gap.
 //!
-//! For now every instance runs every batch. Leases and rendezvous ownership will decide here
-//! which batches this instance takes; the runners do not change for that.
+//! A batch runs on this instance only while [`Ownership::should_run`] says this instance holds
+//! its lease. The supervisor reports the batches it wants and those whose runners are alive
+//! to the ownership after every decision, and decides again whenever the ownership changes:
+//! a runner whose lease is lost or handed over is stopped at once, with the reason in its
+//! `stopped` status change.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
@@ -27,8 +30,11 @@ use tokio::time::{interval, sleep, timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::ownership::{LeaseKey, LeaseKind, Ownership};
 use crate::plan::{self, Skip};
-use crate::runner::{BatchRunner, RunnerConfig, RunnerContext, RunnerNotice, DRAIN_TIMEOUT};
+use crate::runner::{
+    BatchRunner, RunnerConfig, RunnerContext, RunnerNotice, StopSignal, DRAIN_TIMEOUT,
+};
 
 /// Time to wait before restarting a runner that ended on its own.
 const RESTART_DELAY: Duration = Duration::from_secs(5);
@@ -52,7 +58,7 @@ struct RunnerSlot {
     epoch: u32,
     status: BatchStatus,
     config_tx: watch::Sender<RunnerConfig>,
-    stop: CancellationToken,
+    stop: StopSignal,
     /// Since when the runner is no longer wanted but kept for an epoch switch.
     retiring_since: Option<Instant>,
 }
@@ -76,6 +82,8 @@ pub struct Supervisor {
     context: Arc<RunnerContext>,
     kv: kv::Store,
     shutdown: CancellationToken,
+    ownership: Ownership,
+    ownership_changes: watch::Receiver<u64>,
     tasks: HashMap<u64, TaskSpec>,
     batches: HashMap<u64, Arc<BatchSpec>>,
     runners: HashMap<u64, RunnerSlot>,
@@ -91,12 +99,20 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(context: Arc<RunnerContext>, kv: kv::Store, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        context: Arc<RunnerContext>,
+        kv: kv::Store,
+        ownership: Ownership,
+        shutdown: CancellationToken,
+    ) -> Self {
         let (notices_tx, notices_rx) = mpsc::unbounded_channel();
+        let ownership_changes = ownership.subscribe();
         Supervisor {
             context,
             kv,
             shutdown,
+            ownership,
+            ownership_changes,
             tasks: HashMap::new(),
             batches: HashMap::new(),
             runners: HashMap::new(),
@@ -139,6 +155,7 @@ impl Supervisor {
                     }
                 },
                 Some(notice) = self.notices_rx.recv() => self.on_notice(notice),
+                Ok(()) = self.ownership_changes.changed() => self.reconcile(),
                 Some(joined) = self.joins.join_next_with_id(), if !self.joins.is_empty() => {
                     self.on_runner_exit(joined);
                 }
@@ -295,12 +312,14 @@ impl Supervisor {
         self.reconcile();
     }
 
-    /// Starts wanted runners, updates their configs, and stops unwanted ones.
+    /// Starts wanted runners whose lease this instance holds, updates their configs, stops
+    /// unwanted ones and those whose lease is gone, and reports both sets to the ownership.
     fn reconcile(&mut self) {
         let desired = plan::desired_runners(&self.tasks, &self.batches);
         let now = Instant::now();
 
         for (batch_id, config) in &desired {
+            let leased = self.ownership.should_run(LeaseKey::batch(*batch_id));
             if let Some(slot) = self.runners.get_mut(batch_id) {
                 slot.retiring_since = None;
                 slot.config_tx.send_if_modified(|current| {
@@ -310,11 +329,23 @@ impl Supervisor {
                     }
                     changed
                 });
-            } else if !self.stopping.contains(batch_id)
+            } else if leased
+                && !self.stopping.contains(batch_id)
                 && !self.restart_not_before.contains_key(batch_id)
             {
                 self.start_runner(*batch_id, config.clone());
             }
+        }
+
+        let unleased: Vec<u64> = self
+            .runners
+            .keys()
+            .filter(|id| !self.ownership.should_run(LeaseKey::batch(**id)))
+            .copied()
+            .collect();
+        for batch_id in unleased {
+            let reason = self.lease_stop_reason(batch_id);
+            self.stop_runner(batch_id, reason);
         }
 
         let unwanted: Vec<u64> = self
@@ -325,6 +356,34 @@ impl Supervisor {
             .collect();
         for batch_id in unwanted {
             self.retire(batch_id, now);
+        }
+
+        let active = self.runners.keys().chain(&self.stopping).copied();
+        self.ownership
+            .update(LeaseKind::Batch, desired.keys().copied(), active);
+    }
+
+    fn lease_stop_reason(&self, batch_id: u64) -> String {
+        let key = LeaseKey::batch(batch_id);
+        match self.ownership.owner_of(key) {
+            Some(owner) if owner != self.ownership.consumer_id() => {
+                format!("handed over to ingest instance {owner}")
+            }
+            _ => format!("lease {key} lost or not renewed in time"),
+        }
+    }
+
+    /// Returns why a runner that is no longer wanted stops.
+    fn retire_reason(&self, task_id: u64, epoch: u32) -> String {
+        match self.tasks.get(&task_id) {
+            None => format!("task {task_id} was removed"),
+            Some(task) if task.epoch > epoch => {
+                format!("task {task_id} moved to epoch {}", task.epoch)
+            }
+            Some(task) if plan::token_rules(task).is_err() => {
+                format!("task {task_id} has no valid token rules")
+            }
+            Some(_) => "the batch is paused, stopped or no longer listed".to_owned(),
         }
     }
 
@@ -337,10 +396,14 @@ impl Supervisor {
         let (task_id, epoch) = (slot.task_id, slot.epoch);
 
         let runners = &self.runners;
+        let ownership = &self.ownership;
+        // NOTE: a batch leased by another instance counts as running, because this instance
+        // cannot see the status of other instances' runners.
         let is_running = |id: u64| {
-            runners
+            let here = runners
                 .get(&id)
-                .is_some_and(|s| s.status == BatchStatus::Running && s.retiring_since.is_none())
+                .is_some_and(|s| s.status == BatchStatus::Running && s.retiring_since.is_none());
+            here || ownership.held_elsewhere(LeaseKey::batch(id))
         };
         if plan::stop_now(
             task_id,
@@ -350,7 +413,8 @@ impl Supervisor {
             &self.batches,
             is_running,
         ) {
-            self.stop_runner(batch_id);
+            let reason = self.retire_reason(task_id, epoch);
+            self.stop_runner(batch_id, reason);
         } else if first_time {
             info!(
                 task_id,
@@ -379,7 +443,7 @@ impl Supervisor {
         );
         let (task_id, epoch) = (config.task_id, config.epoch);
         let (config_tx, config_rx) = watch::channel(config);
-        let stop = self.shutdown.child_token();
+        let stop = StopSignal::child_of(&self.shutdown);
         let runner = BatchRunner::new(
             Arc::clone(&self.context),
             config_rx,
@@ -402,7 +466,7 @@ impl Supervisor {
         );
     }
 
-    fn stop_runner(&mut self, batch_id: u64) {
+    fn stop_runner(&mut self, batch_id: u64, reason: String) {
         let Some(slot) = self.runners.remove(&batch_id) else {
             return;
         };
@@ -410,9 +474,10 @@ impl Supervisor {
             task_id = slot.task_id,
             batch_id,
             epoch = slot.epoch,
+            reason = %reason,
             "stopping batch runner"
         );
-        slot.stop.cancel();
+        slot.stop.stop(reason);
         self.stopping.insert(batch_id);
         if let Some((_, last_used)) = self.next_seqs.get_mut(&batch_id) {
             *last_used = Instant::now();
@@ -446,7 +511,7 @@ impl Supervisor {
     /// Waits for every runner to drain after shutdown; aborts those that take too long.
     async fn stop_all(mut self) {
         for slot in self.runners.values() {
-            slot.stop.cancel();
+            slot.stop.stop("ingest is shutting down");
         }
         let limit = DRAIN_TIMEOUT + Duration::from_secs(5);
         let joins = &mut self.joins;
