@@ -6,6 +6,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::limits::MAX_MESSAGE_BYTES;
 use crate::messages::MESSAGE_VERSION;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,12 @@ pub enum CodecError {
         kind: &'static str,
         len: usize,
         source: rmp_serde::decode::Error,
+    },
+    #[error("{kind} of {len} bytes is larger than the limit of {max} bytes")]
+    TooLarge {
+        kind: &'static str,
+        len: usize,
+        max: usize,
     },
     #[error("unsupported {kind} version {found}, this build reads up to {supported}")]
     NewerVersion {
@@ -43,8 +50,16 @@ pub fn encode<T: Serialize + Versioned>(message: &T) -> Result<Vec<u8>, CodecErr
     })
 }
 
-/// Decodes a message and rejects one written by a newer version of the protocol.
+/// Decodes a message and rejects one written by a newer version of the protocol, or one
+/// larger than [`MAX_MESSAGE_BYTES`].
 pub fn decode<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(CodecError::TooLarge {
+            kind: T::KIND,
+            len: bytes.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
     let message: T = rmp_serde::from_slice(bytes).map_err(|source| CodecError::Decode {
         kind: T::KIND,
         len: bytes.len(),
@@ -135,6 +150,13 @@ mod tests {
         let bytes = encode(&frame(MESSAGE_VERSION + 1)).unwrap();
         let err = decode::<EventFrame>(&bytes).unwrap_err();
         assert!(matches!(err, CodecError::NewerVersion { found, .. } if found == MESSAGE_VERSION + 1));
+    }
+
+    #[test]
+    fn oversized_message_is_rejected_before_decoding() {
+        let bytes = vec![0x90; MAX_MESSAGE_BYTES + 1];
+        let err = decode::<EventFrame>(&bytes).unwrap_err();
+        assert!(matches!(err, CodecError::TooLarge { len, .. } if len == MAX_MESSAGE_BYTES + 1), "{err}");
     }
 
     #[test]

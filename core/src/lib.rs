@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod db;
+pub mod limits;
 pub mod locale;
 pub mod messages;
 pub mod metrics;

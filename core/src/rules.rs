@@ -317,6 +317,8 @@ pub enum Constraint {
     AnyOf(Vec<String>),
     /// Too many entries.
     TooMany(usize),
+    /// The text is longer than this many bytes.
+    TooLarge(usize),
     /// A contract address must be `0x` followed by 40 hex digits.
     NotEvmAddress,
     /// A Solana address must be 32 to 44 base58 characters.
@@ -388,6 +390,7 @@ impl Constraint {
             Constraint::MissingColumn => "must be set for this rule".into(),
             Constraint::AnyOf(fields) => format!("must set at least one of {}", fields.join(", ")),
             Constraint::TooMany(max) => format!("must have at most {max} entries"),
+            Constraint::TooLarge(max) => format!("must be at most {max} bytes"),
             Constraint::NotEvmAddress => "must be 0x followed by 40 hex digits".into(),
             Constraint::NotSolanaAddress => "must be a base58 Solana address".into(),
             Constraint::NotEventSignature => {
@@ -411,6 +414,7 @@ impl Constraint {
             Constraint::MissingColumn => "为空，但该规则需要此字段".into(),
             Constraint::AnyOf(fields) => format!("缺失，至少需要设置 {} 之一", fields.join("、")),
             Constraint::TooMany(max) => format!("条目过多，最多 {max} 个"),
+            Constraint::TooLarge(max) => format!("过长，最多 {max} 字节"),
             Constraint::NotEvmAddress => "必须是 0x 开头的 40 位十六进制地址".into(),
             Constraint::NotSolanaAddress => "必须是 base58 编码的 Solana 地址".into(),
             Constraint::NotEventSignature => {
@@ -435,6 +439,13 @@ pub fn parse_config(row: &ConfigRow, task_type: TaskType) -> Result<ParsedConfig
 fn parse_config_inner(row: &ConfigRow, task_type: TaskType) -> Result<ParsedConfig, ConfigError> {
     let trigger_logic = parse_trigger_logic(row.trigger_logic.as_deref())?;
     let text = row.events_config.as_deref().unwrap_or("").trim();
+    if text.len() > crate::limits::MAX_EVENTS_CONFIG_BYTES {
+        return Err(ConfigError::new(
+            "events_config",
+            format!("{} bytes", text.len()),
+            Constraint::TooLarge(crate::limits::MAX_EVENTS_CONFIG_BYTES),
+        ));
+    }
     let root: Value = if text.is_empty() {
         Value::Object(Map::new())
     } else {
