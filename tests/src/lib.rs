@@ -17,6 +17,7 @@
 //! tests, where a panic is the test failure.
 
 mod env;
+pub mod fuzz;
 mod paths;
 mod process;
 pub mod recorded;
