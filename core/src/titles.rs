@@ -1,9 +1,11 @@
 //! One-line alert titles shown to users, zh-CN by default and English with [`Locale::En`].
 //!
 //! A title names the token (its symbol, else its shortened address) and states what happened,
-//! for example `WETH 60秒内价格上涨 0.05%` or `WETH large buy $123,456`. It is built only from
-//! the alert itself: the findings, and the [`AlertFacts`] that evaluate stores in
-//! `Alert::extra_json` (trade side, top-N count) because a finding has no field for them.
+//! for example `WETH 1分钟内价格上涨 0.05%` or `WETH large buy $123,456`. Windows under a
+//! minute are written in seconds, whole hours in hours and the rest in minutes (`30秒`,
+//! `5分钟`, `1分30秒`, `1小时`). A title is built only from the alert itself: the findings,
+//! and the [`AlertFacts`] that evaluate stores in `Alert::extra_json` (trade side, top-N
+//! count, market context) because a finding has no field for them.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,22 @@ pub struct AlertFacts {
     /// Number of top holders whose share `top_holders` measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_n: Option<u32>,
+    /// The token's price change and volume when the alert was raised, whatever rule raised
+    /// it, so that an alert of any type can show both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub market: Option<MarketFacts>,
+}
+
+/// Price change and traded volume of the token over one window of its snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MarketFacts {
+    /// The window: the one of the alert's first finding, else the longest one tracked.
+    pub window_sec: u32,
+    /// `(price - start_price) / start_price * 100`; `None` before the window saw a price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_change_pct: Option<f64>,
+    /// Traded volume in the window, in USD.
+    pub volume_usd: f64,
 }
 
 /// The trade event behind an alert.
@@ -47,7 +65,7 @@ impl AlertFacts {
 
     /// Returns the JSON text for `Alert::extra_json`, or `None` when there is no fact to keep.
     pub fn to_json(&self) -> Option<String> {
-        if self.trade.is_none() && self.top_n.is_none() {
+        if self.trade.is_none() && self.top_n.is_none() && self.market.is_none() {
             return None;
         }
         serde_json::to_string(self).ok()
@@ -200,19 +218,20 @@ fn alert_type_name(alert_type: AlertType, locale: Locale) -> &'static str {
     }
 }
 
-/// Formats a window length in seconds below two minutes or when it is not a whole number
-/// of minutes (`60秒`, `90s`), else in hours or minutes (`5分钟`, `1h`).
+/// Formats a window length: seconds under a minute (`30秒`, `30 s`), hours when it is a
+/// whole number of hours (`1小时`, `1 h`), else minutes and any remaining seconds (`5分钟`,
+/// `1分30秒`, `5 min`, `1 min 30 s`).
 fn window_text(window_sec: u32, locale: Locale) -> String {
-    let (amount, zh_unit, en_unit) = if window_sec < 120 || !window_sec.is_multiple_of(60) {
-        (window_sec, "秒", "s")
-    } else if window_sec.is_multiple_of(3600) {
-        (window_sec / 3600, "小时", "h")
-    } else {
-        (window_sec / 60, "分钟", "min")
-    };
+    let (minutes, seconds) = (window_sec / 60, window_sec % 60);
     match locale {
-        Locale::ZhCn => format!("{amount}{zh_unit}"),
-        Locale::En => format!("{amount}{en_unit}"),
+        Locale::ZhCn if minutes == 0 => format!("{seconds}秒"),
+        Locale::ZhCn if seconds == 0 && minutes % 60 == 0 => format!("{}小时", minutes / 60),
+        Locale::ZhCn if seconds == 0 => format!("{minutes}分钟"),
+        Locale::ZhCn => format!("{minutes}分{seconds}秒"),
+        Locale::En if minutes == 0 => format!("{seconds} s"),
+        Locale::En if seconds == 0 && minutes % 60 == 0 => format!("{} h", minutes / 60),
+        Locale::En if seconds == 0 => format!("{minutes} min"),
+        Locale::En => format!("{minutes} min {seconds} s"),
     }
 }
 
@@ -310,6 +329,7 @@ mod tests {
                 owner: None,
             }),
             top_n: None,
+            market: None,
         }
     }
 
@@ -321,36 +341,36 @@ mod tests {
                 PriceChange,
                 finding(PriceChange, 0.05, 0.05, Some(60)),
                 AlertFacts::default(),
-                "WETH 60秒内价格上涨 0.05%",
-                "WETH price rose 0.05% in 60s",
+                "WETH 1分钟内价格上涨 0.05%",
+                "WETH price rose 0.05% in 1 min",
             ),
             (
                 PriceChange,
                 finding(PriceChange, -12.5, -10.0, Some(300)),
                 AlertFacts::default(),
                 "WETH 5分钟内价格下跌 12.50%",
-                "WETH price fell 12.50% in 5min",
+                "WETH price fell 12.50% in 5 min",
             ),
             (
                 VolumeChange,
-                finding(VolumeChange, 3_000_000.0, 1_000_000.0, Some(60)),
+                finding(VolumeChange, 3_000_000.0, 1_000_000.0, Some(30)),
                 AlertFacts::default(),
-                "WETH 60秒内成交额 $3,000,000",
-                "WETH volume $3,000,000 in 60s",
+                "WETH 30秒内成交额 $3,000,000",
+                "WETH volume $3,000,000 in 30 s",
             ),
             (
                 HolderChange,
                 finding(HolderChange, 5.2, 5.0, Some(3600)),
                 AlertFacts::default(),
                 "WETH 1小时内持币地址增加 5.20%",
-                "WETH holders rose 5.20% in 1h",
+                "WETH holders rose 5.20% in 1 h",
             ),
             (
                 HolderChange,
                 finding(HolderChange, -7.0, 5.0, Some(90)),
                 AlertFacts::default(),
-                "WETH 90秒内持币地址减少 7.00%",
-                "WETH holders fell 7.00% in 90s",
+                "WETH 1分30秒内持币地址减少 7.00%",
+                "WETH holders fell 7.00% in 1 min 30 s",
             ),
             (
                 LargeTrade,
@@ -377,8 +397,8 @@ mod tests {
                 CumulativeBuy,
                 finding(CumulativeBuy, 1_234_567.0, 1_000_000.0, Some(60)),
                 AlertFacts::default(),
-                "WETH 60秒内累计买入 $1,234,567",
-                "WETH cumulative buys $1,234,567 in 60s",
+                "WETH 1分钟内累计买入 $1,234,567",
+                "WETH cumulative buys $1,234,567 in 1 min",
             ),
             (
                 TopHolders,
@@ -386,6 +406,7 @@ mod tests {
                 AlertFacts {
                     trade: None,
                     top_n: Some(10),
+                    market: None,
                 },
                 "WETH 前10大持有者占比 55.00%",
                 "WETH top 10 holders hold 55.00%",
@@ -432,7 +453,7 @@ mod tests {
         );
         assert_eq!(
             alert_title(&alert, Locale::default()),
-            "WETH 60秒内成交额 $3,000,000"
+            "WETH 1分钟内成交额 $3,000,000"
         );
     }
 
@@ -448,11 +469,11 @@ mod tests {
         );
         assert_eq!(
             alert_title(&alert, Locale::ZhCn),
-            "WETH 组合条件触发：60秒内价格上涨 0.05%；大额买入 $123,456"
+            "WETH 组合条件触发：1分钟内价格上涨 0.05%；大额买入 $123,456"
         );
         assert_eq!(
             alert_title(&alert, Locale::En),
-            "WETH all conditions met: price rose 0.05% in 60s; large buy $123,456"
+            "WETH all conditions met: price rose 0.05% in 1 min; large buy $123,456"
         );
     }
 
@@ -466,12 +487,12 @@ mod tests {
         alert.token_symbol = Some("  ".into());
         assert_eq!(
             alert_title(&alert, Locale::En),
-            "0xc02a…6cc2 volume $3,000,000 in 60s"
+            "0xc02a…6cc2 volume $3,000,000 in 1 min"
         );
         alert.token_symbol = None;
         assert_eq!(
             alert_title(&alert, Locale::ZhCn),
-            "0xc02a…6cc2 60秒内成交额 $3,000,000"
+            "0xc02a…6cc2 1分钟内成交额 $3,000,000"
         );
     }
 
@@ -498,10 +519,34 @@ mod tests {
 
     #[test]
     fn facts_round_trip_through_extra_json() {
-        let facts = trade(Side::Sell);
+        let mut facts = trade(Side::Sell);
+        facts.market = Some(MarketFacts {
+            window_sec: 300,
+            price_change_pct: Some(-1.5),
+            volume_usd: 2_000_000.0,
+        });
         let alert = alert(AlertType::LargeTrade, vec![], facts.clone());
         assert_eq!(AlertFacts::of(&alert), facts);
         assert_eq!(AlertFacts::default().to_json(), None);
+    }
+
+    #[test]
+    fn window_units_around_a_minute_and_an_hour() {
+        let cases = [
+            (1, "1秒", "1 s"),
+            (59, "59秒", "59 s"),
+            (60, "1分钟", "1 min"),
+            (61, "1分1秒", "1 min 1 s"),
+            (300, "5分钟", "5 min"),
+            (3599, "59分59秒", "59 min 59 s"),
+            (3600, "1小时", "1 h"),
+            (5400, "90分钟", "90 min"),
+            (86_400, "24小时", "24 h"),
+        ];
+        for (window_sec, zh, en) in cases {
+            assert_eq!(window_text(window_sec, Locale::ZhCn), zh, "{window_sec}");
+            assert_eq!(window_text(window_sec, Locale::En), en, "{window_sec}");
+        }
     }
 
     #[test]

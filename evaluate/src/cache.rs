@@ -4,8 +4,8 @@
 //! [`crate::watch`] keeps it current from a KV watch. The consumer loop reads it for every
 //! frame through [`TaskCache::resolve`], which returns the task's rules and the targets
 //! (token name, symbol, market cap) of the frame's batch. The cache remembers tasks whose key
-//! was deleted, so that their remaining frames are dropped instead of waiting for a task that
-//! will not come back.
+//! was deleted, so that their remaining frames go to the dead stream at once instead of
+//! waiting for a task that will not come back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -73,7 +73,7 @@ pub enum Resolution {
         /// cache yet, so token names are missing until it arrives.
         batch_pending: bool,
     },
-    /// The task's key was deleted; its frames are dropped.
+    /// The task's key was deleted; its frames cannot be judged.
     Removed,
     /// The task is not in the cache.
     Unknown(UnknownTask),

@@ -7,11 +7,18 @@
 //!
 //! Guarantees: a frame is acked only after the alerts stream has acknowledged every alert it
 //! raised. A frame whose alert publish failed is nakked and judged again later. That is safe
-//! because alert ids are deterministic and the alerts stream drops a repeated id. A frame that
-//! cannot be decoded, or whose task stays unknown for `UNKNOWN_TASK_TIMEOUT` after its first
-//! delivery, is copied to the dead stream with the reason and then terminated. Publishes are
-//! pipelined: frames are judged as they arrive, and their alert acknowledgements are awaited
-//! concurrently, up to `EVALUATE_BATCH` frames at a time.
+//! because alert ids are deterministic and the alerts stream drops a repeated id. Some frames
+//! cannot be judged: one that cannot be decoded, one whose task was removed from the tasks
+//! bucket, and one whose task stays unknown for `UNKNOWN_TASK_TIMEOUT` after its first
+//! delivery. Each is copied to the dead stream with the reason in a header, then terminated
+//! and counted, and the loop goes on with the next frame.
+//! Publishes are pipelined: frames are judged as they arrive, and their alert
+//! acknowledgements are awaited concurrently, up to `EVALUATE_BATCH` frames at a time.
+//!
+//! The durable consumer delivers every frame the stream holds when it is first created
+//! (`DeliverPolicy::All`): a stage started after ingest has published still judges those
+//! frames, and the events stream's `max_age` bounds how far back that goes. The policy of an
+//! existing durable consumer never changes, so a restart resumes where the consumer left off.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::datetime;
 use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
 use async_nats::jetstream::consumer::pull::{self, Stream as FrameStream};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
@@ -69,11 +75,13 @@ pub enum FrameError {
     Decode(#[from] CodecError),
     #[error("{reason}, retrying")]
     TaskNotReady { reason: UnknownTask },
-    #[error("{reason}, {timeout:?} after the frame was stored")]
+    #[error("{reason}, {timeout:?} after the frame's first delivery")]
     UnknownTask {
         reason: UnknownTask,
         timeout: Duration,
     },
+    #[error("task {task_id} was removed from the tasks bucket")]
+    RemovedTask { task_id: u64 },
     #[error("failed to encode alert {alert_id}: {source}")]
     EncodeAlert {
         alert_id: String,
@@ -105,6 +113,7 @@ impl FrameError {
             | FrameError::DeadLetter { .. } => Disposition::Retry,
             FrameError::Decode(_)
             | FrameError::UnknownTask { .. }
+            | FrameError::RemovedTask { .. }
             | FrameError::EncodeAlert { .. } => Disposition::DeadLetter,
         }
     }
@@ -278,13 +287,11 @@ impl FrameConsumer {
                 batch_pending,
             } => (task, targets, batch_pending),
             Resolution::Removed => {
-                debug!(
-                    task_id = frame.task_id,
-                    seq = frame.seq,
-                    "dropping frame of a removed task"
-                );
                 Counters::add(&self.counters.frames_of_removed_tasks, 1);
-                return Box::pin(settle(message, AckKind::Ack));
+                let task_id = frame.task_id;
+                return self
+                    .fail(message, FrameError::RemovedTask { task_id })
+                    .await;
             }
             Resolution::Unknown(reason) => {
                 let error = if self.waited_past_timeout(&message) {
@@ -430,17 +437,12 @@ impl FrameConsumer {
     }
 
     /// Tells whether the unknown-task timeout has passed since the frame's first delivery.
-    /// The time the stream stored the frame stands for its first delivery: a frame is pulled
-    /// as soon as it is stored unless the consumer lags, and a lag only shortens the wait.
     fn waited_past_timeout(&self, message: &Message) -> bool {
         let Ok(info) = message.info() else {
             // Not a JetStream delivery (no ack subject to parse): waiting cannot help it.
             return true;
         };
-        match datetime::add_std_duration(info.published, self.unknown_task_timeout) {
-            Ok(deadline) => datetime::now() >= deadline,
-            Err(_) => false,
-        }
+        redeliveries_cover(info.delivered, self.retry_delay, self.unknown_task_timeout)
     }
 
     /// Waits for the frames in flight to settle, at most [`DRAIN_TIMEOUT`], and logs counts.
@@ -475,6 +477,18 @@ impl FrameConsumer {
             "event consumer stopped"
         );
     }
+}
+
+/// Tells whether a frame delivered `delivered` times has waited `timeout` since its first
+/// delivery. Every earlier delivery ended in a nak with `retry_delay` (or in an ack wait,
+/// which is longer), and the server redelivers no sooner than that delay, so at least
+/// `(delivered - 1) * retry_delay` has passed. The server keeps the count, so it stays
+/// right across evaluate instances and restarts, and a frame stored long before evaluate
+/// started still gets the whole timeout. The time the stream stored the frame would not: a backlog
+/// judged after a restart would be dead-lettered at once.
+fn redeliveries_cover(delivered: i64, retry_delay: Duration, timeout: Duration) -> bool {
+    let earlier_deliveries = u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX);
+    retry_delay.saturating_mul(earlier_deliveries) >= timeout
 }
 
 /// Awaits every alert acknowledgement of a frame concurrently; returns how many were stored.
@@ -567,8 +581,29 @@ mod tests {
         };
         assert_eq!(
             error.to_string(),
-            "task 3 is not in the tasks bucket, 1.5s after the frame was stored"
+            "task 3 is not in the tasks bucket, 1.5s after the frame's first delivery"
         );
+    }
+
+    #[test]
+    fn removed_task_is_dead_lettered() {
+        let error = FrameError::RemovedTask { task_id: 8 };
+        assert_eq!(error.disposition(), Disposition::DeadLetter);
+        assert_eq!(
+            error.to_string(),
+            "task 8 was removed from the tasks bucket"
+        );
+    }
+
+    #[test]
+    fn timeout_counts_redeliveries_since_the_first() {
+        let delay = Duration::from_secs(5);
+        let timeout = Duration::from_secs(60);
+        assert!(!redeliveries_cover(1, delay, timeout));
+        assert!(!redeliveries_cover(12, delay, timeout));
+        assert!(redeliveries_cover(13, delay, timeout));
+        assert!(redeliveries_cover(i64::MAX, delay, timeout));
+        assert!(redeliveries_cover(1, delay, Duration::ZERO));
     }
 
     #[test]

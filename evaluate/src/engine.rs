@@ -26,7 +26,7 @@ use monitor_core::rules::{
     CumulativeBuyRule, HolderChangeRule, LargeTradeRule, PriceChangeRule, Rules, TokenRules,
     TopHoldersRule, TriggerLogic, VolumeRule,
 };
-use monitor_core::titles::{AlertFacts, TradeFacts};
+use monitor_core::titles::{AlertFacts, MarketFacts, TradeFacts};
 
 /// Judges a frame without token names; alerts carry no `token_name` or `token_symbol`.
 pub fn evaluate(task: &TaskSpec, frame: &EventFrame) -> Vec<Alert> {
@@ -424,8 +424,9 @@ fn finding(
     }
 }
 
-/// Collects the trade behind an alert raised on a trade, and the top-N count of a
-/// `top_holders` finding, which titles need and findings cannot carry.
+/// Collects the trade behind an alert raised on a trade, the top-N count of a
+/// `top_holders` finding and the token's market context, which titles and the Java side's
+/// `alertData` need and findings cannot carry.
 fn alert_facts(rules: &TokenRules, event: &TokenEvent<'_>, held: &[Held]) -> AlertFacts {
     let trade = event.trade().map(|trade| TradeFacts {
         side: trade.side,
@@ -439,7 +440,30 @@ fn alert_facts(rules: &TokenRules, event: &TokenEvent<'_>, held: &[Held]) -> Ale
         .as_ref()
         .filter(|_| has_top_holders)
         .map(|r| r.top_n);
-    AlertFacts { trade, top_n }
+    let finding_window = held.iter().find_map(|h| h.finding.window_sec);
+    AlertFacts {
+        trade,
+        top_n,
+        market: market_facts(event.snapshot, finding_window),
+    }
+}
+
+/// Reads the price change and volume over the window of the first finding that has one, or
+/// else over the longest window of the snapshot.
+fn market_facts(snapshot: &TokenSnapshot, window_sec: Option<u32>) -> Option<MarketFacts> {
+    let window = window_sec
+        .and_then(|w| snapshot.window(w))
+        .or_else(|| snapshot.windows.iter().max_by_key(|w| w.window_sec))?;
+    let start_price = window.start_price.filter(|p| *p > 0.0);
+    let price_change_pct = snapshot
+        .price
+        .zip(start_price)
+        .map(|(price, start)| (price - start) / start * 100.0);
+    Some(MarketFacts {
+        window_sec: window.window_sec,
+        price_change_pct,
+        volume_usd: window.volume_usd,
+    })
 }
 
 #[cfg(test)]

@@ -9,12 +9,14 @@
 //! - [`engine`]: the pure rule engine.
 //! - [`cache`] and [`watch`]: the local copy of the tasks bucket and the KV watch feeding it.
 //! - [`consumer`]: the pull loop with its ack, retry and dead-letter decisions.
+//! - [`replay`]: `evaluate replay`, which judges a task's stored frames again (a backtest).
 
 pub mod block_rules;
 pub mod cache;
 pub mod consumer;
 pub mod engine;
 pub mod metrics;
+pub mod replay;
 pub mod settings;
 pub mod watch;
 

@@ -1,6 +1,8 @@
-//! `evaluate`: judges event frames against task rules and publishes alerts.
+//! `evaluate`: judges event frames against task rules and publishes alerts, or replays a
+//! task's stored frames (`evaluate replay`).
 
 use clap::{Parser, Subcommand};
+use monitor_evaluate::replay::ReplayArgs;
 use monitor_evaluate::Settings;
 
 #[derive(Debug, Parser)]
@@ -23,24 +25,32 @@ struct Cli {
 enum Command {
     /// Consume event frames and publish alerts until SIGINT or SIGTERM (the default).
     Run(Settings),
+    /// Judge a task's stored frames again and print the alerts that would have fired.
+    Replay(Box<ReplayArgs>),
 }
 
 impl Cli {
-    fn into_settings(self) -> Settings {
-        match self.command {
-            Some(Command::Run(settings)) => settings,
-            None => self.settings,
-        }
+    fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Run(self.settings))
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     monitor_core::settings::load_dotenv();
-    let settings = monitor_core::settings::parse_args::<Cli>().into_settings();
-    monitor_core::telemetry::init(settings.runtime.log_format);
-    let shutdown = monitor_core::shutdown::on_signals();
-    monitor_evaluate::run(settings, shutdown).await
+    match monitor_core::settings::parse_args::<Cli>().into_command() {
+        Command::Run(settings) => {
+            monitor_core::telemetry::init(settings.runtime.log_format);
+            let shutdown = monitor_core::shutdown::on_signals();
+            monitor_evaluate::run(settings, shutdown).await
+        }
+        Command::Replay(args) => {
+            monitor_core::telemetry::init(args.runtime.log_format);
+            let mut stdout = std::io::stdout().lock();
+            monitor_evaluate::replay::run(&args, &mut stdout).await?;
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -54,12 +64,48 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    fn pull_batch(cli: Cli) -> usize {
+        match cli.into_command() {
+            Command::Run(settings) => settings.pull_batch,
+            Command::Replay(_) => panic!("run expected"),
+        }
+    }
+
     #[test]
     fn run_is_the_default_subcommand() {
         let default = Cli::try_parse_from(["evaluate", "--evaluate-batch", "9"]).unwrap();
-        assert_eq!(default.into_settings().pull_batch, 9);
+        assert_eq!(pull_batch(default), 9);
 
         let run = Cli::try_parse_from(["evaluate", "run", "--evaluate-batch", "8"]).unwrap();
-        assert_eq!(run.into_settings().pull_batch, 8);
+        assert_eq!(pull_batch(run), 8);
+    }
+
+    #[test]
+    fn replay_takes_task_range_and_rules_file() {
+        let cli = Cli::try_parse_from([
+            "evaluate",
+            "replay",
+            "--task",
+            "7",
+            "--since",
+            "2h",
+            "--until",
+            "2023-02-02T00:00:00Z",
+            "--config",
+            "rules.json",
+            "--json",
+            "--publish",
+        ])
+        .unwrap();
+        let Command::Replay(args) = cli.into_command() else {
+            panic!("replay expected");
+        };
+        assert_eq!(args.task, 7);
+        assert!(args.json && args.publish);
+        assert_eq!(
+            args.config.as_deref(),
+            Some(std::path::Path::new("rules.json"))
+        );
+        assert!(Cli::try_parse_from(["evaluate", "replay", "--task", "7"]).is_err());
     }
 }

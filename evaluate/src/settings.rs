@@ -26,7 +26,8 @@ pub struct Settings {
     pub pull_batch: usize,
 
     /// Seconds a frame of a task missing from the tasks bucket is redelivered before it is
-    /// moved to the dead stream, counted from the frame's first delivery.
+    /// moved to the dead stream, counted from the frame's first delivery (as redeliveries
+    /// times the retry delay, a sixth of this timeout).
     #[arg(long = "unknown-task-timeout", env = "UNKNOWN_TASK_TIMEOUT", default_value = "60",
           value_parser = parse_seconds)]
     pub unknown_task_timeout: Duration,

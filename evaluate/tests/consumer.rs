@@ -191,7 +191,7 @@ async fn unknown_task_is_dead_lettered_after_timeout() -> anyhow::Result<()> {
     let reason = header(&dead[0], DEAD_REASON_HEADER).unwrap_or_default();
     assert_eq!(
         reason,
-        "task 999 is not in the tasks bucket, 1s after the frame was stored"
+        "task 999 is not in the tasks bucket, 1s after the frame's first delivery"
     );
     assert_eq!(
         header(&dead[0], DEAD_SOURCE_SUBJECT_HEADER),
@@ -209,6 +209,41 @@ async fn unknown_task_is_dead_lettered_after_timeout() -> anyhow::Result<()> {
         "dead-lettered at {dead_at}, before the timeout since {stored_at}"
     );
     assert!(pipeline.alerts().await?.is_empty());
+
+    evaluate.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn stored_frame_of_unknown_task_gets_whole_timeout_from_first_delivery() -> anyhow::Result<()>
+{
+    let pipeline = Pipeline::new("backlog").await?;
+    let timeout = Duration::from_secs(2);
+    let orphan = frame(999, 1, vec![trade_event(T0, 20_000.0, 0.0)]);
+    pipeline.publish_frame(&orphan).await?;
+    // The frame waits in the stream for longer than the timeout before evaluate starts, as a
+    // backlog does after an outage. Its first delivery is after the start.
+    tokio::time::sleep(timeout + Duration::from_secs(1)).await;
+    let started = datetime::now();
+    let mut settings = pipeline.settings.clone();
+    settings.unknown_task_timeout = timeout;
+    let evaluate = pipeline.start_with(settings);
+
+    wait_for("the frame in the dead stream", || async {
+        Ok(!pipeline.dead_letters().await?.is_empty())
+    })
+    .await?;
+    let dead_at = pipeline.dead_letters().await?[0].time;
+    // The server and this test read the same machine clock.
+    assert!(
+        datetime::add_std_duration(started, timeout).map_err(anyhow::Error::msg)? <= dead_at,
+        "dead-lettered at {dead_at}, before the timeout since the start at {started}"
+    );
+    let info = pipeline.consumer_info().await?.expect("consumer exists");
+    assert!(
+        info.delivered.consumer_sequence >= 2,
+        "the frame was redelivered before it was given up: {info:?}"
+    );
 
     evaluate.stop().await?;
     Ok(())
@@ -257,19 +292,32 @@ async fn frame_waits_for_task_that_arrives_later() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn removed_task_frames_are_dropped() -> anyhow::Result<()> {
+async fn removed_task_frame_is_dead_lettered() -> anyhow::Result<()> {
     let pipeline = Pipeline::new("removed").await?;
     pipeline.put_task(&task_spec(TASK_ID)).await?;
     pipeline.delete_task(TASK_ID).await?;
-    let evaluate = pipeline.start();
+    // A long timeout: the frame must go to the dead stream because its task was removed, not
+    // because the wait for an unknown task ran out.
+    let mut settings = pipeline.settings.clone();
+    settings.unknown_task_timeout = Duration::from_secs(600);
+    let evaluate = pipeline.start_with(settings);
 
-    pipeline
-        .publish_frame(&frame(TASK_ID, 1, vec![trade_event(T0, 20_000.0, 0.0)]))
-        .await?;
+    let orphan = frame(TASK_ID, 1, vec![trade_event(T0, 20_000.0, 0.0)]);
+    pipeline.publish_frame(&orphan).await?;
     pipeline.wait_settled().await?;
 
+    let dead = pipeline.dead_letters().await?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload.as_ref(), codec::encode(&orphan)?.as_slice());
+    assert_eq!(
+        header(&dead[0], DEAD_REASON_HEADER),
+        Some(format!("task {TASK_ID} was removed from the tasks bucket").as_str())
+    );
+    assert_eq!(
+        header(&dead[0], DEAD_SOURCE_SUBJECT_HEADER),
+        Some(pipeline.frame_subject(&orphan).as_str())
+    );
     assert!(pipeline.alerts().await?.is_empty());
-    assert!(pipeline.dead_letters().await?.is_empty());
 
     evaluate.stop().await?;
     Ok(())

@@ -742,6 +742,52 @@ fn alert_carries_config_batch_target_and_market() {
 }
 
 #[test]
+fn every_alert_carries_price_change_and_volume() {
+    let task = task(all_rules(), TriggerLogic::Or);
+    let mut snapshot = busy_snapshot();
+    snapshot.windows.push(WindowStats {
+        window_sec: 600,
+        start_price: Some(88.0),
+        volume_usd: 900_000.0,
+        ..window()
+    });
+    let alerts = evaluate(
+        &task,
+        &frame(vec![event(T0, trade(Side::Buy, 50_000.0), snapshot)]),
+    );
+    assert_eq!(alerts.len(), 3);
+
+    for alert in &alerts {
+        let market = AlertFacts::of(alert).market.expect("market facts");
+        let (window_sec, change_pct, volume_usd) = match alert.alert_type {
+            // A large trade has no window: the longest window of the snapshot is used.
+            AlertType::LargeTrade => (600, (110.0 - 88.0) / 88.0 * 100.0, 900_000.0),
+            _ => (WINDOW, 10.0, 200_000.0),
+        };
+        assert_eq!(market.window_sec, window_sec, "{}", alert.alert_type);
+        let observed_change = market.price_change_pct.expect("price change");
+        assert!(
+            (observed_change - change_pct).abs() < 1e-9,
+            "{}: {observed_change}",
+            alert.alert_type
+        );
+        assert_eq!(market.volume_usd, volume_usd, "{}", alert.alert_type);
+    }
+}
+
+#[test]
+fn market_facts_without_start_price_have_no_change() {
+    let snapshot = snapshot(WindowStats {
+        volume_usd: 5.0,
+        ..window()
+    });
+    let market = market_facts(&snapshot, Some(WINDOW)).expect("the window exists");
+    assert_eq!(market.price_change_pct, None);
+    assert_eq!(market.volume_usd, 5.0);
+    assert_eq!(market_facts(&TokenSnapshot::default(), None), None);
+}
+
+#[test]
 fn unknown_target_has_no_names() {
     let alerts = evaluate(&large_trade_task(300), &frame(vec![big_trade_at(T0)]));
     assert_eq!(alerts[0].token_symbol, None);
