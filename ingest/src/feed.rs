@@ -24,6 +24,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
 
 use crate::birdeye::{self, Channel};
+use crate::metrics::{self, OpenConnection};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<Socket, FeedError>> + Send>>;
@@ -85,6 +86,8 @@ pub struct FeedConnection {
     url: Url,
     subscriptions: Vec<String>,
     state: State,
+    /// Present while the connection is open: it counts in `monitor_ingest_feed_connections`.
+    open: Option<OpenConnection>,
     failures: u32,
     opened_at: Instant,
     last_frame_at: Instant,
@@ -100,6 +103,7 @@ impl FeedConnection {
             url,
             subscriptions,
             state: State::Waiting { until: now },
+            open: None,
             failures: 0,
             opened_at: now,
             last_frame_at: now,
@@ -164,6 +168,9 @@ impl FeedConnection {
         }
         self.subscriptions = subscriptions;
         self.failures = 0;
+        if self.open.take().is_some() {
+            metrics::feed_gap(self.channel);
+        }
         self.state = State::Waiting {
             until: Instant::now(),
         };
@@ -182,6 +189,7 @@ impl FeedConnection {
         self.state = State::Waiting {
             until: Instant::now() + BACKOFF_MAX,
         };
+        self.open = None;
     }
 
     fn on_open(&mut self, socket: Socket) -> FeedEvent {
@@ -190,6 +198,7 @@ impl FeedConnection {
         self.last_frame_at = now;
         self.next_ping_at = now + PING_INTERVAL;
         self.state = State::Open(Box::new(socket));
+        self.open = Some(OpenConnection::new(self.channel));
         FeedEvent::Subscribed
     }
 
@@ -250,6 +259,10 @@ impl FeedConnection {
     }
 
     fn schedule_retry(&mut self) -> Duration {
+        if self.open.take().is_some() {
+            metrics::feed_gap(self.channel);
+        }
+        metrics::feed_reconnect(self.channel);
         let delay = backoff(self.failures);
         self.failures = self.failures.saturating_add(1);
         self.state = State::Waiting {

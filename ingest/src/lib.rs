@@ -11,6 +11,7 @@
 
 pub mod birdeye;
 pub mod feed;
+pub mod metrics;
 pub mod ownership;
 pub mod plan;
 pub mod publish;
@@ -42,22 +43,17 @@ pub enum IngestError {
     },
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Metrics(#[from] monitor_core::metrics::ServeError),
 }
 
 /// Runs the ingest stage until `shutdown` is cancelled, then stops every batch runner after
 /// it published what it holds.
 pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Result<(), IngestError> {
     let consumer_id = settings.runtime.consumer_id();
-    info!(
-        consumer_id = %consumer_id,
-        nats_url = %settings.nats.url,
-        subject_prefix = %settings.nats.subject_prefix,
-        feed = %birdeye::redact_url(&settings.feed.ws_url),
-        api_key = %settings.feed.api_key,
-        heartbeat_interval_ms = settings.heartbeat_interval.as_millis() as u64,
-        max_buffered_events = settings.max_buffered_events,
-        "ingest starting"
-    );
+    monitor_core::telemetry::log_settings("ingest", &settings);
+    info!(consumer_id = %consumer_id, "ingest starting");
+    let health = metrics::serve(&settings, shutdown.clone()).await?;
     if settings.feed.api_key.is_empty() {
         tracing::warn!("BIRDEYE_API_KEY is empty, the Birdeye socket will reject the connection");
     }
@@ -67,13 +63,15 @@ pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Resul
         .connect(&format!("ingest {consumer_id}"))
         .await
         .map_err(|source| IngestError::Connect {
-            url: settings.nats.url.clone(),
+            url: settings.nats.redacted_url(),
             source,
         })?;
+    health.attach_nats(&client);
     let js = jetstream::new(client);
     let topology = topology::ensure(&js, &settings.nats).await?;
 
     let ownership = Ownership::new(consumer_id.clone());
+    metrics::watch_ownership(ownership.clone());
     let ownership_stop = CancellationToken::new();
     let ownership_task = tokio::spawn(
         OwnershipTask::new(

@@ -248,6 +248,11 @@ impl Ownership {
         self.lock().members.clone()
     }
 
+    /// Returns the number of leases this instance holds, valid or about to expire.
+    pub fn held_count(&self) -> usize {
+        self.lock().held.len()
+    }
+
     /// Returns a receiver that sees a new value whenever `should_run` may have changed.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changed.subscribe()

@@ -120,8 +120,13 @@ fn publish(
     payload: Bytes,
 ) -> AckFuture {
     Box::pin(async move {
+        let started = std::time::Instant::now();
         let ack: PublishAckFuture = js.publish_with_headers(subject, headers, payload).await?;
-        ack.await
+        let acked = ack.await;
+        if acked.is_ok() {
+            crate::metrics::publish_acked(started.elapsed());
+        }
+        acked
     })
 }
 

@@ -347,6 +347,7 @@ impl BatchRunner {
     fn on_frame(&mut self, channel: Channel, text: &str) {
         let targets = &self.targets;
         let parsed = birdeye::parse_frame(text, |address| targets.is_watched(address));
+        crate::metrics::feed_frame(channel);
         let ingest_time_ms = now_ms();
         match parsed {
             Ok(FeedMessage::Welcome) => debug!(channel = %channel, "feed sent WELCOME"),
@@ -431,6 +432,7 @@ impl BatchRunner {
                     self.publish_failing = false;
                 }
                 debug!(seq, events, duplicate, "event frame acknowledged");
+                crate::metrics::frame_published(events);
             }
             FrameOutcome::Retrying {
                 seq,
