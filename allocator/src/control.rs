@@ -8,10 +8,13 @@
 //! Change detection uses the database's clock: each poll reads `NOW(3)` before anything else
 //! and the next poll looks at rows with `update_time >=` that watermark (less
 //! [`WATERMARK_OVERLAP`], for transactions that committed after the poll read past them). A
-//! change is therefore found by the first poll after it commits. Reprocessing a task is
-//! harmless: allocation and publishing both compare before they write. A full pass over every
-//! active task runs at start and every [`FULL_SYNC_INTERVAL`], for changes that leave no
-//! timestamp (a deleted config link, an entry deleted from the bucket by hand).
+//! change is therefore found by the first poll after it commits. A changed config whose
+//! version the task's published spec already carries is skipped, so the overlap does not
+//! reload it on every poll. Reprocessing a task is harmless otherwise: allocation and
+//! publishing both compare before they write. A full pass over every active task runs at
+//! start and every [`FULL_SYNC_INTERVAL`], for changes that leave no timestamp (a deleted
+//! config link, an entry deleted from the bucket by hand) or no new version (a config edited
+//! without a version bump, which the poll skips).
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
@@ -164,10 +167,16 @@ impl ControlPlane {
             Some(watermark) => {
                 let overlap = chrono::TimeDelta::from_std(WATERMARK_OVERLAP).unwrap_or_default();
                 let since = watermark - overlap;
-                store::changed_task_ids(&self.pool, since)
+                let mut due: BTreeSet<u64> = store::changed_task_ids(&self.pool, since)
                     .await?
                     .into_iter()
-                    .collect()
+                    .collect();
+                for change in store::changed_configs(&self.pool, since).await? {
+                    if !self.is_applied(&change) {
+                        due.insert(change.task_id);
+                    }
+                }
+                due
             }
             None => active.clone(),
         };
@@ -175,6 +184,13 @@ impl ControlPlane {
         due.append(&mut self.retry);
         due.retain(|id| active.contains(id));
         Ok(due)
+    }
+
+    /// Returns whether the task's published spec was built from this version of the config.
+    fn is_applied(&self, change: &store::ChangedConfig) -> bool {
+        change.enabled
+            && self.publisher.applied_config(change.task_id)
+                == Some((change.config_id, change.version))
     }
 
     async fn sync_logged(&mut self, task_id: u64, report: &mut PollReport) {
@@ -284,6 +300,21 @@ impl ControlPlane {
         }
 
         let report = self.publisher.publish(&snapshot).await?;
+        if report.superseded {
+            // Another allocator read the database later and wrote first. The next poll reads
+            // the task again, which normally finds its spec unchanged.
+            tracing::info!(
+                task_id,
+                epoch = snapshot.task.epoch,
+                "a newer spec of the task was written by another allocator, it stays"
+            );
+            self.retry.insert(task_id);
+            return Ok(TaskOutcome::Published {
+                epoch: snapshot.task.epoch,
+                allocation,
+                report,
+            });
+        }
         if report.task_written {
             tracing::info!(
                 task_id,

@@ -10,6 +10,11 @@
 //! The publisher caches what it last wrote or read. An entry it has not seen is read from the
 //! bucket before it is compared, so a restarted allocator does not rewrite unchanged entries
 //! and still knows a task's last valid config.
+//!
+//! A task entry is written with compare-and-set on the revision the publisher last saw. When
+//! another writer (a second allocator) changed the entry in between, the entry is read again,
+//! and a spec with a newer epoch or a newer version of the same config is kept: an allocator
+//! that read the database before the other one never puts older rules back.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -55,9 +60,18 @@ pub enum PublishError {
         subject: String,
         source: BoxError,
     },
+    #[error("failed to write {key} to bucket {bucket}: the entry changed {attempts} times while it was written")]
+    Contended {
+        bucket: String,
+        key: String,
+        attempts: u32,
+    },
     #[error(transparent)]
     Encode(#[from] CodecError),
 }
+
+/// Attempts of one compare-and-set write of a task entry before it is left to the next sync.
+const TASK_WRITE_ATTEMPTS: u32 = 3;
 
 /// A key of the tasks bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -89,6 +103,43 @@ impl SpecKey {
 pub struct PublishReport {
     pub task_written: bool,
     pub batches_written: usize,
+    /// Another writer had put a newer epoch or config version of the task, which was kept.
+    pub superseded: bool,
+}
+
+/// A task spec as stored in the bucket, with the entry's revision.
+#[derive(Debug, Clone)]
+struct StoredTask {
+    spec: TaskSpec,
+    revision: u64,
+}
+
+/// Returns whether `stored` must not be replaced by `candidate`: it has a newer epoch, or a
+/// newer version of the same config (valid or not).
+pub fn supersedes(stored: &TaskSpec, candidate: &TaskSpec) -> bool {
+    if stored.epoch > candidate.epoch {
+        return true;
+    }
+    match (applied_config(stored), applied_config(candidate)) {
+        (Some((stored_id, stored_version)), Some((id, version))) => {
+            stored_id == id && stored_version > version
+        }
+        _ => false,
+    }
+}
+
+/// The config a spec was built from and its highest version seen: the version of the rules
+/// in force, or of the invalid config reported next to them when that is newer.
+pub fn applied_config(spec: &TaskSpec) -> Option<(u64, u64)> {
+    let in_force = spec.config.as_ref().map(|c| (c.config_id, c.version));
+    let rejected = spec.config_error.as_ref().map(|e| (e.config_id, e.version));
+    match (in_force, rejected) {
+        (Some((id, version)), Some((error_id, error_version))) if id == error_id => {
+            Some((id, version.max(error_version)))
+        }
+        (_, Some(rejected)) => Some(rejected),
+        (in_force, None) => in_force,
+    }
 }
 
 /// Writer of the tasks bucket with a cache of its content.
@@ -99,7 +150,9 @@ pub struct Publisher {
     subjects: Subjects,
     consumer_id: String,
     locale: Locale,
-    tasks: HashMap<u64, TaskSpec>,
+    tasks: HashMap<u64, StoredTask>,
+    /// Revision of task keys whose last operation was a delete, for the next compare-and-set.
+    deleted_tasks: HashMap<u64, u64>,
     batches: HashMap<u64, BatchSpec>,
     /// Config error last reported on the status stream, per task (`None`: no error).
     reported: HashMap<u64, Option<ConfigError>>,
@@ -121,6 +174,7 @@ impl Publisher {
             consumer_id,
             locale,
             tasks: HashMap::new(),
+            deleted_tasks: HashMap::new(),
             batches: HashMap::new(),
             reported: HashMap::new(),
         }
@@ -138,9 +192,7 @@ impl Publisher {
         for key in &keys {
             match key {
                 SpecKey::Task(task_id) => {
-                    if let Some(spec) = self.read::<TaskSpec>(*key).await? {
-                        self.tasks.insert(*task_id, spec);
-                    }
+                    self.read_task(*task_id).await?;
                 }
                 SpecKey::Batch(batch_id) => {
                     if let Some(spec) = self.read::<BatchSpec>(*key).await? {
@@ -154,14 +206,52 @@ impl Publisher {
 
     /// Returns the task's spec in the bucket, from the cache or read once.
     pub async fn previous_task(&mut self, task_id: u64) -> Result<Option<TaskSpec>, PublishError> {
-        if let Some(spec) = self.tasks.get(&task_id) {
-            return Ok(Some(spec.clone()));
+        if let Some(stored) = self.tasks.get(&task_id) {
+            return Ok(Some(stored.spec.clone()));
         }
-        let spec = self.read::<TaskSpec>(SpecKey::Task(task_id)).await?;
-        if let Some(spec) = &spec {
-            self.tasks.insert(task_id, spec.clone());
+        self.read_task(task_id).await
+    }
+
+    /// Returns the config id and the highest version that the cached spec of the task was built
+    /// from (see [`applied_config`]).
+    pub fn applied_config(&self, task_id: u64) -> Option<(u64, u64)> {
+        self.tasks
+            .get(&task_id)
+            .and_then(|stored| applied_config(&stored.spec))
+    }
+
+    /// Reads a task entry into the cache, remembering its revision (also of a delete marker).
+    async fn read_task(&mut self, task_id: u64) -> Result<Option<TaskSpec>, PublishError> {
+        let key = SpecKey::Task(task_id);
+        let Some(entry) = self.read_entry(key).await? else {
+            self.tasks.remove(&task_id);
+            self.deleted_tasks.remove(&task_id);
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            self.tasks.remove(&task_id);
+            self.deleted_tasks.insert(task_id, entry.revision);
+            return Ok(None);
         }
-        Ok(spec)
+        match decode_entry::<TaskSpec>(&entry) {
+            Some(spec) => {
+                self.deleted_tasks.remove(&task_id);
+                self.tasks.insert(
+                    task_id,
+                    StoredTask {
+                        spec: spec.clone(),
+                        revision: entry.revision,
+                    },
+                );
+                Ok(Some(spec))
+            }
+            None => {
+                // An undecodable entry is replaced like a deleted one, at its revision.
+                self.tasks.remove(&task_id);
+                self.deleted_tasks.insert(task_id, entry.revision);
+                Ok(None)
+            }
+        }
     }
 
     /// Writes the entries of a snapshot that differ from the bucket: batches first, then the task.
@@ -182,12 +272,63 @@ impl Publisher {
             .await?
             .is_some_and(|previous| same_task_content(&previous, task));
         if !unchanged {
-            self.put(SpecKey::Task(task.task_id), codec::encode(task)?)
-                .await?;
-            self.tasks.insert(task.task_id, task.clone());
-            report.task_written = true;
+            match self.write_task(task).await? {
+                TaskWrite::Written => report.task_written = true,
+                TaskWrite::Superseded => report.superseded = true,
+            }
         }
         Ok(report)
+    }
+
+    /// Writes a task entry with compare-and-set on the last revision seen. After a conflict
+    /// the entry is read again: a spec that [`supersedes`] this one stays, otherwise the write
+    /// is retried on the new revision.
+    async fn write_task(&mut self, task: &TaskSpec) -> Result<TaskWrite, PublishError> {
+        let key = SpecKey::Task(task.task_id);
+        let payload = Bytes::from(codec::encode(task)?);
+        for _ in 0..TASK_WRITE_ATTEMPTS {
+            let revision = match self.tasks.get(&task.task_id) {
+                Some(stored) => stored.revision,
+                None => self.deleted_tasks.get(&task.task_id).copied().unwrap_or(0),
+            };
+            match self
+                .bucket
+                .update(key.as_key(), payload.clone(), revision)
+                .await
+            {
+                Ok(written) => {
+                    tracing::debug!(key = key.as_key(), revision = written, "entry written");
+                    self.deleted_tasks.remove(&task.task_id);
+                    self.tasks.insert(
+                        task.task_id,
+                        StoredTask {
+                            spec: task.clone(),
+                            revision: written,
+                        },
+                    );
+                    return Ok(TaskWrite::Written);
+                }
+                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    if let Some(stored) = self.read_task(task.task_id).await? {
+                        if supersedes(&stored, task) {
+                            return Ok(TaskWrite::Superseded);
+                        }
+                    }
+                }
+                Err(error) => {
+                    return Err(PublishError::Put {
+                        bucket: self.bucket_name.clone(),
+                        key: key.as_key(),
+                        source: Box::new(error),
+                    })
+                }
+            }
+        }
+        Err(PublishError::Contended {
+            bucket: self.bucket_name.clone(),
+            key: key.as_key(),
+            attempts: TASK_WRITE_ATTEMPTS,
+        })
     }
 
     async fn cached_batch(&mut self, batch_id: u64) -> Result<Option<BatchSpec>, PublishError> {
@@ -213,6 +354,7 @@ impl Publisher {
         let mut deleted = self.delete_batches(&batch_ids).await?;
         if self.tasks.remove(&task_id).is_some() {
             self.delete(SpecKey::Task(task_id)).await?;
+            // The delete marker's revision is unknown: the next write reads it first.
             deleted += 1;
         }
         self.reported.remove(&task_id);
@@ -246,6 +388,7 @@ impl Publisher {
         match key {
             SpecKey::Task(id) => {
                 self.tasks.remove(&id);
+                self.deleted_tasks.remove(&id);
                 self.reported.remove(&id);
             }
             SpecKey::Batch(id) => {
@@ -313,26 +456,24 @@ impl Publisher {
     where
         T: serde::de::DeserializeOwned + codec::Versioned,
     {
+        Ok(self
+            .read_entry(key)
+            .await?
+            .filter(|entry| entry.operation == kv::Operation::Put)
+            .and_then(|entry| decode_entry(&entry)))
+    }
+
+    /// Reads the last entry of a key, a delete marker included.
+    async fn read_entry(&self, key: SpecKey) -> Result<Option<kv::Entry>, PublishError> {
         let key = key.as_key();
-        let bytes = self
-            .bucket
-            .get(key.clone())
+        self.bucket
+            .entry(key.clone())
             .await
             .map_err(|e| PublishError::Read {
                 bucket: self.bucket_name.clone(),
-                key: key.clone(),
+                key,
                 source: Box::new(e),
-            })?;
-        let Some(bytes) = bytes else {
-            return Ok(None);
-        };
-        match codec::decode::<T>(&bytes) {
-            Ok(spec) => Ok(Some(spec)),
-            Err(error) => {
-                tracing::warn!(key, error = %error, "ignoring an undecodable entry of the tasks bucket, it will be replaced");
-                Ok(None)
-            }
-        }
+            })
     }
 
     async fn put(&self, key: SpecKey, payload: Vec<u8>) -> Result<(), PublishError> {
@@ -361,6 +502,28 @@ impl Publisher {
             })?;
         tracing::debug!(key, "entry deleted");
         Ok(())
+    }
+}
+
+/// Outcome of writing a task entry.
+enum TaskWrite {
+    Written,
+    /// Another writer's newer spec is in the bucket and stays.
+    Superseded,
+}
+
+/// Decodes an entry's value; an undecodable one is logged and treated as absent, so that it
+/// is overwritten or deleted like any stale entry.
+fn decode_entry<T>(entry: &kv::Entry) -> Option<T>
+where
+    T: serde::de::DeserializeOwned + codec::Versioned,
+{
+    match codec::decode::<T>(&entry.value) {
+        Ok(spec) => Some(spec),
+        Err(error) => {
+            tracing::warn!(key = entry.key, revision = entry.revision, error = %error, "ignoring an undecodable entry of the tasks bucket, it will be replaced");
+            None
+        }
     }
 }
 

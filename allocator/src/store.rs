@@ -126,8 +126,9 @@ pub async fn active_task_ids<'c, E: Executor<'c, Database = MySql>>(
     Ok(ids.into_iter().map(id).collect())
 }
 
-/// Ids of tasks whose row, targets, batches, config links or config changed at or after
-/// `since` (database time). Active or not: the caller decides what a change means.
+/// Ids of tasks whose row, targets, batches or config links changed at or after `since`
+/// (database time). Active or not: the caller decides what a change means. Config changes
+/// are listed by [`changed_configs`].
 pub async fn changed_task_ids<'c, E: Executor<'c, Database = MySql>>(
     executor: E,
     since: NaiveDateTime,
@@ -136,11 +137,8 @@ pub async fn changed_task_ids<'c, E: Executor<'c, Database = MySql>>(
         "SELECT id FROM monitor_task_v2 WHERE update_time >= ? \
          UNION SELECT task_id FROM monitor_task_target_v2 WHERE update_time >= ? \
          UNION SELECT task_id FROM monitor_batch_v2 WHERE update_time >= ? \
-         UNION SELECT task_id FROM monitor_task_config_v2 WHERE create_time >= ? \
-         UNION SELECT tc.task_id FROM monitor_task_config_v2 tc \
-               JOIN monitor_config_v2 c ON c.id = tc.config_id WHERE c.update_time >= ?",
+         UNION SELECT task_id FROM monitor_task_config_v2 WHERE create_time >= ?",
     )
-    .bind(since)
     .bind(since)
     .bind(since)
     .bind(since)
@@ -149,6 +147,41 @@ pub async fn changed_task_ids<'c, E: Executor<'c, Database = MySql>>(
     .await
     .map_err(failed(format!("list tasks changed since {since}")))?;
     Ok(ids.into_iter().map(id).collect())
+}
+
+/// A config that changed, once for each task linked to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangedConfig {
+    pub task_id: u64,
+    pub config_id: u64,
+    pub version: u64,
+    /// `status = 1 AND del_flag = 0`.
+    pub enabled: bool,
+}
+
+/// Configs whose row changed at or after `since` (database time), with each linked task.
+pub async fn changed_configs<'c, E: Executor<'c, Database = MySql>>(
+    executor: E,
+    since: NaiveDateTime,
+) -> Result<Vec<ChangedConfig>, StoreError> {
+    let rows: Vec<(i64, i64, i64, bool)> = sqlx::query_as(
+        "SELECT tc.task_id, c.id, c.version, (c.status = 1 AND c.del_flag = 0) \
+         FROM monitor_task_config_v2 tc JOIN monitor_config_v2 c ON c.id = tc.config_id \
+         WHERE c.update_time >= ? ORDER BY tc.task_id, c.id",
+    )
+    .bind(since)
+    .fetch_all(executor)
+    .await
+    .map_err(failed(format!("list configs changed since {since}")))?;
+    Ok(rows
+        .into_iter()
+        .map(|(task_id, config_id, version, enabled)| ChangedConfig {
+            task_id: id(task_id),
+            config_id: id(config_id),
+            version: id(version),
+            enabled,
+        })
+        .collect())
 }
 
 /// Ids of the active tasks that use a config.

@@ -67,18 +67,23 @@ impl Fixture {
         settings
     }
 
+    /// A publisher on this fixture's bucket, as one allocator holds it.
+    pub fn publisher(&self, consumer_id: &str) -> Publisher {
+        Publisher::new(
+            self.topology.tasks.clone(),
+            self.jetstream.clone(),
+            self.topology.subjects.clone(),
+            consumer_id.into(),
+            monitor_core::Locale::ZhCn,
+        )
+    }
+
     /// A control plane on this fixture, with the bucket's entries loaded.
     pub async fn plane(&self, strategy: Strategy, batch_size: u32) -> ControlPlane {
         let mut settings = self.settings();
         settings.allocation_strategy = strategy;
         settings.batch_size = batch_size.try_into().expect("batch size is not 0");
-        let publisher = Publisher::new(
-            self.topology.tasks.clone(),
-            self.jetstream.clone(),
-            self.topology.subjects.clone(),
-            "allocator-test-1".into(),
-            settings.runtime.locale,
-        );
+        let publisher = self.publisher("allocator-test-1");
         let mut plane = ControlPlane::new(
             self.pool.clone(),
             publisher,
