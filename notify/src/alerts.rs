@@ -33,6 +33,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::alert_log::{is_state_change, AlertLog, AlertLogError, NotifyStatus, PendingCursor};
 use crate::java_messages;
 use crate::java_ws::JavaWs;
+use crate::metrics;
 use crate::jetstream::{acknowledge, dead_letter, messages, JetStreamError};
 
 /// Delay before a nak'ed alert is delivered again while MySQL is unavailable.
@@ -105,7 +106,7 @@ impl AlertForwarder {
                 }
                 _ = retry.tick() => self.flush_if_behind().await,
                 next = stream.next() => match next {
-                    Some(Ok(message)) => self.handle(message, &shutdown).await,
+                    Some(Ok(message)) => metrics::time_alert(self.handle(message, &shutdown)).await,
                     Some(Err(error)) => warn!(consumer = name, error = %error, "failed to pull alerts, retrying"),
                     None => {
                         warn!(consumer = name, "alert consumer stream ended, reopening it");
@@ -127,6 +128,7 @@ impl AlertForwarder {
                 return;
             }
         };
+        metrics::alert_received(&alert);
         let title = titles::alert_title(&alert, self.locale);
         let alert_data = java_messages::alert_data(&alert, &title);
 
@@ -270,6 +272,7 @@ impl AlertForwarder {
             Ok(()) => {
                 self.db.available();
                 debug!(alert_row = id, message_type = %message["type"], "pushed alert");
+                metrics::alert_pushed();
                 true
             }
             Err(error) => {

@@ -14,6 +14,7 @@ pub mod alerts;
 pub mod java_messages;
 pub mod java_ws;
 pub mod jetstream;
+pub mod metrics;
 pub mod settings;
 pub mod status;
 
@@ -26,15 +27,17 @@ pub use settings::{NotifySettings, WsSettings, WsTiming};
 
 /// Runs the notify stage until `shutdown` is cancelled or one of its parts fails.
 pub async fn run(settings: NotifySettings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tracing::info!(settings = ?settings, "starting notify");
-    // NOTE: METRICS_ADDR is accepted but notify serves no /metrics or /healthz endpoint yet.
+    monitor_core::telemetry::log_settings("notify", &settings);
+    let endpoint = metrics::serve(&settings, shutdown.clone()).await?;
 
     let pool = monitor_core::db::connect(&settings.db).await?;
     let client = settings
         .nats
         .connect("notify")
         .await
-        .with_context(|| format!("failed to connect to NATS at {}", settings.nats.url))?;
+        .with_context(|| format!("failed to connect to NATS at {}", settings.nats.redacted_url()))?;
+    endpoint.attach_nats(&client);
+    endpoint.attach_mysql(&pool);
     let js = async_nats::jetstream::new(client);
     let subjects = topology::ensure(&js, &settings.nats).await?.subjects;
 
@@ -54,6 +57,13 @@ pub async fn run(settings: NotifySettings, shutdown: CancellationToken) -> anyho
     .await?;
 
     let (ws, socket) = java_ws::JavaWs::new(settings.ws.clone());
+    let watch_metrics = metrics::watch(
+        ws.watch(),
+        pool.clone(),
+        js.clone(),
+        subjects.clone(),
+        shutdown.clone(),
+    );
     let locale = settings.runtime.locale;
     let alerts = alerts::AlertForwarder::new(
         alert_log::AlertLog::new(pool),
@@ -65,6 +75,7 @@ pub async fn run(settings: NotifySettings, shutdown: CancellationToken) -> anyho
     let status = status::StatusForwarder::new(ws, js, subjects, locale);
 
     let mut tasks = Tasks::new(shutdown.clone());
+    tasks.spawn("metrics", watch_metrics);
     let token = shutdown.clone();
     tasks.spawn("java_ws", async move {
         socket.run(token).await;

@@ -28,7 +28,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     monitor_core::settings::load_dotenv();
-    let cli = Cli::parse();
+    let cli = monitor_core::settings::parse_args::<Cli>();
     let settings = match cli.command {
         Some(Command::Run(settings)) => settings,
         None => cli.settings,
