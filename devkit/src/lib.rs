@@ -4,9 +4,11 @@
 //! crate replaces them with real protocols over real sockets:
 //! - [`feed_replay`] serves recorded trades over Birdeye's WebSocket protocol;
 //! - [`backend_stub`] plays the Java side of the monitor WebSocket and records what it receives;
-//! - [`seed`] inserts a demo task whose rules fire on the recorded trades.
+//! - [`seed`] inserts a demo task whose rules fire on the recorded trades;
+//! - [`loadgen`] runs the pipeline, or JetStream alone, under load and measures it.
 
 pub mod backend_stub;
 pub mod feed_replay;
+pub mod loadgen;
 pub mod seed;
 pub mod trades;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use monitor_core::telemetry::{self, LogFormat};
 use monitor_devkit::backend_stub::{run_backend_stub, BackendStub, BackendStubSettings};
 use monitor_devkit::feed_replay::{FeedReplay, FeedReplaySettings};
+use monitor_devkit::loadgen::{self, LoadgenCommand};
 use monitor_devkit::seed::{seed, SeedSettings};
 
 /// Development tools for the monitor pipeline: a Birdeye feed replay, a stub of the Java
@@ -35,6 +36,9 @@ enum Command {
     /// Insert a demo smart task on WETH whose rules fire on the recorded trades and print
     /// task_id=N. Each run inserts a new config, task and target.
     Seed(SeedSettings),
+    /// Run the pipeline (or JetStream alone) under load and print one result line with rates,
+    /// alert latencies, CPU time and peak memory.
+    Loadgen(Box<LoadgenCommand>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,6 +79,11 @@ async fn main() -> anyhow::Result<()> {
             println!("task_id={}", seeded.task_id);
             println!("config_id={}", seeded.config_id);
             println!("target_id={}", seeded.target_id);
+            Ok(())
+        }
+        Command::Loadgen(command) => {
+            let line = loadgen::run(*command, monitor_core::shutdown::on_signals()).await?;
+            println!("{line}");
             Ok(())
         }
     }

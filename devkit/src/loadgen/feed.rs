@@ -1,0 +1,608 @@
+//! The load generator's Birdeye server: synthetic trades for many targets at a chosen rate.
+//!
+//! Consumes WebSocket clients that speak Birdeye's protocol as ingest does: the upgrade checks,
+//! `WELCOME` and the subscription queries are those of `devkit feed-replay`
+//! ([`crate::feed_replay::handshake`], [`crate::feed_replay::query`]). Produces `TXS_DATA`
+//! frames in feed-replay's simple layout, one trade per frame. A connection sends trades only
+//! for the targets it subscribed on the trades channel, cycling through them as
+//! [`super::schedule`] plans. Price subscriptions are accepted and get no data.
+//!
+//! The run's phase ([`Phase`]) is shared by every connection through a watch channel. Each
+//! connection paces itself at its share of the rate (its targets over all targets), so no
+//! central task or timer per target exists. A trade is stamped when its frame is written: the
+//! trade time (`blockUnixTimeMs`) is the wall clock, and the transaction hash carries a
+//! [`TradeTag`] with the run clock, so the backend stub can match the alert to the send time.
+//! At full speed a connection writes bursts of frames and waits whenever ingest stops reading,
+//! so the feed goes as fast as the pipeline takes.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use monitor_core::messages::{Chain, Side};
+use monitor_core::time::now_ms;
+
+use super::schedule::{planned_trade, Pacer, Phase, PlannedTrade, TradeTag};
+use super::RunClock;
+use crate::feed_replay::frames::{error_frame, welcome_frame, USDT_ADDRESS};
+use crate::feed_replay::handshake::{Gate, HandshakeOutcome};
+use crate::feed_replay::query::{parse_client_message, Channel, ClientMessage};
+
+/// Rate of the probe phase, in trades per second over all targets: slow enough not to load
+/// a pipeline that is still starting, fast enough to raise an alert within seconds.
+pub const PROBE_RATE: f64 = 200.0;
+/// Frames written before one flush.
+const BURST: u64 = 64;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time that open connections get to close after shutdown before they are aborted.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const USDT_DECIMALS: u32 = 6;
+const TOKEN_DECIMALS: u32 = 18;
+
+type Socket = WebSocketStream<TcpStream>;
+type WsResult<T> = Result<T, tokio_tungstenite::tungstenite::Error>;
+
+/// A synthetic token and the fixed facts of its trades.
+#[derive(Debug, Clone)]
+struct TargetInfo {
+    address: String,
+    symbol: String,
+    owner: String,
+    price_usd: f64,
+}
+
+/// Counts shared by the connections and read by the run.
+#[derive(Debug, Default)]
+pub struct FeedCounters {
+    /// Trades sent, by phase.
+    sent: [AtomicU64; 5],
+    /// Large trades sent in the measured phase.
+    large_measured: AtomicU64,
+    /// Distinct (target, second of the trade time) of the measured large trades: the alert
+    /// ids they raise, since the config's cooldown is one second.
+    large_measured_ids: Mutex<HashSet<(u32, i64)>>,
+    /// Targets currently subscribed on a trades connection.
+    subscribed: AtomicUsize,
+    connections: AtomicUsize,
+}
+
+impl FeedCounters {
+    pub fn sent(&self, phase: Phase) -> u64 {
+        self.sent[phase as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn large_measured(&self) -> u64 {
+        self.large_measured.load(Ordering::Relaxed)
+    }
+
+    /// Alerts the measured large trades should raise.
+    pub fn expected_measured_alerts(&self) -> u64 {
+        self.large_measured_ids
+            .lock()
+            .map(|ids| ids.len() as u64)
+            .unwrap_or(0)
+    }
+
+    pub fn subscribed_targets(&self) -> usize {
+        self.subscribed.load(Ordering::Relaxed)
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// The server, ready to accept connections.
+pub struct LoadFeed {
+    targets: Vec<TargetInfo>,
+    /// Lower-case address to target index.
+    index: HashMap<String, usize>,
+    /// Whether each target is subscribed on some trades connection.
+    owned: Mutex<Vec<bool>>,
+    gate: Gate,
+    rate: Option<f64>,
+    phase: watch::Receiver<Phase>,
+    clock: RunClock,
+    counters: Arc<FeedCounters>,
+}
+
+impl LoadFeed {
+    /// Prepares a feed for `addresses` at `rate` trades per second (`None`: full speed). The
+    /// run changes the phase through the sender of `phase`.
+    pub fn new(
+        addresses: &[String],
+        chain: Chain,
+        rate: Option<f64>,
+        phase: watch::Receiver<Phase>,
+        clock: RunClock,
+    ) -> LoadFeed {
+        let targets: Vec<TargetInfo> = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, address)| TargetInfo {
+                address: address.clone(),
+                symbol: format!("LG{i}"),
+                owner: format!("0x{:040x}", 0xa11ce_u64 << 32 | i as u64),
+                price_usd: 0.5 + (i % 1000) as f64 / 100.0,
+            })
+            .collect();
+        let index = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.to_ascii_lowercase(), i))
+            .collect();
+        LoadFeed {
+            owned: Mutex::new(vec![false; targets.len()]),
+            targets,
+            index,
+            gate: Gate {
+                chain,
+                api_key: None,
+            },
+            rate,
+            phase,
+            clock,
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn counters(&self) -> Arc<FeedCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// Accepts connections until `shutdown` is cancelled, then closes them.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        // Small frames must leave at once: latency is what this server measures.
+                        let _ = stream.set_nodelay(true);
+                        connections.spawn(serve_connection(stream, peer, Arc::clone(&self), shutdown.clone()));
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "loadgen feed failed to accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        // A connection blocked on a client that stopped reading cannot see the shutdown.
+        let drain = async { while connections.join_next().await.is_some() {} };
+        if timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            connections.shutdown().await;
+        }
+    }
+
+    /// Marks targets as subscribed; returns those that were not subscribed yet.
+    fn claim(&self, addresses: &[String]) -> Vec<usize> {
+        let Ok(mut owned) = self.owned.lock() else {
+            return Vec::new();
+        };
+        let mut claimed = Vec::new();
+        for address in addresses {
+            let Some(&target) = self.index.get(&address.to_ascii_lowercase()) else {
+                continue;
+            };
+            if !owned[target] {
+                owned[target] = true;
+                claimed.push(target);
+            }
+        }
+        self.counters
+            .subscribed
+            .fetch_add(claimed.len(), Ordering::Relaxed);
+        claimed
+    }
+
+    fn release(&self, targets: &[usize]) {
+        if let Ok(mut owned) = self.owned.lock() {
+            for &target in targets {
+                owned[target] = false;
+            }
+        }
+        self.counters
+            .subscribed
+            .fetch_sub(targets.len(), Ordering::Relaxed);
+    }
+
+    /// Rate of one connection with `targets` of the feed's targets in `phase`.
+    fn connection_rate(&self, phase: Phase, targets: usize) -> Option<f64> {
+        let share = targets as f64 / self.targets.len().max(1) as f64;
+        match phase {
+            Phase::Probe => Some(PROBE_RATE * share),
+            _ => self.rate.map(|rate| rate * share),
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    feed: Arc<LoadFeed>,
+    shutdown: CancellationToken,
+) {
+    let mut outcome = HandshakeOutcome::default();
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &_, response| feed.gate.respond(request, response, &mut outcome);
+    let socket = match timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_tungstenite::accept_hdr_async(stream, callback),
+    )
+    .await
+    {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(error)) => {
+            tracing::warn!(%peer, error = %error, "loadgen feed handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "loadgen feed handshake timed out");
+            return;
+        }
+    };
+
+    feed.counters.connections.fetch_add(1, Ordering::Relaxed);
+    let mut connection = Connection::new(socket, Arc::clone(&feed));
+    let result = connection.run(&shutdown).await;
+    feed.release(&connection.targets);
+    feed.counters.connections.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => tracing::debug!(%peer, "loadgen feed connection closed"),
+        Err(error) => tracing::debug!(%peer, error = %error, "loadgen feed connection failed"),
+    }
+}
+
+/// One client connection: its subscribed targets and its pacing.
+struct Connection {
+    socket: Socket,
+    feed: Arc<LoadFeed>,
+    phase: watch::Receiver<Phase>,
+    current: Phase,
+    /// Target indices, in subscription order.
+    targets: Vec<usize>,
+    /// Trades sent on this connection since it first subscribed; selects target and round.
+    next: u64,
+    pacer: Pacer,
+    phase_started: Instant,
+}
+
+impl Connection {
+    fn new(socket: Socket, feed: Arc<LoadFeed>) -> Self {
+        let phase = feed.phase.clone();
+        Connection {
+            socket,
+            feed,
+            phase,
+            current: Phase::Idle,
+            targets: Vec::new(),
+            next: 0,
+            pacer: Pacer::new(None),
+            phase_started: Instant::now(),
+        }
+    }
+
+    async fn run(&mut self, shutdown: &CancellationToken) -> WsResult<()> {
+        self.socket.send(Message::text(welcome_frame())).await?;
+        self.switch_phase();
+        loop {
+            let sending = self.current.is_sending() && !self.targets.is_empty();
+            let due_at = if sending {
+                self.pacer
+                    .next_due()
+                    .map(|after| self.phase_started + after)
+            } else {
+                None
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    let _ = self.socket.close(None).await;
+                    return Ok(());
+                }
+                changed = self.phase.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    self.switch_phase();
+                }
+                incoming = self.socket.next() => match incoming {
+                    None | Some(Ok(Message::Close(_))) => return Ok(()),
+                    Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await?,
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => return Err(error),
+                },
+                _ = sleep_until(due_at.unwrap_or_else(Instant::now)), if sending => self.send_due().await?,
+            }
+        }
+    }
+
+    fn switch_phase(&mut self) {
+        self.current = *self.phase.borrow_and_update();
+        self.restart_pacing();
+    }
+
+    fn restart_pacing(&mut self) {
+        let rate = self.feed.connection_rate(self.current, self.targets.len());
+        self.pacer = Pacer::new(rate);
+        self.phase_started = Instant::now();
+    }
+
+    async fn on_text(&mut self, text: &str) -> WsResult<()> {
+        match parse_client_message(text) {
+            Ok(ClientMessage::Subscribe {
+                channel: Channel::Txs,
+                addresses,
+            }) => {
+                let claimed = self.feed.claim(&addresses);
+                tracing::debug!(
+                    addresses = addresses.len(),
+                    claimed = claimed.len(),
+                    "loadgen feed trades subscription"
+                );
+                self.targets.extend(claimed);
+                // The share of the rate grew with the targets.
+                self.restart_pacing();
+                Ok(())
+            }
+            Ok(ClientMessage::Unsubscribe(Channel::Txs)) => {
+                self.feed.release(&std::mem::take(&mut self.targets));
+                Ok(())
+            }
+            // Prices are not generated: the load is trades only.
+            Ok(_) => Ok(()),
+            Err(error) => {
+                tracing::warn!(error = %error, "loadgen feed rejected a client message");
+                self.socket
+                    .send(Message::text(error_frame(&error.to_string())))
+                    .await
+            }
+        }
+    }
+
+    /// Writes the trades due now, then flushes. At full speed this waits while the client
+    /// does not read, which is the backpressure the run measures.
+    async fn send_due(&mut self) -> WsResult<()> {
+        let count = self.pacer.due(self.phase_started.elapsed(), BURST);
+        let phase = self.current;
+        let mut large_ids = Vec::new();
+        for _ in 0..count {
+            let trade = self.next_trade();
+            let (text, time_ms) = self.build_frame(&trade, phase);
+            if trade.large && phase == Phase::Measure {
+                large_ids.push((trade.target as u32, time_ms.div_euclid(1000)));
+            }
+            self.socket.feed(Message::text(text)).await?;
+        }
+        self.socket.flush().await?;
+        self.pacer.record(count);
+
+        let counters = &self.feed.counters;
+        counters.sent[phase as usize].fetch_add(count, Ordering::Relaxed);
+        if !large_ids.is_empty() {
+            counters
+                .large_measured
+                .fetch_add(large_ids.len() as u64, Ordering::Relaxed);
+            if let Ok(mut ids) = counters.large_measured_ids.lock() {
+                ids.extend(large_ids);
+            }
+        }
+        Ok(())
+    }
+
+    fn next_trade(&mut self) -> PlannedTrade {
+        let position = (self.next % self.targets.len() as u64) as usize;
+        let round = self.next / self.targets.len() as u64;
+        self.next += 1;
+        planned_trade(self.targets[position], round, self.feed.targets.len())
+    }
+
+    /// Builds the frame of a trade sent now; returns it with the trade time in milliseconds.
+    fn build_frame(&self, trade: &PlannedTrade, phase: Phase) -> (String, i64) {
+        let tag = TradeTag {
+            phase,
+            seq: trade.seq,
+            sent_ns: self.feed.clock.elapsed_ns(),
+        };
+        let time_ms = now_ms();
+        let target = &self.feed.targets[trade.target];
+        (txs_frame(target, trade, tag, time_ms), time_ms)
+    }
+}
+
+#[derive(Serialize)]
+struct Frame<T> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    data: T,
+}
+
+/// `TXS_DATA` in feed-replay's simple layout (token subscription).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TxsData<'a> {
+    block_unix_time: i64,
+    block_unix_time_ms: i64,
+    owner: &'a str,
+    source: &'static str,
+    tx_hash: String,
+    side: &'static str,
+    token_address: &'a str,
+    alias: Option<&'a str>,
+    is_trade_on_be: bool,
+    platform: &'static str,
+    #[serde(rename = "volumeUSD")]
+    volume_usd: f64,
+    from: Leg<'a>,
+    to: Leg<'a>,
+    token_price: f64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Leg<'a> {
+    symbol: &'a str,
+    decimals: u32,
+    address: &'a str,
+    amount: u128,
+    ui_amount: f64,
+    price: f64,
+    nearest_price: f64,
+    change_amount: i128,
+    ui_change_amount: f64,
+    type_swap: &'static str,
+}
+
+fn leg<'a>(
+    symbol: &'a str,
+    decimals: u32,
+    address: &'a str,
+    ui_amount: f64,
+    price: f64,
+    given: bool,
+) -> Leg<'a> {
+    let amount = (ui_amount * 10f64.powi(decimals as i32)) as u128;
+    let sign = if given { -1 } else { 1 };
+    Leg {
+        symbol,
+        decimals,
+        address,
+        amount,
+        ui_amount,
+        price,
+        nearest_price: price,
+        change_amount: sign * amount as i128,
+        ui_change_amount: sign as f64 * ui_amount,
+        type_swap: if given { "from" } else { "to" },
+    }
+}
+
+fn txs_frame(target: &TargetInfo, trade: &PlannedTrade, tag: TradeTag, time_ms: i64) -> String {
+    let token_amount = trade.volume_usd / target.price_usd;
+    let token_given = trade.side == Side::Sell;
+    let token = leg(
+        &target.symbol,
+        TOKEN_DECIMALS,
+        &target.address,
+        token_amount,
+        target.price_usd,
+        token_given,
+    );
+    let usdt = leg(
+        "USDT",
+        USDT_DECIMALS,
+        USDT_ADDRESS,
+        trade.volume_usd,
+        1.0,
+        !token_given,
+    );
+    // A buy takes the token out of the pool: the trader gives USDT and receives the token.
+    let (from, to, side) = match trade.side {
+        Side::Buy => (usdt, token, "buy"),
+        Side::Sell => (token, usdt, "sell"),
+    };
+    let data = TxsData {
+        block_unix_time: time_ms.div_euclid(1000),
+        block_unix_time_ms: time_ms,
+        owner: &target.owner,
+        source: "uniswap_v3",
+        tx_hash: tag.to_tx_hash(),
+        side,
+        token_address: &target.address,
+        alias: None,
+        is_trade_on_be: false,
+        platform: "uniswap",
+        volume_usd: trade.volume_usd,
+        from,
+        to,
+        token_price: target.price_usd,
+    };
+    // The frame holds only strings and finite numbers, which always serialize.
+    serde_json::to_string(&Frame {
+        kind: "TXS_DATA",
+        data,
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn target() -> TargetInfo {
+        TargetInfo {
+            address: "0x10ad000000000000000000000000000000000007".into(),
+            symbol: "LG7".into(),
+            owner: format!("0x{:040x}", 7),
+            price_usd: 2.0,
+        }
+    }
+
+    #[test]
+    fn frame_has_the_simple_trade_layout() {
+        let trade = PlannedTrade {
+            seq: 42,
+            target: 7,
+            large: true,
+            side: Side::Buy,
+            volume_usd: 150_000.0,
+        };
+        let tag = TradeTag {
+            phase: Phase::Measure,
+            seq: 42,
+            sent_ns: 5_000,
+        };
+        let frame: Value =
+            serde_json::from_str(&txs_frame(&target(), &trade, tag, 1_700_000_000_123)).unwrap();
+        let data = &frame["data"];
+
+        assert_eq!(frame["type"], "TXS_DATA");
+        assert_eq!(data["side"], "buy");
+        assert_eq!(data["tokenAddress"], target().address);
+        assert_eq!(data["blockUnixTime"], 1_700_000_000);
+        assert_eq!(data["blockUnixTimeMs"], 1_700_000_000_123i64);
+        assert_eq!(data["volumeUSD"], 150_000.0);
+        assert_eq!(data["to"]["address"], target().address);
+        assert_eq!(data["to"]["uiAmount"], 75_000.0);
+        assert_eq!(data["from"]["address"], USDT_ADDRESS);
+        assert!(data["from"]["changeAmount"].as_i64().unwrap() < 0);
+        let hash = data["txHash"].as_str().unwrap();
+        assert_eq!(TradeTag::from_tx_hash(hash), Some(tag));
+    }
+
+    #[test]
+    fn sell_gives_the_token() {
+        let trade = PlannedTrade {
+            seq: 1,
+            target: 7,
+            large: false,
+            side: Side::Sell,
+            volume_usd: 10.0,
+        };
+        let tag = TradeTag {
+            phase: Phase::Warmup,
+            seq: 1,
+            sent_ns: 1,
+        };
+        let frame: Value = serde_json::from_str(&txs_frame(&target(), &trade, tag, 1)).unwrap();
+        assert_eq!(frame["data"]["side"], "sell");
+        assert_eq!(frame["data"]["from"]["address"], target().address);
+        assert_eq!(frame["data"]["to"]["address"], USDT_ADDRESS);
+    }
+}
