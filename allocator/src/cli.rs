@@ -45,7 +45,7 @@ impl Cli {
     /// Parses the command line. Settings are global, so they may follow the subcommand.
     pub fn parse_args() -> Self {
         let command = Self::command().mut_args(|arg| arg.global(true));
-        let matches = command.get_matches();
+        let matches = monitor_core::settings::matches_or_exit(command);
         Self::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
     }
 }

@@ -300,6 +300,7 @@ impl ControlPlane {
         }
 
         let report = self.publisher.publish(&snapshot).await?;
+        crate::metrics::task_published(&snapshot.task, allocation.as_ref());
         if report.superseded {
             // Another allocator read the database later and wrote first. The next poll reads
             // the task again, which normally finds its spec unchanged.
@@ -341,6 +342,7 @@ impl ControlPlane {
 
     async fn retire(&mut self, task_id: u64) -> Result<TaskOutcome, ControlError> {
         let deleted = self.publisher.retire_task(task_id).await?;
+        crate::metrics::task_retired(task_id);
         if deleted > 0 {
             tracing::info!(task_id, deleted, "task stopped, its specs were deleted");
         }
@@ -356,6 +358,7 @@ impl ControlPlane {
             tracing::error!(task_id, error = %invalid, "task cannot be run, fix its row");
         }
         self.publisher.retire_task(task_id).await?;
+        crate::metrics::task_retired(task_id);
         Ok(TaskOutcome::Invalid)
     }
 
@@ -518,7 +521,9 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 async fn poll_logged(plane: &mut ControlPlane, database_up: &mut bool) {
-    match plane.poll().await {
+    let polled = plane.poll().await;
+    crate::metrics::poll_finished(polled.is_ok());
+    match polled {
         Ok(report) => {
             if !*database_up {
                 tracing::info!("database reachable again, polling resumed");

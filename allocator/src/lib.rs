@@ -15,6 +15,7 @@ pub mod allocate;
 pub mod cli;
 pub mod control;
 pub mod debounce;
+pub mod metrics;
 pub mod order;
 pub mod publish;
 pub mod redis_watch;
@@ -55,7 +56,7 @@ pub async fn connect_publisher(settings: &AllocatorSettings) -> anyhow::Result<P
         .nats
         .connect("allocator")
         .await
-        .with_context(|| format!("failed to connect to NATS at {}", settings.nats.url))?;
+        .with_context(|| format!("failed to connect to NATS at {}", settings.nats.redacted_url()))?;
     let jetstream = async_nats::jetstream::new(client);
     let topology = monitor_core::topology::ensure(&jetstream, &settings.nats).await?;
     Ok(Publisher::new(
@@ -69,21 +70,12 @@ pub async fn connect_publisher(settings: &AllocatorSettings) -> anyhow::Result<P
 
 /// Runs the control plane until `shutdown` is cancelled.
 pub async fn run(settings: AllocatorSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tracing::info!(
-        db_host = settings.db.host,
-        db_name = settings.db.name,
-        nats_url = settings.nats.url,
-        subject_prefix = settings.nats.subject_prefix,
-        redis_host = settings.redis.host,
-        redis_port = settings.redis.port,
-        batch_size = settings.batch_size.get(),
-        strategy = %settings.allocation_strategy,
-        poll_interval = ?settings.config_poll_interval,
-        epoch_grace_period = ?settings.epoch_grace_period,
-        "allocator starting"
-    );
+    monitor_core::telemetry::log_settings("allocator", &settings);
+    let health = metrics::serve(&settings, shutdown.clone()).await?;
     let pool = monitor_core::db::connect(&settings.db).await?;
+    health.attach_mysql(&pool);
     let publisher = connect_publisher(&settings).await?;
+    health.attach_nats(&publisher.nats_client());
     let mut plane = ControlPlane::new(pool, publisher, ControlOptions::from(&settings));
     let entries = plane.load_published().await?;
     tracing::info!(entries, "tasks bucket loaded");

@@ -180,6 +180,11 @@ impl Publisher {
         }
     }
 
+    /// Returns the NATS connection the publisher writes through.
+    pub fn nats_client(&self) -> async_nats::Client {
+        self.jetstream.client()
+    }
+
     /// Returns the ids of the tasks whose spec is in the cache, which mirrors the bucket.
     pub fn published_task_ids(&self) -> BTreeSet<u64> {
         self.tasks.keys().copied().collect()
