@@ -329,14 +329,14 @@ pub enum Constraint {
 
 impl ConfigError {
     fn new(field: impl Into<String>, value: impl fmt::Display, constraint: Constraint) -> Self {
-        let mut value = value.to_string();
+        let mut value = escape_controls(&value.to_string());
         if value.chars().count() > 80 {
             value = value.chars().take(77).collect::<String>() + "...";
         }
         ConfigError {
             config_id: 0,
             version: 0,
-            field: field.into(),
+            field: escape_controls(&field.into()),
             value,
             constraint,
         }
@@ -356,6 +356,17 @@ impl ConfigError {
             ),
         }
     }
+}
+
+/// Writes control characters (a newline in a JSON key, for example) as escapes, so that an
+/// error stays on one line whatever the config contains.
+fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 impl fmt::Display for ConfigError {

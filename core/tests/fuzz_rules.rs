@@ -70,7 +70,8 @@ fn check(text: String, columns: (Option<f64>, Option<f64>, Option<i64>, Option<f
             }
             Err(error) => {
                 let english = error.message(Locale::En);
-                prop_assert!(!english.contains('\n') || config.events_config.as_deref().is_some_and(|t| t.contains('\n')));
+                prop_assert!(!english.contains('\n'), "{english}");
+                prop_assert!(!english.contains('\r'), "{english}");
                 prop_assert!(!error.message(Locale::ZhCn).is_empty());
                 prop_assert!(error.value.chars().count() <= 80, "value not shortened: {}", error.value);
             }
