@@ -75,9 +75,12 @@ pub struct NatsSettings {
     #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub url: String,
 
-    /// Path of a NATS credentials file (.creds).
-    #[arg(long = "nats-creds", env = "NATS_CREDS")]
+    /// Path of a NATS credentials file (.creds) with the user JWT and NKey seed.
+    #[arg(long = "nats-creds", env = "NATS_CREDS", value_parser = parse_readable_file)]
     pub creds: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub tls: NatsTlsSettings,
 
     /// Prefix of every subject, stream and bucket name.
     #[arg(long = "subject-prefix", env = "MONITOR_SUBJECT_PREFIX", default_value = "monitor", value_parser = parse_prefix)]
@@ -92,11 +95,49 @@ pub struct NatsSettings {
     pub events_max_age_hours: u64,
 }
 
+/// TLS to the NATS servers. A `tls://` URL or `NATS_REQUIRE_TLS` turns TLS on; the server
+/// certificate is checked against the system's root certificates plus `NATS_TLS_CA`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NatsTlsSettings {
+    /// Refuse to talk to a NATS server without TLS (implied by tls:// URLs).
+    #[arg(long = "nats-require-tls", env = "NATS_REQUIRE_TLS", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub require_tls: bool,
+
+    /// PEM file of CA certificates trusted for the NATS server's certificate, in addition to
+    /// the system's root certificates.
+    #[arg(long = "nats-tls-ca", env = "NATS_TLS_CA", value_parser = parse_readable_file)]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// PEM file of the client certificate, for servers that verify clients (needs NATS_TLS_KEY).
+    #[arg(long = "nats-tls-cert", env = "NATS_TLS_CERT", value_parser = parse_readable_file, requires = "nats_tls_key")]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// PEM file of the client certificate's private key (needs NATS_TLS_CERT).
+    #[arg(id = "nats_tls_key", long = "nats-tls-key", env = "NATS_TLS_KEY", value_parser = parse_readable_file, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+/// Accepts the path of a file that exists and can be opened, so that a wrong path stops the
+/// binary at start with one line instead of failing at the first connection. The contents are
+/// not read here, and never printed, since they may be secret.
+pub fn parse_readable_file(s: &str) -> Result<std::path::PathBuf, String> {
+    let path = std::path::PathBuf::from(s.trim());
+    match std::fs::File::open(&path) {
+        Ok(file) => match file.metadata() {
+            Ok(metadata) if metadata.is_file() => Ok(path),
+            Ok(_) => Err(format!("{} is not a regular file", path.display())),
+            Err(e) => Err(format!("failed to read {}: {e}", path.display())),
+        },
+        Err(e) => Err(format!("failed to open {}: {e}", path.display())),
+    }
+}
+
 impl fmt::Debug for NatsSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsSettings")
             .field("url", &self.redacted_url())
             .field("creds", &self.creds)
+            .field("tls", &self.tls)
             .field("subject_prefix", &self.subject_prefix)
             .field("replicas", &self.replicas)
             .field("events_max_age_hours", &self.events_max_age_hours)
@@ -118,6 +159,7 @@ impl NatsSettings {
         NatsSettings {
             url: url.to_owned(),
             creds: None,
+            tls: NatsTlsSettings::default(),
             subject_prefix: prefix.to_owned(),
             replicas: 1,
             events_max_age_hours: 72,
@@ -141,10 +183,28 @@ impl NatsSettings {
             .request_timeout(Some(Duration::from_secs(10)));
         if let Some(path) = &self.creds {
             options = options.credentials_file(path).await.map_err(|e| {
-                async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, e)
+                let message = format!("failed to load the NATS credentials file {}: {e}", path.display());
+                async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, std::io::Error::new(e.kind(), message))
             })?;
         }
+        options = self.tls.apply(options);
         options.connect(self.url.as_str()).await
+    }
+}
+
+impl NatsTlsSettings {
+    /// Adds these settings to the client options; `tls://` URLs need nothing here.
+    fn apply(&self, mut options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        if self.require_tls {
+            options = options.require_tls(true);
+        }
+        if let Some(ca) = &self.ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        options
     }
 }
 
@@ -337,9 +397,19 @@ pub fn one_line_error(command: &clap::Command, error: &clap::Error) -> String {
         ErrorKind::InvalidValue | ErrorKind::ValueValidation
     );
     let (Some(flag), true) = (flag, invalid_value) else {
+        // The message before the usage section, joined into one line (a missing argument is
+        // listed on the lines after the first).
         let rendered = error.render().to_string();
-        let first = rendered.lines().find(|line| !line.trim().is_empty());
-        return first.unwrap_or("error: invalid command line").trim().to_owned();
+        let message: Vec<&str> = rendered
+            .lines()
+            .map(str::trim)
+            .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+            .filter(|line| !line.is_empty())
+            .collect();
+        if message.is_empty() {
+            return "error: invalid command line".to_owned();
+        }
+        return message.join(" ");
     };
 
     let arg = find_arg(command, &flag);
@@ -466,6 +536,27 @@ mod tests {
         assert!(!format!("{settings:?}").contains("t0ken"));
         settings.url = "nats://127.0.0.1:4222".into();
         assert_eq!(settings.redacted_url(), "nats://127.0.0.1:4222");
+    }
+
+    #[test]
+    fn missing_creds_file_is_one_line_naming_the_variable() {
+        let line = parse_error(&["x", "--nats-creds", "/nonexistent/monitor.creds"]);
+        assert!(
+            line.starts_with("error: invalid value \"/nonexistent/monitor.creds\" for NATS_CREDS (--nats-creds): failed to open /nonexistent/monitor.creds: "),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn tls_client_certificate_needs_its_key() {
+        let file = std::env::current_exe().unwrap();
+        let path = file.to_str().unwrap();
+        let line = parse_error(&["x", "--nats-tls-cert", path]);
+        assert!(line.contains("--nats-tls-key"), "{line}");
+        let parsed = AllGroups::try_parse_from(["x", "--nats-tls-ca", path, "--nats-require-tls", "true"]).unwrap();
+        assert!(parsed.nats.tls.require_tls);
+        assert_eq!(parsed.nats.tls.ca.as_deref(), Some(file.as_path()));
     }
 
     #[test]
