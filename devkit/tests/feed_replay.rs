@@ -52,13 +52,14 @@ fn settings() -> FeedReplaySettings {
     FeedReplaySettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         csv: trades_csv(),
-        token: WETH_ADDRESS.into(),
+        token: vec![WETH_ADDRESS.into()],
         symbol: "WETH".into(),
         decimals: 18,
         pair: WETH_USDT_POOL.into(),
         chain: Chain::Eth,
         speed: 0.0,
         looping: false,
+        live: false,
         txs_shape: TxsShape::Simple,
         api_key: None,
         ping_interval: Duration::from_secs(15),
@@ -487,6 +488,97 @@ async fn close_after_closes_connection() {
         "expected a close frame after 5 frames, got {next:?}"
     );
     server.stop().await;
+}
+
+/// A second token for the tests that replay several tokens: DAI on Ethereum.
+const DAI_ADDRESS: &str = "0x6b175474e89094c44da98b954eedeac495271d0f";
+
+#[tokio::test]
+async fn several_tokens_each_replay_the_file() {
+    let trades = recorded_trades();
+    let server = Server::start(FeedReplaySettings {
+        token: vec![WETH_ADDRESS.into(), DAI_ADDRESS.into()],
+        ..settings()
+    })
+    .await;
+    let mut both = server.connect().await;
+    let mut dai_only = server.connect().await;
+    next_json(&mut both).await;
+    next_json(&mut dai_only).await;
+
+    send(
+        &mut both,
+        subscribe_txs_complex(&[WETH_ADDRESS, DAI_ADDRESS]),
+    )
+    .await;
+    send(&mut dai_only, subscribe_txs_complex(&[DAI_ADDRESS])).await;
+    let frames = read_frames(&mut both, "TXS_DATA", 2 * trades.len()).await;
+    let dai_frames = read_frames(&mut dai_only, "TXS_DATA", trades.len()).await;
+
+    for token in [WETH_ADDRESS, DAI_ADDRESS] {
+        let times: Vec<i64> = frames
+            .iter()
+            .filter(|f| f["data"]["tokenAddress"] == token)
+            .map(|f| f["data"]["blockUnixTimeMs"].as_i64().unwrap())
+            .collect();
+        let expected: Vec<i64> = trades.iter().map(|t| t.timestamp_ms).collect();
+        assert_eq!(times, expected, "every trade once, in order, for {token}");
+    }
+    assert!(dai_frames
+        .iter()
+        .all(|f| f["data"]["tokenAddress"] == DAI_ADDRESS));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn live_replay_shares_one_timeline() {
+    let trades = recorded_trades();
+    let speed = 100.0;
+    let server = Server::start(FeedReplaySettings {
+        speed,
+        looping: true,
+        live: true,
+        ..settings()
+    })
+    .await;
+    let mut early = server.connect().await;
+    let mut late = server.connect().await;
+    next_json(&mut early).await;
+    next_json(&mut late).await;
+
+    // One second at speed 100 is 100 s of recorded time that a subscription now misses.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    send(&mut early, subscribe_txs_complex(&[WETH_ADDRESS])).await;
+    let first_early = next_json(&mut early).await;
+    send(&mut late, subscribe_txs_complex(&[WETH_ADDRESS])).await;
+    let first_late = next_json(&mut late).await;
+
+    let time = |frame: &Value| frame["data"]["blockUnixTimeMs"].as_i64().unwrap();
+    assert!(
+        time(&first_early) >= trades[0].timestamp_ms + 100_000,
+        "the first frame is due on the server's timeline, not the file's first row: {}",
+        first_early
+    );
+    // The later subscription joins the same timeline: the early connection sends the same
+    // trade (time and hash) too.
+    let mut early_frame = first_early;
+    while time(&early_frame) < time(&first_late) {
+        early_frame = next_json(&mut early).await;
+    }
+    assert_eq!(time(&early_frame), time(&first_late));
+    assert_eq!(early_frame["data"]["txHash"], first_late["data"]["txHash"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn live_replay_needs_a_pace() {
+    let error = FeedReplay::load(&FeedReplaySettings {
+        live: true,
+        speed: 0.0,
+        ..settings()
+    })
+    .unwrap_err();
+    assert!(error.to_string().contains("--live"), "{error}");
 }
 
 #[tokio::test]

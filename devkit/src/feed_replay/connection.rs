@@ -1,8 +1,9 @@
 //! One client connection of the feed replay server.
 //!
 //! Consumes an accepted TCP stream. Runs the WebSocket handshake, sends `WELCOME`, then serves
-//! subscriptions: each channel (price, trades) replays the file from its first row once the
-//! client subscribes to the replayed token on it. Client messages, pings every
+//! subscriptions: each channel (price, trades) replays the file for every replayed token that
+//! the client subscribes to on it, from its first row or, with `--live`, from the trade due
+//! next on the server's timeline. Client messages, pings every
 //! `ping_interval` and due frames are handled in one loop, so a slow client slows only its own
 //! replay. A finished replay leaves the connection open and idle until the client leaves.
 
@@ -203,20 +204,27 @@ impl Connection {
     }
 
     fn subscribe(&mut self, channel: Channel, addresses: &[String]) {
-        let matched = addresses.iter().any(|a| self.server.replays_address(a));
-        let running = self.replays.iter().any(|r| r.channel == channel);
+        let matched = self.server.matching_tokens(addresses);
+        let running: Vec<usize> = self
+            .replays
+            .iter()
+            .filter(|r| r.channel == channel)
+            .map(ChannelReplay::token)
+            .collect();
         tracing::info!(
             peer = %self.peer,
             channel = channel.as_str(),
             addresses = addresses.len(),
-            matched,
-            already_running = running,
+            matched = matched.len(),
+            already_running = running.len(),
             "feed-replay subscription received"
         );
-        // A later subscription on the same channel adds addresses but does not restart the file.
-        if matched && !running {
-            let replay = ChannelReplay::new(channel, Arc::clone(&self.server.plan), Instant::now());
-            self.replays.push(replay);
+        // A later subscription on the same channel adds tokens but does not restart the file
+        // of a token already replayed.
+        for token in matched {
+            if !running.contains(&token) {
+                self.replays.push(self.server.start_replay(channel, token));
+            }
         }
     }
 

@@ -1,12 +1,15 @@
 //! `devkit feed-replay`: a Birdeye WebSocket server that replays recorded trades.
 //!
-//! Consumes a trades CSV (see [`crate::trades`]) and attributes every trade to one token.
-//! Serves any number of WebSocket clients speaking Birdeye's protocol. A client gets `WELCOME`
-//! on connect and subscribes with `SUBSCRIBE_PRICE` / `SUBSCRIBE_TXS` (simple or complex
-//! queries). The trades channel then gets one `TXS_DATA` frame per trade, and the price channel
-//! gets the current one-minute `PRICE_DATA` candle after every trade. Every connection and channel replays the file from its
-//! first row when it subscribes, at the recorded pace divided by `--speed`. The server
-//! guarantees the same frames for the same file and settings, so tests can predict alerts.
+//! Consumes a trades CSV (see [`crate::trades`]) and attributes every trade to each of the
+//! given tokens. Serves any number of WebSocket clients speaking Birdeye's protocol. A client
+//! gets `WELCOME` on connect and subscribes with `SUBSCRIBE_PRICE` / `SUBSCRIBE_TXS` (simple
+//! or complex queries). The trades channel then gets one `TXS_DATA` frame per trade and
+//! subscribed token, and the price channel gets the token's current one-minute `PRICE_DATA`
+//! candle after every trade. Every connection, channel and token replays the file from its
+//! first row when it subscribes, at the recorded pace divided by `--speed`. With `--live`
+//! every replay follows one timeline that starts with the server, so a subscription gets only
+//! the trades due from then on, as from a live feed. The server guarantees the same frames for
+//! the same file and settings, so tests can predict alerts.
 
 mod connection;
 pub mod frames;
@@ -22,6 +25,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use monitor_core::messages::Chain;
@@ -56,11 +60,13 @@ pub struct FeedReplaySettings {
     #[arg(long, default_value = DEFAULT_TRADES_CSV)]
     pub csv: PathBuf,
 
-    /// Token address the trades are attributed to; subscriptions to other addresses get no data.
+    /// Token address the trades are attributed to; subscriptions to other addresses get no
+    /// data. Repeat it to replay the same trades for several tokens, each subscribed token on
+    /// its own schedule.
     #[arg(long, default_value = WETH_ADDRESS)]
-    pub token: String,
+    pub token: Vec<String>,
 
-    /// Symbol sent with the token.
+    /// Symbol sent with every token.
     #[arg(long, default_value = "WETH")]
     pub symbol: String,
 
@@ -68,7 +74,8 @@ pub struct FeedReplaySettings {
     #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u32).range(0..=30))]
     pub decimals: u32,
 
-    /// Pair address sent in the complex trade layout.
+    /// Pair address of the first token, sent in the complex trade layout. Further tokens use
+    /// their own address as their pair.
     #[arg(long, default_value = WETH_USDT_POOL)]
     pub pair: String,
 
@@ -86,6 +93,12 @@ pub struct FeedReplaySettings {
     /// recorded span rounded up to whole minutes, instead of going idle.
     #[arg(long = "loop")]
     pub looping: bool,
+
+    /// Replay on one timeline shared by every connection, which starts when the server loads
+    /// the file: a subscription gets the trades due from then on (and a candle that includes
+    /// the minute's earlier trades), as from a live feed. Needs a speed above 0.
+    #[arg(long)]
+    pub live: bool,
 
     /// Layout of TXS_DATA frames: simple (token subscription, with tokenAddress and side) or
     /// complex (pair layout, the side follows from the from/to addresses).
@@ -135,6 +148,8 @@ pub enum FeedReplayError {
     },
     #[error("ping interval must be greater than 0")]
     ZeroPingInterval,
+    #[error("--live needs a speed above 0, got {0}")]
+    LiveWithoutPace(f64),
 }
 
 /// A loaded replay, ready to serve.
@@ -144,14 +159,22 @@ pub struct FeedReplay {
     gate: Gate,
     ping_interval: Duration,
     close_after: Option<u64>,
+    /// Start of the shared timeline of `--live` replays.
+    started: Instant,
+    live: bool,
 }
 
 impl FeedReplay {
     /// Loads the trades and checks the settings.
     pub fn load(settings: &FeedReplaySettings) -> Result<FeedReplay, FeedReplayError> {
-        check_token(&settings.token, settings.chain)?;
+        for token in &settings.token {
+            check_token(token, settings.chain)?;
+        }
         if settings.ping_interval.is_zero() {
             return Err(FeedReplayError::ZeroPingInterval);
+        }
+        if settings.live && settings.speed == 0.0 {
+            return Err(FeedReplayError::LiveWithoutPace(settings.speed));
         }
 
         let trades = load_csv(&settings.csv)?
@@ -166,16 +189,26 @@ impl FeedReplay {
                 ReplayTrade::new(trade, settings.decimals).ok_or(error)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        tracing::info!(path = %settings.csv.display(), trades = trades.len(), token = settings.token, "feed-replay trades loaded");
+        tracing::info!(path = %settings.csv.display(), trades = trades.len(), tokens = ?settings.token, "feed-replay trades loaded");
 
-        let plan = ReplayPlan {
-            trades,
-            token: TokenInfo {
-                address: settings.token.clone(),
+        let tokens = settings
+            .token
+            .iter()
+            .enumerate()
+            .map(|(index, address)| TokenInfo {
+                address: address.clone(),
                 symbol: settings.symbol.clone(),
                 decimals: settings.decimals,
-                pair_address: settings.pair.clone(),
-            },
+                pair_address: if index == 0 {
+                    settings.pair.clone()
+                } else {
+                    address.clone()
+                },
+            })
+            .collect();
+        let plan = ReplayPlan {
+            trades,
+            tokens,
             speed: settings.speed,
             looping: settings.looping,
             txs_shape: settings.txs_shape,
@@ -188,6 +221,8 @@ impl FeedReplay {
             },
             ping_interval: settings.ping_interval,
             close_after: settings.close_after,
+            started: Instant::now(),
+            live: settings.live,
         })
     }
 
@@ -196,13 +231,34 @@ impl FeedReplay {
         self.plan.trades.len()
     }
 
-    /// Checks whether a subscribed address is the replayed token or its pair. EVM addresses
-    /// compare without regard to case, Solana addresses exactly.
-    fn replays_address(&self, address: &str) -> bool {
-        let token = &self.plan.token;
-        [token.address.as_str(), token.pair_address.as_str()]
-            .into_iter()
-            .any(|known| same_address(known, address))
+    /// Returns the indexes of the replayed tokens that the subscribed addresses name, by
+    /// token or pair address. EVM addresses compare without regard to case, Solana addresses
+    /// exactly.
+    fn matching_tokens(&self, addresses: &[String]) -> Vec<usize> {
+        self.plan
+            .tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, token)| {
+                addresses.iter().any(|address| {
+                    same_address(&token.address, address)
+                        || same_address(&token.pair_address, address)
+                })
+            })
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    /// Creates the replay of one channel and token for a subscription arriving now.
+    fn start_replay(&self, channel: query::Channel, token: usize) -> replay::ChannelReplay {
+        let now = Instant::now();
+        if !self.live {
+            return replay::ChannelReplay::new(channel, Arc::clone(&self.plan), token, now);
+        }
+        let mut replay =
+            replay::ChannelReplay::new(channel, Arc::clone(&self.plan), token, self.started);
+        replay.skip_until(now);
+        replay
     }
 
     /// Accepts connections until `shutdown` is cancelled, then closes every connection and
@@ -213,6 +269,8 @@ impl FeedReplay {
             ?address,
             speed = self.plan.speed,
             looping = self.plan.looping,
+            live = self.live,
+            tokens = self.plan.tokens.len(),
             "feed-replay serving"
         );
 

@@ -1,9 +1,11 @@
-//! The schedule of one channel's replay on one connection.
+//! The schedule of one channel's replay of one token on one connection.
 //!
-//! Consumes the recorded trades and the time the subscription arrived. Produces, one at a time,
-//! the next frame and the instant it is due: recorded gaps divided by the speed, or at once
-//! with speed 0. With looping, each pass shifts the recorded times by a whole number of minutes
-//! past the previous pass, so source times keep increasing and every candle keeps its shape.
+//! Consumes the recorded trades and the start of the replay's timeline: the time the
+//! subscription arrived, or the server's start for live replays, which first skip what was due
+//! before the subscription. Produces, one at a time, the next frame and the instant it is due:
+//! recorded gaps divided by the speed, or at once with speed 0. With looping, each pass shifts
+//! the recorded times by a whole number of minutes past the previous pass, so source times
+//! keep increasing and every candle keeps its shape.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,8 @@ use super::query::Channel;
 #[derive(Debug)]
 pub struct ReplayPlan {
     pub trades: Vec<ReplayTrade>,
-    pub token: TokenInfo,
+    /// Tokens the trades are attributed to; each subscribed one is replayed on its own.
+    pub tokens: Vec<TokenInfo>,
     /// 0 sends as fast as the connection takes frames; otherwise recorded gaps are divided by it.
     pub speed: f64,
     pub looping: bool,
@@ -42,6 +45,8 @@ impl ReplayPlan {
 pub struct ChannelReplay {
     pub channel: Channel,
     plan: Arc<ReplayPlan>,
+    /// Index of the replayed token in `plan.tokens`.
+    token: usize,
     started: Instant,
     /// Index of the next trade to send.
     position: usize,
@@ -51,14 +56,41 @@ pub struct ChannelReplay {
 }
 
 impl ChannelReplay {
-    pub fn new(channel: Channel, plan: Arc<ReplayPlan>, started: Instant) -> Self {
+    pub fn new(channel: Channel, plan: Arc<ReplayPlan>, token: usize, started: Instant) -> Self {
         ChannelReplay {
             channel,
             plan,
+            token,
             started,
             position: 0,
             cycle: 0,
             candle: None,
+        }
+    }
+
+    /// Index of the replayed token in the plan.
+    pub fn token(&self) -> usize {
+        self.token
+    }
+
+    /// Moves past every trade due before `now` without sending it; the price channel's candle
+    /// still takes them in. Whole passes of a looping replay are skipped without a scan.
+    pub fn skip_until(&mut self, now: Instant) {
+        if self.plan.speed == 0.0 {
+            return;
+        }
+        let elapsed_ms = now.saturating_duration_since(self.started).as_secs_f64() * 1000.0;
+        let source_offset_ms = elapsed_ms * self.plan.speed;
+        if self.plan.looping {
+            let passes = (source_offset_ms / self.plan.cycle_ms() as f64).floor();
+            if passes >= 1.0 && passes < u64::MAX as f64 {
+                self.cycle = passes as u64;
+                self.position = 0;
+                self.candle = None;
+            }
+        }
+        while self.due().is_some_and(|due| due < now) {
+            self.advance();
         }
     }
 
@@ -93,23 +125,40 @@ impl ChannelReplay {
         let time_ms = self.next_time_ms()?;
         let plan = Arc::clone(&self.plan);
         let item = &plan.trades[self.position];
+        let token = &plan.tokens[self.token];
 
         let text = match self.channel {
-            Channel::Txs => txs_frame(item, time_ms, self.cycle, &plan.token, plan.txs_shape),
+            Channel::Txs => txs_frame(item, time_ms, self.cycle, token, plan.txs_shape),
             Channel::Price => {
                 let candle = Candle::advance(self.candle.take(), time_ms, &item.trade);
-                let text = price_frame(&candle, &plan.token);
+                let text = price_frame(&candle, token);
                 self.candle = Some(candle);
                 text
             }
         };
 
+        self.move_on();
+        Some(text)
+    }
+
+    /// Moves past the next trade without building its frame.
+    fn advance(&mut self) {
+        let Some(time_ms) = self.next_time_ms() else {
+            return;
+        };
+        if self.channel == Channel::Price {
+            let trade = &self.plan.trades[self.position].trade;
+            self.candle = Some(Candle::advance(self.candle.take(), time_ms, trade));
+        }
+        self.move_on();
+    }
+
+    fn move_on(&mut self) {
         self.position += 1;
-        if self.is_finished() && plan.looping {
+        if self.is_finished() && self.plan.looping {
             self.position = 0;
             self.cycle += 1;
         }
-        Some(text)
     }
 }
 
@@ -145,12 +194,12 @@ mod tests {
             .collect();
         Arc::new(ReplayPlan {
             trades,
-            token: TokenInfo {
+            tokens: vec![TokenInfo {
                 address: "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2".into(),
                 symbol: "WETH".into(),
                 decimals: 18,
                 pair_address: "0x11b815efb8f581194ae79006d24e0d814b7697f6".into(),
-            },
+            }],
             speed,
             looping,
             txs_shape: TxsShape::Simple,
@@ -168,6 +217,7 @@ mod tests {
         let mut replay = ChannelReplay::new(
             Channel::Txs,
             plan(&[10_000, 12_000, 20_000], 2.0, false),
+            0,
             start,
         );
 
@@ -184,8 +234,12 @@ mod tests {
     #[test]
     fn speed_zero_makes_every_frame_due_at_once() {
         let start = Instant::now();
-        let mut replay =
-            ChannelReplay::new(Channel::Txs, plan(&[0, 50_000, 90_000], 0.0, false), start);
+        let mut replay = ChannelReplay::new(
+            Channel::Txs,
+            plan(&[0, 50_000, 90_000], 0.0, false),
+            0,
+            start,
+        );
         for _ in 0..3 {
             assert_eq!(replay.due(), Some(start));
             replay.next_frame();
@@ -198,6 +252,7 @@ mod tests {
         let mut replay = ChannelReplay::new(
             Channel::Txs,
             plan(&[1_000, 61_000], 0.0, true),
+            0,
             Instant::now(),
         );
 
@@ -215,6 +270,7 @@ mod tests {
         let mut replay = ChannelReplay::new(
             Channel::Price,
             plan(&[1_000, 2_000, 61_000], 0.0, false),
+            0,
             Instant::now(),
         );
 
@@ -227,5 +283,57 @@ mod tests {
         assert_eq!(frames[1]["data"]["v"], 2.0);
         assert_eq!(frames[2]["data"]["unixTime"], 60);
         assert_eq!(frames[2]["data"]["o"], 102.0);
+    }
+
+    #[test]
+    fn live_replay_skips_trades_due_before_the_subscription() {
+        let start = Instant::now();
+        let mut replay = ChannelReplay::new(
+            Channel::Txs,
+            plan(&[10_000, 12_000, 20_000], 2.0, false),
+            0,
+            start,
+        );
+
+        // At speed 2, the trades are due 0 s, 1 s and 5 s after the start.
+        replay.skip_until(start + Duration::from_millis(1500));
+
+        assert_eq!(replay.due(), Some(start + Duration::from_secs(5)));
+        assert_eq!(frame_time_ms(&replay.next_frame().unwrap()), 20_000);
+    }
+
+    #[test]
+    fn live_replay_skips_whole_passes_when_looping() {
+        let start = Instant::now();
+        let mut replay =
+            ChannelReplay::new(Channel::Txs, plan(&[1_000, 61_000], 1.0, true), 0, start);
+
+        // A pass lasts two minutes; 250 s after the start the third pass (times shifted by
+        // 240 s) has sent its first trade (due at 240 s) and its second is due at 300 s.
+        replay.skip_until(start + Duration::from_secs(250));
+
+        assert_eq!(replay.due(), Some(start + Duration::from_secs(300)));
+        assert_eq!(frame_time_ms(&replay.next_frame().unwrap()), 301_000);
+    }
+
+    #[test]
+    fn live_price_candle_includes_skipped_trades_of_the_minute() {
+        let start = Instant::now();
+        let mut replay = ChannelReplay::new(
+            Channel::Price,
+            plan(&[1_000, 2_000, 3_000], 1.0, false),
+            0,
+            start,
+        );
+
+        replay.skip_until(start + Duration::from_millis(1500));
+        let frame: Value = serde_json::from_str(&replay.next_frame().unwrap()).unwrap();
+
+        assert_eq!(
+            frame["data"]["o"], 100.0,
+            "open of the first trade of the minute"
+        );
+        assert_eq!(frame["data"]["c"], 102.0);
+        assert_eq!(frame["data"]["v"], 3.0);
     }
 }
