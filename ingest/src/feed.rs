@@ -4,9 +4,11 @@
 //! subscription messages, and then yields the text frames it receives. When the connection
 //! fails or the owner calls [`FeedConnection::reconnect`], it waits with exponential backoff
 //! and jitter (0.5 s doubling up to 30 s) and connects and subscribes again. Tungstenite
-//! replies to the server's pings while the socket is read. The client also pings every 30 s
-//! and reconnects when nothing at all arrived for 90 s. The connection is a plain state
-//! machine polled by the batch's task: it spawns nothing.
+//! replies to the server's pings while the socket is read. The client also pings every third
+//! of the stall timeout (`FEED_STALL_TIMEOUT`) and reconnects when nothing at all, not even a
+//! pong, arrived for the whole stall timeout. The time between losing an open connection and
+//! the next successful subscription is reported as a [`Gap`] with the `Subscribed` event. The
+//! connection is a plain state machine polled by the batch's task: it spawns nothing.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,9 +35,10 @@ type ConnectFuture = Pin<Box<dyn Future<Output = Result<Socket, FeedError>> + Se
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to send one message (subscriptions, pings, close).
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
-const PING_INTERVAL: Duration = Duration::from_secs(30);
-/// A connection that received no frame, not even a pong, for this long is replaced.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Stall timeout of [`FeedConnection::new`].
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(90);
+/// Shortest ping interval, whatever the stall timeout.
+const MIN_PING_INTERVAL: Duration = Duration::from_millis(100);
 const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A connection that stayed open this long resets the backoff when it ends.
@@ -57,10 +60,24 @@ pub enum FeedError {
     SubscribeTimedOut(Duration),
 }
 
+/// Time during which a connection that had been open was down, in wall-clock milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+impl Gap {
+    pub fn duration_ms(&self) -> i64 {
+        self.end_ms - self.start_ms
+    }
+}
+
 /// Event of a connection.
 #[derive(Debug)]
 pub enum FeedEvent {
-    /// Connected and every subscription was sent.
+    /// Connected and every subscription was sent; [`FeedConnection::take_gap`] returns the
+    /// gap that this ended, if an open connection was lost before.
     Subscribed,
     /// A text frame (binary frames are passed on when they are UTF-8).
     Frame(Utf8Bytes),
@@ -86,6 +103,12 @@ pub struct FeedConnection {
     url: Url,
     subscriptions: Vec<String>,
     state: State,
+    /// No frame and no pong for this long replaces the connection.
+    stall_timeout: Duration,
+    ping_interval: Duration,
+    /// Wall-clock time at which the last open connection was lost, until the next one opens.
+    down_since_ms: Option<i64>,
+    last_gap: Option<Gap>,
     /// Present while the connection is open: it counts in `monitor_ingest_feed_connections`.
     open: Option<OpenConnection>,
     failures: u32,
@@ -97,17 +120,32 @@ pub struct FeedConnection {
 impl FeedConnection {
     /// Creates a connection that connects on the first call to [`FeedConnection::next`].
     pub fn new(channel: Channel, url: Url, subscriptions: Vec<String>) -> Self {
+        Self::with_stall_timeout(channel, url, subscriptions, DEFAULT_STALL_TIMEOUT)
+    }
+
+    /// Like [`FeedConnection::new`], replacing a connection silent for `stall_timeout`.
+    pub fn with_stall_timeout(
+        channel: Channel,
+        url: Url,
+        subscriptions: Vec<String>,
+        stall_timeout: Duration,
+    ) -> Self {
         let now = Instant::now();
+        let ping_interval = (stall_timeout / 3).max(MIN_PING_INTERVAL);
         FeedConnection {
             channel,
             url,
             subscriptions,
             state: State::Waiting { until: now },
+            stall_timeout,
+            ping_interval,
+            down_since_ms: None,
+            last_gap: None,
             open: None,
             failures: 0,
             opened_at: now,
             last_frame_at: now,
-            next_ping_at: now + PING_INTERVAL,
+            next_ping_at: now + ping_interval,
         }
     }
 
@@ -168,6 +206,9 @@ impl FeedConnection {
         }
         self.subscriptions = subscriptions;
         self.failures = 0;
+        if self.is_open() && self.down_since_ms.is_none() {
+            self.down_since_ms = Some(monitor_core::time::now_ms());
+        }
         if self.open.take().is_some() {
             metrics::feed_gap(self.channel);
         }
@@ -196,10 +237,21 @@ impl FeedConnection {
         let now = Instant::now();
         self.opened_at = now;
         self.last_frame_at = now;
-        self.next_ping_at = now + PING_INTERVAL;
+        self.next_ping_at = now + self.ping_interval;
         self.state = State::Open(Box::new(socket));
         self.open = Some(OpenConnection::new(self.channel));
+        if let Some(start_ms) = self.down_since_ms.take() {
+            self.last_gap = Some(Gap {
+                start_ms,
+                end_ms: monitor_core::time::now_ms(),
+            });
+        }
         FeedEvent::Subscribed
+    }
+
+    /// Returns the gap that the last `Subscribed` ended, once.
+    pub fn take_gap(&mut self) -> Option<Gap> {
+        self.last_gap.take()
     }
 
     fn on_message(
@@ -236,10 +288,11 @@ impl FeedConnection {
     /// Pings the server, or gives up on a connection that has been silent too long.
     async fn keep_alive(&mut self) -> Option<FeedEvent> {
         let now = Instant::now();
-        if now.duration_since(self.last_frame_at) >= IDLE_TIMEOUT {
-            return Some(self.closed(format!("no frame received for {IDLE_TIMEOUT:?}")));
+        if now.duration_since(self.last_frame_at) >= self.stall_timeout {
+            let stalled = self.stall_timeout;
+            return Some(self.closed(format!("stalled: no frame and no pong for {stalled:?}")));
         }
-        self.next_ping_at = now + PING_INTERVAL;
+        self.next_ping_at = now + self.ping_interval;
         let State::Open(socket) = &mut self.state else {
             return None;
         };
@@ -259,6 +312,9 @@ impl FeedConnection {
     }
 
     fn schedule_retry(&mut self) -> Duration {
+        if self.is_open() && self.down_since_ms.is_none() {
+            self.down_since_ms = Some(monitor_core::time::now_ms());
+        }
         if self.open.take().is_some() {
             metrics::feed_gap(self.channel);
         }

@@ -11,6 +11,7 @@
 
 pub mod birdeye;
 pub mod feed;
+pub mod holders;
 pub mod metrics;
 pub mod ownership;
 pub mod plan;
@@ -29,6 +30,7 @@ use monitor_core::topology::{self, TopologyError};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::holders::{HolderPoller, HolderPolls};
 use crate::ownership::{Ownership, OwnershipTask};
 use crate::runner::RunnerContext;
 use crate::settings::IngestSettings;
@@ -83,6 +85,18 @@ pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Resul
         .run(ownership_stop.clone()),
     );
 
+    let holders = HolderPolls::default();
+    let holders_stop = CancellationToken::new();
+    let holder_poller = tokio::spawn(
+        HolderPoller::new(
+            holders.clone(),
+            settings.feed.api_url.clone(),
+            settings.feed.api_key.clone(),
+            settings.feed.rps,
+        )
+        .run(holders_stop.clone()),
+    );
+
     let context = Arc::new(RunnerContext {
         js,
         subjects: topology.subjects.clone(),
@@ -90,6 +104,7 @@ pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Resul
         feed: settings.feed.clone(),
         heartbeat_interval: settings.heartbeat_interval,
         max_buffered_events: settings.max_buffered_events as usize,
+        holders,
     });
     Supervisor::new(context, topology.tasks, ownership, shutdown)
         .run()
@@ -97,6 +112,10 @@ pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Resul
 
     // The leases are released only now, after every runner stopped, so that no other
     // instance starts a batch while it still drains here.
+    holders_stop.cancel();
+    if let Err(error) = holder_poller.await {
+        tracing::error!(error = %error, "holder poller failed");
+    }
     ownership_stop.cancel();
     if let Err(error) = ownership_task.await {
         tracing::error!(error = %error, "ownership task failed");

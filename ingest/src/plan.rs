@@ -17,7 +17,7 @@ use std::time::Duration;
 use monitor_core::messages::{BatchSpec, TaskSpec};
 use monitor_core::rules::{Rules, TokenRules};
 
-use crate::runner::RunnerConfig;
+use crate::runner::{HolderNeeds, RunnerConfig};
 
 /// Maximum time a runner of an old epoch keeps running while the new epoch's runners fail to
 /// reach `running`. Matches the grace period after which the allocator deletes old epochs.
@@ -82,6 +82,9 @@ pub fn desired_runners(
             continue;
         };
         let window_lengths = rules.window_lengths();
+        let holders = rules.needs_holders().then(|| HolderNeeds {
+            top_n: rules.top_holders.as_ref().map(|r| r.top_n),
+        });
         for (batch_id, spec) in runnable_batches(task, batches) {
             let Some(spec) = spec else {
                 continue;
@@ -96,6 +99,7 @@ pub fn desired_runners(
                     chain: task.chain,
                     epoch: task.epoch,
                     window_lengths: window_lengths.clone(),
+                    holders,
                     batch: Arc::clone(spec),
                 },
             );

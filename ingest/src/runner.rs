@@ -27,6 +27,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::birdeye::{self, Channel, FeedMessage, ParseError};
 use crate::feed::{FeedConnection, FeedEvent};
+use crate::holders::{HolderPolls, HolderSnapshot};
 use crate::publish::{EncodeError, FrameHeader, FrameOutcome, FramePublisher};
 use crate::settings::FeedSettings;
 use crate::status::{BatchCounters, StatusOutcome, StatusPublisher, StatusSource};
@@ -45,6 +46,8 @@ pub struct RunnerContext {
     pub feed: FeedSettings,
     pub heartbeat_interval: Duration,
     pub max_buffered_events: usize,
+    /// The instance's holder poller, shared by every batch.
+    pub holders: HolderPolls,
 }
 
 /// Batch and window lengths of a runner. The supervisor sends a new value when the task's rules
@@ -56,6 +59,8 @@ pub struct RunnerConfig {
     pub epoch: u32,
     /// Window lengths in seconds that the task's rules use.
     pub window_lengths: Vec<u32>,
+    /// Present when the task's rules judge holder counts or the top holders' share.
+    pub holders: Option<HolderNeeds>,
     pub batch: Arc<BatchSpec>,
 }
 
@@ -93,6 +98,13 @@ impl StopSignal {
             .cloned()
             .unwrap_or_else(|| "ingest is shutting down".to_owned())
     }
+}
+
+/// What a batch needs from the holder poller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HolderNeeds {
+    /// Number of top holders whose share is computed; `None` when only counts are needed.
+    pub top_n: Option<u32>,
 }
 
 /// A runner's status, sent to the supervisor on every change.
@@ -145,6 +157,8 @@ pub struct BatchRunner {
     targets: Targets,
     prices: FeedConnection,
     trades: FeedConnection,
+    /// Snapshots from the holder poller, while the rules need holders.
+    holder_snapshots: Option<mpsc::Receiver<HolderSnapshot>>,
     frames: FramePublisher,
     status: StatusPublisher,
     source: StatusSource,
@@ -175,15 +189,17 @@ impl BatchRunner {
             config.chain,
             context.feed.api_key.expose(),
         );
-        let prices = FeedConnection::new(
+        let prices = FeedConnection::with_stall_timeout(
             Channel::Prices,
             url.clone(),
             birdeye::price_subscriptions(&addresses),
+            context.feed.stall_timeout,
         );
-        let trades = FeedConnection::new(
+        let trades = FeedConnection::with_stall_timeout(
             Channel::Trades,
             url,
             birdeye::trade_subscriptions(&addresses),
+            context.feed.stall_timeout,
         );
 
         let frames = FramePublisher::new(
@@ -220,6 +236,7 @@ impl BatchRunner {
             targets,
             prices,
             trades,
+            holder_snapshots: None,
             frames,
             status,
             source,
@@ -261,6 +278,7 @@ impl BatchRunner {
                 Some("connecting to the feed".into()),
             );
         }
+        self.sync_holder_polls();
         let mut heartbeat = heartbeat_timer(self.context.heartbeat_interval);
 
         loop {
@@ -276,6 +294,7 @@ impl BatchRunner {
                 outcome = self.status.next_outcome() => self.on_status_outcome(outcome),
                 event = self.prices.next(), if reading => self.on_feed_event(Channel::Prices, event),
                 event = self.trades.next(), if reading => self.on_feed_event(Channel::Trades, event),
+                snapshot = next_snapshot(&mut self.holder_snapshots), if reading => self.on_holders(snapshot),
                 _ = heartbeat.tick() => self.queue_heartbeat(),
             }
             self.check_backpressure();
@@ -319,13 +338,73 @@ impl BatchRunner {
                 debug!("target details changed");
             }
         }
+        let holders_changed = next.holders != self.config.holders;
+        let targets_changed = next.batch != self.config.batch;
         self.config = next;
+        if holders_changed || targets_changed {
+            self.sync_holder_polls();
+        }
+    }
+
+    /// Registers the targets with the holder poller while the rules need holders.
+    fn sync_holder_polls(&mut self) {
+        let batch_id = self.source.batch_id;
+        match self.config.holders {
+            Some(needs) if !self.targets.is_empty() => {
+                let receiver = self.context.holders.register(
+                    batch_id,
+                    self.config.chain,
+                    self.targets.addresses(),
+                    needs.top_n,
+                );
+                info!(targets = self.targets.len(), top_n = ?needs.top_n, "holder polls registered");
+                self.holder_snapshots = Some(receiver);
+            }
+            _ => {
+                if self.holder_snapshots.take().is_some() {
+                    info!("holder polls no longer needed");
+                }
+                self.context.holders.unregister(batch_id);
+            }
+        }
+    }
+
+    fn on_holders(&mut self, snapshot: HolderSnapshot) {
+        let outcome = self.targets.on_holders(&snapshot, now_ms());
+        self.accept_holders(outcome, &snapshot);
+    }
+
+    fn accept_holders(&mut self, outcome: Outcome, snapshot: &HolderSnapshot) {
+        match outcome {
+            Outcome::Event(event) => {
+                self.counters.record_event(event.source_time_ms);
+                self.frames.push(*event);
+            }
+            Outcome::Unknown => {
+                debug!(address = %snapshot.address, "holder snapshot of an address no longer in the batch, skipped");
+            }
+            Outcome::TooOld => {
+                self.counters.too_old += 1;
+                debug!(address = %snapshot.address, "holder snapshot older than every window, dropped");
+            }
+        }
     }
 
     fn on_feed_event(&mut self, channel: Channel, event: FeedEvent) {
         match event {
             FeedEvent::Subscribed => {
                 info!(channel = %channel, targets = self.targets.len(), "feed connected and subscribed");
+                if let Some(gap) = self.connection(channel).take_gap() {
+                    self.counters.record_gap(gap.duration_ms());
+                    warn!(
+                        channel = %channel,
+                        gap_start_ms = gap.start_ms,
+                        gap_end_ms = gap.end_ms,
+                        gap_ms = gap.duration_ms(),
+                        gaps_total = self.counters.gaps,
+                        "feed gap closed, data sent meanwhile was not received"
+                    );
+                }
                 self.refresh_status(None);
             }
             FeedEvent::Frame(text) => self.on_frame(channel, &text),
@@ -552,6 +631,8 @@ impl BatchRunner {
 
     /// Closes the sockets, publishes what is buffered, and reports `stopped`.
     async fn drain(mut self) {
+        self.context.holders.unregister(self.source.batch_id);
+        self.holder_snapshots = None;
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         tokio::join!(self.prices.close(), self.trades.close());
 
@@ -592,6 +673,16 @@ impl BatchRunner {
             "batch runner stopped"
         );
     }
+}
+
+/// Waits for the next holder snapshot; never completes without a registration.
+async fn next_snapshot(snapshots: &mut Option<mpsc::Receiver<HolderSnapshot>>) -> HolderSnapshot {
+    if let Some(receiver) = snapshots {
+        if let Some(snapshot) = receiver.recv().await {
+            return snapshot;
+        }
+    }
+    std::future::pending().await
 }
 
 fn heartbeat_timer(period: Duration) -> Interval {

@@ -6,8 +6,12 @@ use clap::Args;
 use monitor_core::settings::{parse_seconds, NatsSettings, Redacted, RuntimeSettings};
 use url::Url;
 
+use crate::block_task::settings::ChainSettings;
+
 /// Default `BIRDEYE_WS_URL`.
 pub const DEFAULT_BIRDEYE_WS_URL: &str = "wss://public-api.birdeye.so/socket";
+/// Default `BIRDEYE_API_URL`.
+pub const DEFAULT_BIRDEYE_API_URL: &str = "https://public-api.birdeye.so";
 
 /// Everything `ingest run` needs.
 #[derive(Debug, Clone, Args)]
@@ -17,6 +21,9 @@ pub struct IngestSettings {
 
     #[command(flatten)]
     pub feed: FeedSettings,
+
+    #[command(flatten)]
+    pub chains: ChainSettings,
 
     /// Seconds between two heartbeats of a batch.
     #[arg(long = "heartbeat-interval", env = "HEARTBEAT_INTERVAL", default_value = "30", value_parser = parse_interval)]
@@ -46,6 +53,20 @@ pub struct FeedSettings {
         hide_env_values = true
     )]
     pub api_key: Redacted,
+
+    /// Base URL of the Birdeye REST API, polled for holder counts and top holders.
+    #[arg(long = "birdeye-api-url", env = "BIRDEYE_API_URL", default_value = DEFAULT_BIRDEYE_API_URL, value_parser = parse_http_url)]
+    pub api_url: Url,
+
+    /// Maximum requests per second to the Birdeye REST API, shared by every batch of this
+    /// instance.
+    #[arg(long = "birdeye-rps", env = "BIRDEYE_RPS", default_value_t = 10.0, value_parser = parse_rps)]
+    pub rps: f64,
+
+    /// Seconds without any frame or pong after which a feed connection counts as stalled
+    /// and is replaced; the client pings every third of it.
+    #[arg(long = "feed-stall-timeout", env = "FEED_STALL_TIMEOUT", default_value = "90", value_parser = parse_interval)]
+    pub stall_timeout: Duration,
 }
 
 impl IngestSettings {
@@ -57,7 +78,11 @@ impl IngestSettings {
             feed: FeedSettings {
                 ws_url,
                 api_key: Redacted(api_key.to_owned()),
+                api_url: default_api_url(),
+                rps: 10.0,
+                stall_timeout: Duration::from_secs(90),
             },
+            chains: ChainSettings::default(),
             heartbeat_interval: Duration::from_secs(30),
             max_buffered_events: 10_000,
             runtime: RuntimeSettings::default(),
@@ -71,6 +96,26 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err(format!("expected at least 0.1 seconds, got {s:?}"));
     }
     Ok(interval)
+}
+
+#[allow(clippy::expect_used)]
+fn default_api_url() -> Url {
+    Url::parse(DEFAULT_BIRDEYE_API_URL).expect("the default API URL is valid")
+}
+
+fn parse_rps(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(rps) if rps.is_finite() && rps > 0.0 => Ok(rps),
+        _ => Err(format!("expected requests per second > 0, got {s:?}")),
+    }
+}
+
+fn parse_http_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s.trim()).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("expected an http:// or https:// URL, got {s:?}"));
+    }
+    Ok(url)
 }
 
 fn parse_ws_url(s: &str) -> Result<Url, String> {

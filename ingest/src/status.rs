@@ -39,12 +39,20 @@ pub struct BatchCounters {
     pub last_error: Option<String>,
     /// Newest source time of an event.
     pub last_event_ms: Option<i64>,
+    /// Times a feed connection was down and came back, and their summed length.
+    pub gaps: u64,
+    pub gap_ms: u64,
 }
 
 impl BatchCounters {
     pub fn record_error(&mut self, error: String) {
         self.errors += 1;
         self.last_error = Some(error);
+    }
+
+    pub fn record_gap(&mut self, duration_ms: i64) {
+        self.gaps += 1;
+        self.gap_ms += duration_ms.max(0) as u64;
     }
 
     pub fn record_event(&mut self, source_time_ms: i64) {

@@ -9,10 +9,11 @@
 use std::collections::HashMap;
 
 use monitor_core::messages::{
-    Event, EventKind, Price, TargetRef, TargetSpec, TokenSnapshot, Trade,
+    Event, EventKind, Holders, Price, TargetRef, TargetSpec, TokenSnapshot, Trade,
 };
 
 use crate::birdeye::{address_key, PriceData, TradeData};
+use crate::holders::HolderSnapshot;
 use crate::window::{Observation, Placement, TargetWindows};
 
 /// One watched token.
@@ -22,6 +23,17 @@ struct TargetState {
     windows: TargetWindows,
     /// Whether any event of the target arrived since the runner started.
     seen: bool,
+    /// Figures of the last holder poll, carried in every snapshot after it.
+    market: Market,
+}
+
+/// Figures that come from the REST API rather than the feed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Market {
+    holders: Option<u64>,
+    top_share_pct: Option<f64>,
+    liquidity: Option<f64>,
+    market_cap: Option<f64>,
 }
 
 /// Result of one piece of feed data.
@@ -57,6 +69,7 @@ impl Targets {
                 spec: spec.clone(),
                 windows: TargetWindows::new(window_lengths),
                 seen: false,
+                market: Market::default(),
             });
         }
         targets
@@ -111,6 +124,7 @@ impl Targets {
             if let Some(previous) = old.remove(&address_key(&state.spec.address)) {
                 state.windows = previous.windows;
                 state.seen = previous.seen;
+                state.market = previous.market;
             }
         }
         *self = next;
@@ -163,6 +177,27 @@ impl Targets {
         )
     }
 
+    /// Turns a holder poll into a `Holders` event; the source time is the poll's time.
+    pub fn on_holders(&mut self, snapshot: &HolderSnapshot, ingest_time_ms: i64) -> Outcome {
+        let Some(&position) = self.index.get(&address_key(&snapshot.address)) else {
+            return Outcome::Unknown;
+        };
+        let market = &mut self.states[position].market;
+        market.holders = snapshot.holders.or(market.holders);
+        market.top_share_pct = snapshot.top_share_pct.or(market.top_share_pct);
+        market.liquidity = snapshot.liquidity.or(market.liquidity);
+        market.market_cap = snapshot.market_cap.or(market.market_cap);
+        let observation = snapshot
+            .holders
+            .map(|holders| Observation::Holders { holders });
+        let kind = EventKind::Holders(Holders {
+            holders: snapshot.holders,
+            top_share_pct: snapshot.top_share_pct,
+            top_n: snapshot.top_n,
+        });
+        self.observe_at(position, snapshot.time_ms, ingest_time_ms, observation, kind)
+    }
+
     fn observe(
         &mut self,
         address: &str,
@@ -174,10 +209,23 @@ impl Targets {
         let Some(&position) = self.index.get(&address_key(address)) else {
             return Outcome::Unknown;
         };
+        self.observe_at(position, source_time_ms, ingest_time_ms, Some(observation), kind)
+    }
+
+    fn observe_at(
+        &mut self,
+        position: usize,
+        source_time_ms: i64,
+        ingest_time_ms: i64,
+        observation: Option<Observation>,
+        kind: EventKind,
+    ) -> Outcome {
         let state = &mut self.states[position];
-        let placement: Placement = state.windows.observe(source_time_ms, observation);
-        if placement.is_dropped() {
-            return Outcome::TooOld;
+        if let Some(observation) = observation {
+            let placement: Placement = state.windows.observe(source_time_ms, observation);
+            if placement.is_dropped() {
+                return Outcome::TooOld;
+            }
         }
         state.seen = true;
         Outcome::Event(Box::new(Event {
@@ -190,9 +238,11 @@ impl Targets {
             kind,
             snapshot: Some(TokenSnapshot {
                 price: state.windows.price(),
-                market_cap: state.spec.market_cap,
+                market_cap: state.market.market_cap.or(state.spec.market_cap),
+                liquidity: state.market.liquidity,
+                holders: state.market.holders,
+                top_share_pct: state.market.top_share_pct,
                 windows: state.windows.stats(),
-                ..TokenSnapshot::default()
             }),
         }))
     }
@@ -347,6 +397,49 @@ mod tests {
         let snapshot = event.snapshot.unwrap();
         assert_eq!(snapshot.window(60).unwrap().volume_usd, 11.0);
         assert_eq!(snapshot.window(900).unwrap().volume_usd, 1.0);
+    }
+
+    fn holder_poll(address: &str, time_ms: i64, holders: u64) -> HolderSnapshot {
+        HolderSnapshot {
+            address: address.into(),
+            holders: Some(holders),
+            top_share_pct: Some(42.5),
+            top_n: Some(10),
+            liquidity: Some(1.0e6),
+            market_cap: Some(3.0e9),
+            price: Some(1666.0),
+            time_ms,
+        }
+    }
+
+    #[test]
+    fn holder_polls_fill_start_holders_and_snapshots() {
+        let mut targets = Targets::new(&[spec(1, WETH, Some(1.0))], &[60]);
+        targets.on_holders(&holder_poll(WETH, T0, 1000), T0);
+        let polled = event_of(&mut targets, T0 + 30_000, 1100);
+        let EventKind::Holders(holders) = &polled.kind else {
+            panic!("expected holders, got {:?}", polled.kind);
+        };
+        assert_eq!(holders.holders, Some(1100));
+        assert_eq!(holders.top_n, Some(10));
+        let snapshot = polled.snapshot.unwrap();
+        assert_eq!(snapshot.holders, Some(1100));
+        assert_eq!(snapshot.top_share_pct, Some(42.5));
+        assert_eq!(snapshot.market_cap, Some(3.0e9), "the polled market cap wins");
+        assert_eq!(snapshot.window(60).unwrap().start_holders, Some(1000));
+
+        let later = event_of(&mut targets, T0 + 95_000, 1200);
+        assert_eq!(
+            later.snapshot.unwrap().window(60).unwrap().start_holders,
+            Some(1200),
+            "polls older than the window no longer count"
+        );
+        let trade = event(targets.on_trade(&trade(WETH, T0 + 96_000, Side::Buy, 1.0), T0));
+        assert_eq!(trade.snapshot.unwrap().holders, Some(1200), "trades carry the last count");
+    }
+
+    fn event_of(targets: &mut Targets, time_ms: i64, holders: u64) -> Event {
+        event(targets.on_holders(&holder_poll(WETH, time_ms, holders), time_ms))
     }
 
     #[test]

@@ -23,6 +23,11 @@
 //!   buckets (earliest by source time, then by arrival), `start_time_ms` its source time;
 //!   `high` and `low` are the maximum candle `high` and minimum candle `low` over the covered
 //!   buckets.
+//! - Holder counts are a third channel with its own newest time: `start_holders` is the count
+//!   of the earliest holder observation (by source time, then arrival) in the buckets covered
+//!   by the window ending at the newest holder observation.
+//! - Each ring is allocated on the first observation of its channel, so a target without
+//!   holder polls, for example, costs nothing for holders.
 
 use monitor_core::messages::{Side, WindowStats};
 
@@ -74,6 +79,9 @@ pub enum Observation {
         low: f64,
         close: f64,
     },
+    Holders {
+        holders: u64,
+    },
 }
 
 /// Outcome of one observation: the number of windows that took it and of those that found it
@@ -109,25 +117,45 @@ struct PriceBucket {
     low: f64,
 }
 
-/// Buckets of one window length, stored in a ring indexed by `bucket index mod buckets`.
-/// Each slot has a trade part and a price part, each tagged with the bucket index it holds, so
-/// a slot left over from an older index reads as empty without being cleared.
+#[derive(Debug, Clone, Copy)]
+struct HolderBucket {
+    index: i64,
+    first_time_ms: i64,
+    first_holders: u64,
+}
+
+/// Buckets of one window length, stored in rings indexed by `bucket index mod buckets`: one
+/// ring per channel (trades, prices, holders), each allocated on the channel's first
+/// observation. Each slot is tagged with the bucket index it holds, so a slot left over from
+/// an older index reads as empty without being cleared.
 #[derive(Debug, Clone)]
 struct Window {
     geometry: Geometry,
     trades: Vec<Option<TradeBucket>>,
     prices: Vec<Option<PriceBucket>>,
+    holders: Vec<Option<HolderBucket>>,
+}
+
+/// Returns the ring, allocating its slots on first use.
+fn ring<T: Copy>(ring: &mut Vec<Option<T>>, slots: usize) -> &mut Vec<Option<T>> {
+    if ring.is_empty() {
+        *ring = vec![None; slots];
+    }
+    ring
 }
 
 impl Window {
     fn new(window_sec: u32) -> Self {
-        let geometry = Geometry::new(window_sec);
-        let slots = geometry.buckets as usize;
         Window {
-            geometry,
-            trades: vec![None; slots],
-            prices: vec![None; slots],
+            geometry: Geometry::new(window_sec),
+            trades: Vec::new(),
+            prices: Vec::new(),
+            holders: Vec::new(),
         }
+    }
+
+    fn slots(&self) -> usize {
+        self.geometry.buckets as usize
     }
 
     fn slot(&self, index: i64) -> usize {
@@ -142,7 +170,8 @@ impl Window {
             return false;
         }
         let slot = self.slot(index);
-        let bucket = match &mut self.trades[slot] {
+        let slots = self.slots();
+        let bucket = match &mut ring(&mut self.trades, slots)[slot] {
             Some(bucket) if bucket.index == index => bucket,
             other => other.insert(TradeBucket {
                 index,
@@ -169,7 +198,8 @@ impl Window {
             return false;
         }
         let slot = self.slot(index);
-        match &mut self.prices[slot] {
+        let slots = self.slots();
+        match &mut ring(&mut self.prices, slots)[slot] {
             Some(bucket) if bucket.index == index => {
                 // Strictly earlier only: at equal times the first arrival stays the start.
                 if time_ms < bucket.first_time_ms {
@@ -192,17 +222,52 @@ impl Window {
         true
     }
 
-    /// Figures of the window: trade part ending at `newest_trade_ms`, price part ending at
-    /// `newest_price_ms`. Buckets are visited from oldest to newest, so sums are added in a
-    /// fixed order.
-    fn stats(&self, newest_trade_ms: Option<i64>, newest_price_ms: Option<i64>) -> WindowStats {
+    /// Places a holder count in its bucket; `false` when it is older than the window ending
+    /// at `newest_ms`.
+    fn add_holders(&mut self, time_ms: i64, newest_ms: i64, holders: u64) -> bool {
+        let index = self.geometry.index(time_ms);
+        if index < self.geometry.first_covered(newest_ms) {
+            return false;
+        }
+        let slot = self.slot(index);
+        let slots = self.slots();
+        match &mut ring(&mut self.holders, slots)[slot] {
+            // Strictly earlier only: at equal times the first arrival stays the start.
+            Some(bucket) if bucket.index == index => {
+                if time_ms < bucket.first_time_ms {
+                    bucket.first_time_ms = time_ms;
+                    bucket.first_holders = holders;
+                }
+            }
+            other => {
+                *other = Some(HolderBucket {
+                    index,
+                    first_time_ms: time_ms,
+                    first_holders: holders,
+                });
+            }
+        }
+        true
+    }
+
+    /// Returns the bucket of `index` in `ring`, if the ring holds that index.
+    fn bucket<T: Copy>(&self, ring: &[Option<T>], index: i64, tag: impl Fn(&T) -> i64) -> Option<T> {
+        ring.get(self.slot(index))
+            .copied()
+            .flatten()
+            .filter(|b| tag(b) == index)
+    }
+
+    /// Figures of the window: each channel's part ends at that channel's newest time.
+    /// Buckets are visited from oldest to newest, so sums are added in a fixed order.
+    fn stats(&self, newest: &NewestTimes) -> WindowStats {
         let mut stats = WindowStats {
             window_sec: self.geometry.window_sec,
             ..WindowStats::default()
         };
-        if let Some(newest) = newest_trade_ms {
+        if let Some(newest) = newest.trade_ms {
             for index in self.geometry.first_covered(newest)..=self.geometry.index(newest) {
-                if let Some(bucket) = self.trades[self.slot(index)].filter(|b| b.index == index) {
+                if let Some(bucket) = self.bucket(&self.trades, index, |b| b.index) {
                     stats.volume_usd += bucket.volume_usd;
                     stats.buy_usd += bucket.buy_usd;
                     stats.sell_usd += bucket.sell_usd;
@@ -210,12 +275,18 @@ impl Window {
                 }
             }
         }
-        if let Some(newest) = newest_price_ms {
+        if let Some(newest) = newest.price_ms {
             for index in self.geometry.first_covered(newest)..=self.geometry.index(newest) {
-                if let Some(bucket) = self.prices[self.slot(index)].filter(|b| b.index == index) {
+                if let Some(bucket) = self.bucket(&self.prices, index, |b| b.index) {
                     merge_price(&mut stats, &bucket);
                 }
             }
+        }
+        if let Some(newest) = newest.holders_ms {
+            // The first bucket found in index order has the earliest time.
+            stats.start_holders = (self.geometry.first_covered(newest)..=self.geometry.index(newest))
+                .find_map(|index| self.bucket(&self.holders, index, |b| b.index))
+                .map(|bucket| bucket.first_holders);
         }
         stats
     }
@@ -231,13 +302,26 @@ fn merge_price(stats: &mut WindowStats, bucket: &PriceBucket) {
     stats.low = Some(stats.low.map_or(bucket.low, |l| l.min(bucket.low)));
 }
 
+/// Newest source time of each channel.
+#[derive(Debug, Clone, Copy, Default)]
+struct NewestTimes {
+    trade_ms: Option<i64>,
+    price_ms: Option<i64>,
+    holders_ms: Option<i64>,
+}
+
+fn advance(newest: &mut Option<i64>, time_ms: i64) -> i64 {
+    let next = newest.map_or(time_ms, |n| n.max(time_ms));
+    *newest = Some(next);
+    next
+}
+
 /// Every window of one target, plus the newest source time of each channel and the last
 /// candle close.
 #[derive(Debug, Clone, Default)]
 pub struct TargetWindows {
     windows: Vec<Window>,
-    newest_trade_ms: Option<i64>,
-    newest_price_ms: Option<i64>,
+    newest: NewestTimes,
     /// Source time and close of the newest candle (at equal times, the latest arrival).
     last_close: Option<(i64, f64)>,
 }
@@ -278,8 +362,7 @@ impl TargetWindows {
         let mut placement = Placement::default();
         match observation {
             Observation::Trade { side, volume_usd } => {
-                let newest = self.newest_trade_ms.map_or(time_ms, |n| n.max(time_ms));
-                self.newest_trade_ms = Some(newest);
+                let newest = advance(&mut self.newest.trade_ms, time_ms);
                 for window in &mut self.windows {
                     count(
                         &mut placement,
@@ -293,8 +376,7 @@ impl TargetWindows {
                 low,
                 close,
             } => {
-                let newest = self.newest_price_ms.map_or(time_ms, |n| n.max(time_ms));
-                self.newest_price_ms = Some(newest);
+                let newest = advance(&mut self.newest.price_ms, time_ms);
                 for window in &mut self.windows {
                     count(
                         &mut placement,
@@ -306,6 +388,12 @@ impl TargetWindows {
                     .is_none_or(|(last_ms, _)| time_ms >= last_ms)
                 {
                     self.last_close = Some((time_ms, close));
+                }
+            }
+            Observation::Holders { holders } => {
+                let newest = advance(&mut self.newest.holders_ms, time_ms);
+                for window in &mut self.windows {
+                    count(&mut placement, window.add_holders(time_ms, newest, holders));
                 }
             }
         }
@@ -321,7 +409,7 @@ impl TargetWindows {
     pub fn stats(&self) -> Vec<WindowStats> {
         self.windows
             .iter()
-            .map(|w| w.stats(self.newest_trade_ms, self.newest_price_ms))
+            .map(|w| w.stats(&self.newest))
             .collect()
     }
 }

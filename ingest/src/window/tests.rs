@@ -259,6 +259,7 @@ struct BruteForce {
     buckets: i64,
     newest_trade_ms: Option<i64>,
     newest_price_ms: Option<i64>,
+    newest_holders_ms: Option<i64>,
     accepted: Vec<(usize, Arrival)>,
     too_old: usize,
 }
@@ -273,6 +274,7 @@ impl BruteForce {
             buckets: (i64::from(window_sec) + bucket_sec - 1) / bucket_sec,
             newest_trade_ms: None,
             newest_price_ms: None,
+            newest_holders_ms: None,
             accepted: Vec::new(),
             too_old: 0,
         }
@@ -291,6 +293,7 @@ impl BruteForce {
         let newest = match arrival.observation {
             Observation::Trade { .. } => &mut self.newest_trade_ms,
             Observation::Price { .. } => &mut self.newest_price_ms,
+            Observation::Holders { .. } => &mut self.newest_holders_ms,
         };
         let newest_ms = newest.map_or(arrival.time_ms, |n| n.max(arrival.time_ms));
         *newest = Some(newest_ms);
@@ -307,9 +310,21 @@ impl BruteForce {
             ..WindowStats::default()
         };
         let mut start: Option<(i64, usize, f64)> = None;
+        let mut start_holders: Option<(i64, usize, u64)> = None;
         for (order, arrival) in &self.accepted {
             let index = self.index(arrival.time_ms);
             match arrival.observation {
+                Observation::Holders { holders } => {
+                    let Some(newest) = self.newest_holders_ms else {
+                        continue;
+                    };
+                    if !self.range(newest).contains(&index) {
+                        continue;
+                    }
+                    if start_holders.is_none_or(|(t, o, _)| (arrival.time_ms, *order) < (t, o)) {
+                        start_holders = Some((arrival.time_ms, *order, holders));
+                    }
+                }
                 Observation::Trade { side, volume_usd } => {
                     let Some(newest) = self.newest_trade_ms else {
                         continue;
@@ -343,6 +358,7 @@ impl BruteForce {
         }
         stats.start_time_ms = start.map(|(t, _, _)| t);
         stats.start_price = start.map(|(_, _, open)| open);
+        stats.start_holders = start_holders.map(|(_, _, holders)| holders);
         stats
     }
 }
@@ -374,6 +390,7 @@ fn observation() -> impl Strategy<Value = Observation> {
                 close: f64::from(close),
             }
         }),
+        (0u64..1_000_000).prop_map(|holders| Observation::Holders { holders }),
     ]
 }
 
