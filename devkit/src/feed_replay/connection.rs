@@ -42,6 +42,10 @@ pub async fn serve(
     server: Arc<FeedReplay>,
     shutdown: CancellationToken,
 ) {
+    if !super::rest::is_websocket_upgrade(&stream).await {
+        super::rest::serve(stream, peer, &server).await;
+        return;
+    }
     let Some((socket, path)) = accept(stream, peer, &server).await else {
         return;
     };

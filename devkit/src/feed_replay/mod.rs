@@ -16,6 +16,7 @@ pub mod frames;
 pub mod handshake;
 pub mod query;
 pub mod replay;
+pub mod rest;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -118,7 +119,27 @@ pub struct FeedReplaySettings {
     /// to exercise client reconnects; unset keeps connections open.
     #[arg(long)]
     pub close_after: Option<u64>,
+
+    /// Replay this many generated token addresses in place of --token (EVM chains only):
+    /// `0x5e5e…` followed by the token number in 8 hex digits. Token `i` replays the trades
+    /// shifted in time by `i` times 997 ms (modulo the recorded span), so the tokens do not
+    /// trade in step.
+    #[arg(long, conflicts_with = "live")]
+    pub synthetic_tokens: Option<u32>,
+
+    /// Answer REST requests beyond this many per second with HTTP 429 and `Retry-After: 1`;
+    /// unset answers all.
+    #[arg(long)]
+    pub rest_rps: Option<u32>,
 }
+
+/// Address of synthetic token `index` (see `--synthetic-tokens`).
+pub fn synthetic_token(index: u32) -> String {
+    format!("0x{}{index:08x}", "5e".repeat(16))
+}
+
+/// Shift of synthetic token `index`'s replay: `index` times 997 ms, modulo the replay's span.
+const SYNTHETIC_SHIFT_MS: u64 = 997;
 
 fn parse_speed(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
@@ -159,15 +180,24 @@ pub struct FeedReplay {
     gate: Gate,
     ping_interval: Duration,
     close_after: Option<u64>,
-    /// Start of the shared timeline of `--live` replays.
+    /// Start of the shared timeline of `--live` replays and of the REST figures.
     started: Instant,
     live: bool,
+    /// Whether tokens are synthetic and replay shifted in time.
+    synthetic: bool,
+    /// Token index by lower-case address (token and pair).
+    index: std::collections::HashMap<String, usize>,
+    rest_limit: rest::RestLimit,
 }
 
 impl FeedReplay {
     /// Loads the trades and checks the settings.
     pub fn load(settings: &FeedReplaySettings) -> Result<FeedReplay, FeedReplayError> {
-        for token in &settings.token {
+        let addresses: Vec<String> = match settings.synthetic_tokens {
+            Some(count) => (0..count).map(synthetic_token).collect(),
+            None => settings.token.clone(),
+        };
+        for token in &addresses {
             check_token(token, settings.chain)?;
         }
         if settings.ping_interval.is_zero() {
@@ -189,23 +219,29 @@ impl FeedReplay {
                 ReplayTrade::new(trade, settings.decimals).ok_or(error)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        tracing::info!(path = %settings.csv.display(), trades = trades.len(), tokens = ?settings.token, "feed-replay trades loaded");
+        tracing::info!(path = %settings.csv.display(), trades = trades.len(), tokens = addresses.len(), first_token = ?addresses.first(), "feed-replay trades loaded");
 
-        let tokens = settings
-            .token
+        let tokens: Vec<TokenInfo> = addresses
             .iter()
             .enumerate()
             .map(|(index, address)| TokenInfo {
                 address: address.clone(),
                 symbol: settings.symbol.clone(),
                 decimals: settings.decimals,
-                pair_address: if index == 0 {
+                pair_address: if index == 0 && settings.synthetic_tokens.is_none() {
                     settings.pair.clone()
                 } else {
                     address.clone()
                 },
             })
             .collect();
+        let mut index = std::collections::HashMap::new();
+        for (position, token) in tokens.iter().enumerate() {
+            index.insert(token.address.to_ascii_lowercase(), position);
+            index
+                .entry(token.pair_address.to_ascii_lowercase())
+                .or_insert(position);
+        }
         let plan = ReplayPlan {
             trades,
             tokens,
@@ -223,6 +259,9 @@ impl FeedReplay {
             close_after: settings.close_after,
             started: Instant::now(),
             live: settings.live,
+            synthetic: settings.synthetic_tokens.is_some(),
+            index,
+            rest_limit: rest::RestLimit::new(settings.rest_rps),
         })
     }
 
@@ -235,23 +274,33 @@ impl FeedReplay {
     /// token or pair address. EVM addresses compare without regard to case, Solana addresses
     /// exactly.
     fn matching_tokens(&self, addresses: &[String]) -> Vec<usize> {
-        self.plan
-            .tokens
+        let mut matched: Vec<usize> = addresses
             .iter()
-            .enumerate()
-            .filter(|(_, token)| {
-                addresses.iter().any(|address| {
-                    same_address(&token.address, address)
-                        || same_address(&token.pair_address, address)
-                })
+            .filter_map(|address| {
+                let position = *self.index.get(&address.to_ascii_lowercase())?;
+                let token = &self.plan.tokens[position];
+                (same_address(&token.address, address)
+                    || same_address(&token.pair_address, address))
+                .then_some(position)
             })
-            .map(|(index, _)| index)
-            .collect()
+            .collect();
+        matched.sort_unstable();
+        matched.dedup();
+        matched
     }
 
     /// Creates the replay of one channel and token for a subscription arriving now.
     fn start_replay(&self, channel: query::Channel, token: usize) -> replay::ChannelReplay {
         let now = Instant::now();
+        if self.synthetic {
+            // Starting earlier on the replay's own timeline shifts the token in time.
+            let shift = self.synthetic_shift(token);
+            let started = now.checked_sub(shift).unwrap_or(now);
+            let mut replay =
+                replay::ChannelReplay::new(channel, Arc::clone(&self.plan), token, started);
+            replay.skip_until(now);
+            return replay;
+        }
         if !self.live {
             return replay::ChannelReplay::new(channel, Arc::clone(&self.plan), token, now);
         }
@@ -259,6 +308,20 @@ impl FeedReplay {
             replay::ChannelReplay::new(channel, Arc::clone(&self.plan), token, self.started);
         replay.skip_until(now);
         replay
+    }
+
+    /// Returns how far synthetic token `token` is shifted on the wall clock.
+    fn synthetic_shift(&self, token: usize) -> Duration {
+        let trades = &self.plan.trades;
+        let (Some(first), Some(last)) = (trades.first(), trades.last()) else {
+            return Duration::ZERO;
+        };
+        if self.plan.speed == 0.0 {
+            return Duration::ZERO;
+        }
+        let span_ms = (last.trade.timestamp_ms - first.trade.timestamp_ms).max(1) as u64;
+        let shift_ms = (token as u64 * SYNTHETIC_SHIFT_MS) % span_ms;
+        Duration::from_secs_f64(shift_ms as f64 / 1000.0 / self.plan.speed)
     }
 
     /// Accepts connections until `shutdown` is cancelled, then closes every connection and
