@@ -44,15 +44,19 @@ pub enum AllocateError {
     TaskNotFound(u64),
     #[error("task {task_id} is a {task_type} task, which has no targets to allocate")]
     NoTargets { task_id: u64, task_type: String },
+    #[error("task {task_id} has {count} active targets, more than MAX_TARGETS_PER_TASK ({max}); it is not allocated until targets are removed or the limit is raised")]
+    TooManyTargets { task_id: u64, count: usize, max: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Strategy and batch size of allocations.
+/// Strategy, batch size and target limit of allocations.
 #[derive(Debug, Clone, Copy)]
 pub struct AllocationPlan {
     pub strategy: Strategy,
     pub batch_size: NonZeroU32,
+    /// A task with more active targets is rejected with [`AllocateError::TooManyTargets`].
+    pub max_targets: usize,
 }
 
 /// Returns whether the active targets differ from the current epoch's items or the task has no
@@ -104,6 +108,13 @@ pub async fn allocate_task(
     }
 
     let targets = store::active_targets(&mut *tx, task_id).await?;
+    if targets.len() > plan.max_targets {
+        return Err(AllocateError::TooManyTargets {
+            task_id,
+            count: targets.len(),
+            max: plan.max_targets,
+        });
+    }
     let current = store::epoch_placements(&mut *tx, task_id, task.current_epoch).await?;
     if task.current_epoch > 0 && same_targets(&targets, &current) {
         // Nothing to write; dropping the transaction releases the lock.

@@ -421,6 +421,26 @@ impl ControlPlane {
 
     fn log_notice(&mut self, notice: Notice) {
         match &notice {
+            Notice::InvalidTarget {
+                task_id,
+                target_id,
+                chain,
+                address,
+            } => {
+                if self.logged.insert(format!("invalid-target:{target_id}:{address}")) {
+                    tracing::warn!(task_id, target_id, chain = %chain, address = ?short(address), "target address is not valid on the task's chain, it is not watched");
+                }
+            }
+            Notice::DuplicateTarget {
+                task_id,
+                target_id,
+                first_target_id,
+                address,
+            } => {
+                if self.logged.insert(format!("duplicate-target:{target_id}:{address}")) {
+                    tracing::warn!(task_id, target_id, first_target_id, address = ?short(address), "target repeats the address of another target of the task, only the first is watched");
+                }
+            }
             Notice::ExtraConfigs {
                 task_id,
                 used,
@@ -563,4 +583,9 @@ async fn reload_logged(plane: &mut ControlPlane, config_id: u64) {
     if let Err(error) = plane.reload_config(config_id).await {
         tracing::warn!(config_id, error = %error, "failed to reload config, the next poll retries");
     }
+}
+
+/// A target address as logged: at most 80 characters (the column holds 128).
+fn short(address: &str) -> String {
+    address.chars().take(80).collect()
 }

@@ -43,6 +43,7 @@ impl From<&AllocatorSettings> for ControlOptions {
             plan: AllocationPlan {
                 strategy: settings.allocation_strategy,
                 batch_size: settings.batch_size,
+                max_targets: settings.max_targets_per_task,
             },
             epoch_grace_period: settings.epoch_grace_period,
         }

@@ -3,6 +3,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::Args;
 use monitor_core::settings::{
     parse_seconds, DbSettings, NatsSettings, RedisSettings, RuntimeSettings,
@@ -51,6 +52,11 @@ pub struct AllocatorSettings {
     /// Redis channel carrying config change notices ({"configId": N, "version": M}).
     #[arg(long = "config-channel", env = "CONFIG_CHANGED_CHANNEL", default_value = DEFAULT_CONFIG_CHANNEL)]
     pub config_channel: String,
+
+    /// Maximum active targets of one task; a task with more is not allocated and the error
+    /// names the count.
+    #[arg(long = "max-targets-per-task", env = "MAX_TARGETS_PER_TASK", default_value_t = monitor_core::limits::DEFAULT_MAX_TARGETS_PER_TASK, value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|n| n as usize))]
+    pub max_targets_per_task: usize,
 }
 
 impl AllocatorSettings {
@@ -66,6 +72,7 @@ impl AllocatorSettings {
             allocation_strategy: Strategy::Sticky,
             epoch_grace_period: Duration::from_secs(600),
             config_channel: DEFAULT_CONFIG_CHANNEL.to_owned(),
+            max_targets_per_task: monitor_core::limits::DEFAULT_MAX_TARGETS_PER_TASK,
         }
     }
 }

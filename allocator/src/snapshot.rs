@@ -122,6 +122,24 @@ pub enum Notice {
     },
     /// A batch row has a status this build does not know; it is published as `pending`.
     UnknownBatchStatus { batch_id: u64, status: String },
+    /// A target's address is not an address of the task's chain (`0x` and 40 hex digits on
+    /// eth and bsc, 32 to 44 base58 characters on sol). It is left out of its batch spec, so
+    /// no feed subscription ever carries it.
+    InvalidTarget {
+        task_id: u64,
+        target_id: u64,
+        chain: Chain,
+        address: String,
+    },
+    /// A target repeats the address of a target with a lower id in the same task (EVM
+    /// addresses compared without case). Only the first is watched, so one trade is not
+    /// judged twice.
+    DuplicateTarget {
+        task_id: u64,
+        target_id: u64,
+        first_target_id: u64,
+        address: String,
+    },
 }
 
 /// Builds the snapshot of a task. `previous` is the `TaskSpec` published before, whose
@@ -136,7 +154,7 @@ pub fn build(
 
     let mut refs = Vec::with_capacity(state.batches.len());
     let mut specs = Vec::with_capacity(state.batches.len());
-    let mut targets_by_batch = group_targets(&state.items);
+    let mut targets_by_batch = group_targets(&state.items, state.task.id, state.kind.chain, &mut notices);
     for row in &state.batches {
         let status = batch_status(row, &mut notices);
         refs.push(BatchRef {
@@ -235,10 +253,47 @@ fn batch_status(row: &BatchRow, notices: &mut Vec<Notice>) -> BatchStatus {
     })
 }
 
-fn group_targets(items: &[ItemRow]) -> BTreeMap<u64, Vec<TargetSpec>> {
+/// Groups the items by batch, leaving out targets whose address is invalid on `chain` and
+/// targets that repeat an address.
+fn group_targets(
+    items: &[ItemRow],
+    task_id: u64,
+    chain: Chain,
+    notices: &mut Vec<Notice>,
+) -> BTreeMap<u64, Vec<TargetSpec>> {
+    let mut first_by_address: BTreeMap<String, u64> = BTreeMap::new();
+    for item in items {
+        let target = &item.target;
+        if is_valid_address(chain, &target.value) {
+            let first = first_by_address
+                .entry(address_key(&target.value))
+                .or_insert(target.id);
+            *first = (*first).min(target.id);
+        }
+    }
+
     let mut grouped: BTreeMap<u64, Vec<TargetSpec>> = BTreeMap::new();
     for item in items {
         let target = &item.target;
+        if !is_valid_address(chain, &target.value) {
+            notices.push(Notice::InvalidTarget {
+                task_id,
+                target_id: target.id,
+                chain,
+                address: target.value.clone(),
+            });
+            continue;
+        }
+        let first_target_id = first_by_address[&address_key(&target.value)];
+        if first_target_id != target.id {
+            notices.push(Notice::DuplicateTarget {
+                task_id,
+                target_id: target.id,
+                first_target_id,
+                address: target.value.clone(),
+            });
+            continue;
+        }
         grouped.entry(item.batch_id).or_default().push(TargetSpec {
             target_id: target.id,
             address: target.value.clone(),
@@ -251,6 +306,22 @@ fn group_targets(items: &[ItemRow]) -> BTreeMap<u64, Vec<TargetSpec>> {
         });
     }
     grouped
+}
+
+fn is_valid_address(chain: Chain, address: &str) -> bool {
+    match chain {
+        Chain::Eth | Chain::Bsc => rules::is_evm_address(address),
+        Chain::Sol => rules::is_solana_address(address),
+    }
+}
+
+/// EVM addresses are case-insensitive (EIP-55 case is only a checksum); Solana's are not.
+fn address_key(address: &str) -> String {
+    if address.starts_with("0x") {
+        address.to_ascii_lowercase()
+    } else {
+        address.to_owned()
+    }
 }
 
 /// Returns whether two task specs have the same content, ignoring `published_ms`.

@@ -19,6 +19,7 @@ fn seed_plan(batch_size: u32) -> AllocationPlan {
     AllocationPlan {
         strategy: Strategy::Seed,
         batch_size: NonZeroU32::new(batch_size).unwrap(),
+        max_targets: 100_000,
     }
 }
 
