@@ -7,6 +7,12 @@
 //! on any connection is written to the output as one compact JSON line, in arrival order, and
 //! the output is flushed after each line, so a test can read what arrived while the stub runs.
 //! A text message that is not JSON is written as a JSON string so every line stays JSON.
+//!
+//! Every message is also checked against the protocol's shapes ([`contract`]). A message that
+//! does not match is logged as a warning and, with `--violations FILE`, written to that file
+//! as one JSON line `{"type":…,"errors":[…],"message":…}`; with `--strict` the stub then closes
+//! the connection with close code 1008 (policy violation). A test reads the file to fail on
+//! any mismatch.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +33,10 @@ use tokio_util::sync::CancellationToken;
 
 use monitor_core::settings::Redacted;
 use monitor_core::time::now_ms;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+pub mod contract;
 
 /// Path of the Java backend's monitor endpoint.
 pub const MONITOR_PATH: &str = "/websocket/monitor";
@@ -60,6 +70,15 @@ pub struct BackendStubSettings {
     /// Send no `pong` in reply to `ping` messages, to exercise a client's missing-pong reconnect.
     #[arg(long)]
     pub no_pong: bool,
+
+    /// File that receives every message that does not match the protocol, as one JSON line
+    /// with the errors (appended, flushed per line). Violations are logged either way.
+    #[arg(long, value_name = "FILE")]
+    pub violations: Option<PathBuf>,
+
+    /// Close the connection (code 1008) after a message that does not match the protocol.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// Behaviour of a running stub.
@@ -69,6 +88,10 @@ pub struct BackendStub {
     pub token: Option<Redacted>,
     /// Whether `ping` messages get a `pong`.
     pub answer_pings: bool,
+    /// File that receives the messages that do not match the protocol.
+    pub violations: Option<PathBuf>,
+    /// Whether a message that does not match the protocol closes its connection.
+    pub strict: bool,
 }
 
 impl BackendStub {
@@ -76,6 +99,8 @@ impl BackendStub {
         BackendStub {
             token: settings.token.clone().filter(|t| !t.is_empty()),
             answer_pings: !settings.no_pong,
+            violations: settings.violations.clone(),
+            strict: settings.strict,
         }
     }
 
@@ -103,6 +128,20 @@ impl BackendStub {
 pub enum BackendStubError {
     #[error("failed to write a received message to the output: {0}")]
     Write(#[source] std::io::Error),
+    #[error("failed to open the violations file {path}: {source}")]
+    OpenViolations {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to write to the violations file: {0}")]
+    WriteViolation(#[source] std::io::Error),
+}
+
+/// Where a connection hands its output lines.
+#[derive(Clone)]
+struct Records {
+    received: mpsc::Sender<String>,
+    violations: Option<mpsc::Sender<String>>,
 }
 
 /// Serves clients on `listener` and writes what they send to `out`, until `shutdown` is
@@ -116,9 +155,27 @@ pub async fn run_backend_stub<W>(
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (records, pending) = mpsc::channel(RECORD_BUFFER);
+    let violations_writer = match &stub.violations {
+        Some(path) => Some(open_violations(path).await?),
+        None => None,
+    };
+    let (received, pending) = mpsc::channel(RECORD_BUFFER);
     let writer = tokio::spawn(write_records(pending, out));
-    tracing::info!(address = ?listener.local_addr().ok(), bearer_required = stub.token.is_some(), "backend-stub serving");
+    let (violations, violations_task) = match violations_writer {
+        Some(file) => {
+            let (sender, pending) = mpsc::channel(RECORD_BUFFER);
+            (
+                Some(sender),
+                Some(tokio::spawn(write_records(pending, file))),
+            )
+        }
+        None => (None, None),
+    };
+    let records = Records {
+        received,
+        violations,
+    };
+    tracing::info!(address = ?listener.local_addr().ok(), bearer_required = stub.token.is_some(), strict = stub.strict, "backend-stub serving");
 
     let mut connections = JoinSet::new();
     loop {
@@ -147,12 +204,39 @@ where
         );
         connections.shutdown().await;
     }
-    // The writer ends once every sender is dropped and the buffered lines are written.
+    // The writers end once every sender is dropped and the buffered lines are written.
     drop(records);
-    match writer.await {
+    let written = match writer.await {
         Ok(result) => result,
         Err(join_error) => Err(BackendStubError::Write(std::io::Error::other(join_error))),
+    };
+    if let Some(task) = violations_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(BackendStubError::Write(error))) => {
+                return Err(BackendStubError::WriteViolation(error))
+            }
+            Ok(Err(other)) => return Err(other),
+            Err(join_error) => {
+                return Err(BackendStubError::WriteViolation(std::io::Error::other(
+                    join_error,
+                )))
+            }
+        }
     }
+    written
+}
+
+async fn open_violations(path: &std::path::Path) -> Result<tokio::fs::File, BackendStubError> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(|source| BackendStubError::OpenViolations {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 async fn write_records<W>(
@@ -176,7 +260,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     stub: BackendStub,
-    records: mpsc::Sender<String>,
+    records: Records,
     shutdown: CancellationToken,
 ) {
     let mut path = String::new();
@@ -215,6 +299,7 @@ async fn serve_connection(
         "timestamp": now_ms(),
     });
     let mut received = 0u64;
+    let mut violations = 0u64;
     let result: Result<(), tokio_tungstenite::tungstenite::Error> = async {
         socket.send(Message::text(greeting.to_string())).await?;
         loop {
@@ -233,9 +318,26 @@ async fn serve_connection(
             };
             received += 1;
             let (line, is_ping) = record_line(text.as_str());
-            if records.send(line).await.is_err() {
+            if records.received.send(line).await.is_err() {
                 // The writer failed; run_backend_stub reports its error.
                 return Ok(());
+            }
+            if let Some(violation) = check_message(text.as_str()) {
+                violations += 1;
+                tracing::warn!(%peer, session_id, message_type = %violation["type"], errors = %violation["errors"], "backend-stub received a message that does not match the protocol");
+                if let Some(sender) = &records.violations {
+                    if sender.send(violation.to_string()).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if stub.strict {
+                    let close = CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: "message does not match the protocol".into(),
+                    };
+                    socket.close(Some(close)).await?;
+                    return Ok(());
+                }
             }
             if is_ping && stub.answer_pings {
                 let pong = json!({"type": "pong", "timestamp": now_ms()});
@@ -246,11 +348,36 @@ async fn serve_connection(
     .await;
 
     match result {
-        Ok(()) => tracing::info!(%peer, session_id, received, "backend-stub connection closed"),
+        Ok(()) => {
+            tracing::info!(%peer, session_id, received, violations, "backend-stub connection closed")
+        }
         Err(error) => {
-            tracing::info!(%peer, session_id, received, error = %error, "backend-stub connection failed")
+            tracing::info!(%peer, session_id, received, violations, error = %error, "backend-stub connection failed")
         }
     }
+}
+
+/// Checks a received text message against the protocol; returns the violation line
+/// `{"type":…,"errors":[…],"message":…}` when it does not match.
+fn check_message(text: &str) -> Option<Value> {
+    let (message, errors) = match serde_json::from_str::<Value>(text) {
+        Ok(message) => {
+            let errors = contract::check(&message);
+            (message, errors)
+        }
+        Err(error) => (
+            Value::String(text.to_owned()),
+            vec![format!("not JSON: {error}")],
+        ),
+    };
+    if errors.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "type": message.get("type").cloned().unwrap_or(Value::Null),
+        "errors": errors,
+        "message": message,
+    }))
 }
 
 /// Returns the output line for a received text message, and whether it is a `ping`.
@@ -336,6 +463,26 @@ mod tests {
             record_line("hello \"x\""),
             (r#""hello \"x\"""#.to_owned(), false)
         );
+    }
+
+    #[test]
+    fn check_message_returns_errors_and_the_message() {
+        let violation = check_message(r#"{"type":"alert_update","data":{"alertId":"7"}}"#)
+            .expect("alertId as a string is a violation");
+        assert_eq!(violation["type"], "alert_update");
+        assert_eq!(violation["message"]["data"]["alertId"], "7");
+        let errors = violation["errors"].as_array().unwrap();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.as_str().unwrap().starts_with("data.alertId:")),
+            "{errors:?}"
+        );
+
+        assert_eq!(check_message(r#"{"type":"ping"}"#), None);
+        let not_json = check_message("hello").unwrap();
+        assert_eq!(not_json["type"], Value::Null);
+        assert_eq!(not_json["message"], "hello");
     }
 
     #[test]

@@ -210,6 +210,7 @@ async fn bearer_token_is_required() {
         BackendStub {
             token: Some(Redacted("s3cret".into())),
             answer_pings: true,
+            ..BackendStub::default()
         },
         &dir.path().join("out.jsonl"),
     )
