@@ -28,5 +28,8 @@ pub use env::TestEnv;
 pub use nix::sys::signal::Signal;
 pub use paths::{anvil_bin, bin, nats_bin, services_dir, services_script, workspace_dir};
 pub use process::{Process, ProcessBuilder};
-pub use servers::{restart_service, start_service, stop_service, Anvil, NatsServer};
+pub use servers::{
+    assert_no_stub_violations, restart_service, start_service, stop_service, Anvil, MariaDb,
+    NatsServer,
+};
 pub use wait::{free_port, wait_for, wait_until};

@@ -4,14 +4,16 @@
 //! `scripts/test` started, through `scripts/services`, on the same ports and data directories.
 //! The outage hits every test of the same test binary, so a test binary that does this must
 //! keep its other tests away from it meanwhile (cargo runs test binaries one after another).
-//! A test that wants a NATS outage of its own starts a private [`NatsServer`] instead.
-//! [`Anvil`] is a private EVM node for the tests of the EVM adapter.
+//! A test that wants a NATS outage of its own starts a private [`NatsServer`] instead, and one
+//! that wants a MySQL outage a private [`MariaDb`]. [`Anvil`] is a private EVM node for the
+//! tests of the EVM adapter. [`assert_no_stub_violations`] fails a test in which
+//! `devkit backend-stub` received a message that does not match the Java protocol.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use monitor_core::settings::NatsSettings;
-use tokio::io::AsyncBufReadExt;
+use monitor_core::settings::{DbSettings, NatsSettings, Redacted};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::net::TcpStream;
 
 use crate::env::TestEnv;
@@ -174,6 +176,177 @@ async fn nats_answers(port: u16) -> bool {
     let mut reader = tokio::io::BufReader::new(stream);
     let read = tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await;
     matches!(read, Ok(Ok(_))) && line.starts_with("INFO") && line.contains("\"jetstream\":true")
+}
+
+/// A MariaDB server of one test, on its own port and data directory, which the test may stop
+/// and start again without disturbing the tests that use the shared server. It is set up the
+/// way `scripts/services` sets up the shared one: `mariadb-install-db` into a directory under
+/// the test's work directory, then `mariadbd` on a free loopback port, user root without a
+/// password.
+pub struct MariaDb {
+    port: u16,
+    builder: ProcessBuilder,
+    process: Option<Process>,
+}
+
+impl MariaDb {
+    /// Creates the data directory, starts the server and waits until it accepts clients.
+    ///
+    /// # Panics
+    /// If `mariadb-install-db` fails or the server does not accept clients within 60 s.
+    pub async fn start(env: &TestEnv) -> MariaDb {
+        let port = free_port();
+        let dir = env.work_dir().join(format!("mariadb-{port}"));
+        let data_dir = dir.join("data");
+        std::fs::create_dir_all(&data_dir).unwrap_or_else(|e| {
+            panic!(
+                "failed to create the MariaDB data directory {}: {e}",
+                data_dir.display()
+            )
+        });
+        let options = [
+            "--no-defaults".to_owned(),
+            "--user=root".to_owned(),
+            format!("--datadir={}", data_dir.display()),
+            "--innodb-log-file-size=16M".to_owned(),
+            "--innodb-buffer-pool-size=64M".to_owned(),
+            "--innodb-use-native-aio=0".to_owned(),
+            "--skip-name-resolve".to_owned(),
+        ];
+
+        let install_name = format!("mariadb-install-{port}");
+        let install = env
+            .command("mariadb-install-db")
+            .args(&options)
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .output(&install_name, Duration::from_secs(300))
+            .await;
+        if !install.status.success() {
+            panic!(
+                "mariadb-install-db for port {port} failed ({}): {}",
+                install.status,
+                String::from_utf8_lossy(&install.stderr)
+            );
+        }
+
+        let builder = env
+            .command("mariadbd")
+            .args(&options)
+            .arg(format!("--port={port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--socket={}", dir.join("mysql.sock").display()))
+            .arg(format!("--pid-file={}", dir.join("mysql.pid").display()))
+            .args([
+                "--max-connections=200",
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_unicode_ci",
+            ]);
+        let mut server = MariaDb {
+            port,
+            builder,
+            process: None,
+        };
+        server.start_again().await;
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Returns the test's database settings (same database name) on this server.
+    pub fn settings(&self, env: &TestEnv) -> DbSettings {
+        DbSettings {
+            host: "127.0.0.1".to_owned(),
+            port: self.port,
+            user: "root".to_owned(),
+            password: Redacted::default(),
+            ..env.db_settings()
+        }
+    }
+
+    /// Returns the variables that point a stage at this server (see [`TestEnv::stage_env`]).
+    pub fn stage_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("DB_HOST".to_owned(), "127.0.0.1".to_owned()),
+            ("DB_PORT".to_owned(), self.port.to_string()),
+            ("DB_USER".to_owned(), "root".to_owned()),
+            ("DB_PASSWORD".to_owned(), String::new()),
+        ]
+    }
+
+    /// Stops the server with SIGTERM (a clean shutdown) and waits until it exited.
+    pub async fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.terminate().await;
+        }
+    }
+
+    /// Kills the server with SIGKILL (a crash).
+    pub async fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill().await;
+        }
+    }
+
+    /// Starts the server again on the same port and data directory, and waits until it accepts
+    /// clients. Does nothing if it runs.
+    ///
+    /// # Panics
+    /// If it does not accept clients within 60 s.
+    pub async fn start_again(&mut self) {
+        if self.process.is_some() {
+            return;
+        }
+        let process = self.builder.spawn(&format!("mariadb-{}", self.port));
+        let port = self.port;
+        if !wait_until(READY_TIMEOUT, Duration::from_millis(100), || {
+            mysql_answers(port)
+        })
+        .await
+        {
+            panic!(
+                "private MariaDB on port {port} did not answer within {READY_TIMEOUT:?}; see {}",
+                process.log_path().display()
+            );
+        }
+        self.process = Some(process);
+    }
+}
+
+/// Checks that a MySQL server sends its handshake on `port`: a packet whose payload starts with
+/// protocol version 10.
+async fn mysql_answers(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut header = [0u8; 5];
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut header)).await;
+    matches!(read, Ok(Ok(_))) && header[4] == 10
+}
+
+/// Fails the test if `devkit backend-stub` wrote any protocol violation to `path`, the file of
+/// its `--violations` flag, listing the first ten.
+///
+/// # Panics
+/// If the file does not exist (the stub creates it at start, so the stub did not run with
+/// `--violations path`), cannot be read, or is not empty.
+pub fn assert_no_stub_violations(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "failed to read the backend-stub violations file {}: {e} (start the stub with --violations {})",
+            path.display(),
+            path.display()
+        )
+    });
+    let violations: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if !violations.is_empty() {
+        panic!(
+            "backend-stub received {} messages that do not match the Java protocol; the first ones:\n{}",
+            violations.len(),
+            violations.iter().take(10).copied().collect::<Vec<_>>().join("\n")
+        );
+    }
 }
 
 /// An anvil EVM node of one test (`TEST_ANVIL_BIN`), on its own port; killed when dropped.
