@@ -8,6 +8,8 @@
 //! (see [`is_state_change`]) updates `state` and sets the row `pending` again until the change
 //! reached the Java side.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, NaiveDateTime};
 use monitor_core::messages::{Alert, AlertState};
 use serde_json::Value;
@@ -41,6 +43,8 @@ pub enum AlertLogError {
     MarkPushed { id: u64, source: sqlx::Error },
     #[error("failed to read pending alerts: {source}")]
     ReadPending { source: sqlx::Error },
+    #[error("failed to count the alerts of task {task_id}: {source}")]
+    Count { task_id: u64, source: sqlx::Error },
 }
 
 impl AlertLogError {
@@ -52,7 +56,8 @@ impl AlertLogError {
             AlertLogError::Insert { source, .. } => is_data_error(source),
             AlertLogError::UpdateState { .. }
             | AlertLogError::MarkPushed { .. }
-            | AlertLogError::ReadPending { .. } => false,
+            | AlertLogError::ReadPending { .. }
+            | AlertLogError::Count { .. } => false,
         }
     }
 }
@@ -136,6 +141,30 @@ impl PendingCursor {
             id: row.id,
         }
     }
+}
+
+/// Number of alert rows of one batch or task and the event time of the newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AlertCounts {
+    pub total: u64,
+    /// Largest `event_time`, in milliseconds since the Unix epoch; `None` without rows.
+    pub last_alert_ms: Option<i64>,
+}
+
+impl AlertCounts {
+    /// Adds the rows counted in `other`.
+    pub fn add(&mut self, other: AlertCounts) {
+        self.total += other.total;
+        self.last_alert_ms = self.last_alert_ms.max(other.last_alert_ms);
+    }
+}
+
+/// Alert counts of a task, in total and per batch.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TaskAlertCounts {
+    pub task: AlertCounts,
+    /// Rows without a batch (those of block tasks) count only in `task`.
+    pub batches: HashMap<u64, AlertCounts>,
 }
 
 /// Access to `monitor_alert_log_v2`.
@@ -277,6 +306,37 @@ impl AlertLog {
         .map_err(|source| AlertLogError::ReadPending { source })?;
 
         rows.iter().map(pending_alert).collect()
+    }
+
+    /// Counts the rows of a task per batch, with the newest `event_time` of each. The query
+    /// reads the task's range of the `(task_id, event_time)` index.
+    pub async fn counts_of_task(&self, task_id: u64) -> Result<TaskAlertCounts, AlertLogError> {
+        let count_error = |source| AlertLogError::Count { task_id, source };
+        let rows: Vec<(Option<i64>, i64, Option<NaiveDateTime>)> = sqlx::query_as(
+            "SELECT batch_id, COUNT(*), MAX(event_time) FROM monitor_alert_log_v2 \
+             WHERE task_id = ? GROUP BY batch_id",
+        )
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(count_error)?;
+
+        let mut counts = TaskAlertCounts::default();
+        for (batch_id, total, last) in rows {
+            let group = AlertCounts {
+                total: total.max(0) as u64,
+                last_alert_ms: last.map(|t| t.and_utc().timestamp_millis()),
+            };
+            counts.task.add(group);
+            if let Some(batch_id) = batch_id {
+                counts
+                    .batches
+                    .entry(batch_id as u64)
+                    .or_default()
+                    .add(group);
+            }
+        }
+        Ok(counts)
     }
 }
 

@@ -3,19 +3,25 @@
 //!
 //! Consumes the durable pull consumer `notify_alerts`. For each alert, in this order: insert
 //! the row (or find the one an earlier delivery inserted), push the `alert` message, mark the
-//! row `pushed`, ack. The table is the outbox: once the row is stored the message is acked
-//! even when the socket is down, and rows still `pending` are pushed, oldest `event_time`
-//! first, at the start of every WebSocket session before anything newer. A row is never
-//! inserted twice; a push may repeat (at least once) when a session ends between the push and
-//! the `pushed` mark.
+//! row `pushed`, ack. The table is the outbox: once the row is stored, the message is acked
+//! even when the socket is down. Rows still `pending` are pushed, oldest `event_time` first,
+//! at the start of every WebSocket session (so also after a restart) before anything newer. A row is never inserted twice; a push may repeat (at least once) when a session
+//! ends or MySQL fails between the push and the `pushed` mark.
 //!
 //! An alert id delivered again with a new state (provisional to confirmed or retracted,
 //! confirmed to retracted) updates the row and pushes `alert_update`, or the whole `alert` if
-//! the Java side has not seen the row yet.
+//! the Java side has not seen the row yet. Only the payload's `id` and `state` matter here,
+//! not the `Nats-Msg-Id`: evaluate publishes a block alert under `<id>:<state>`, because the
+//! alerts stream drops a second message with the same msg id within its 10-minute duplicate
+//! window, and a state change published under the bare id would be lost.
 //!
-//! While MySQL is unavailable, the alert is nak'ed with a delay and redelivered. An alert that
-//! MySQL rejects as invalid data, or one that cannot be decoded, goes to the dead stream.
+//! While MySQL is unavailable, the alert in hand is kept: it is neither acked nor nak'ed, the
+//! server is told that it is still in progress, and the insert is tried again with backoff
+//! until MySQL returns. Alerts behind it stay in the stream. The outage is logged when it
+//! starts and when it ends ([`DbHealth`]). An alert that MySQL rejects as invalid data, or one
+//! that cannot be decoded, goes to the dead stream.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -28,18 +34,22 @@ use monitor_core::time::now_ms;
 use monitor_core::{titles, Locale, Subjects};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, info, instrument};
 
 use crate::alert_log::{is_state_change, AlertLog, AlertLogError, NotifyStatus, PendingCursor};
+use crate::counters::AlertCounters;
+use crate::db_health::DbHealth;
 use crate::java_messages;
 use crate::java_ws::JavaWs;
 use crate::metrics;
 use crate::jetstream::{acknowledge, dead_letter, messages, JetStreamError};
 
-/// Delay before a nak'ed alert is delivered again while MySQL is unavailable.
-const DB_RETRY_DELAY: Duration = Duration::from_secs(5);
-/// Pause after a MySQL failure before the next message, so an outage is not a busy loop.
-const DB_FAILURE_PAUSE: Duration = Duration::from_secs(1);
+/// First pause before an insert is tried again while MySQL is unavailable; it doubles after
+/// each failure.
+const DB_RETRY_MIN: Duration = Duration::from_millis(500);
+/// Maximum pause between two attempts. With the pool's 10 s acquire timeout, an attempt and
+/// its pause stay far below the consumer's 60 s ack wait, and every attempt renews it.
+const DB_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Period of the retry of an interrupted outbox flush.
 const FLUSH_RETRY_PERIOD: Duration = Duration::from_secs(5);
 /// Rows read per query while pushing the outbox.
@@ -53,6 +63,7 @@ pub struct AlertForwarder {
     subjects: Subjects,
     locale: Locale,
     db: DbHealth,
+    counters: AlertCounters,
     outbox: OutboxState,
 }
 
@@ -64,6 +75,15 @@ struct OutboxState {
     dirty: bool,
 }
 
+/// Outcome of a MySQL write retried while MySQL is unavailable.
+enum Stored<T> {
+    Done(T),
+    /// MySQL rejected the data itself; retrying cannot help.
+    Rejected(AlertLogError),
+    /// The stage is shutting down before MySQL returned.
+    Interrupted,
+}
+
 impl AlertForwarder {
     pub fn new(
         log: AlertLog,
@@ -71,6 +91,8 @@ impl AlertForwarder {
         js: jetstream::Context,
         subjects: Subjects,
         locale: Locale,
+        db: DbHealth,
+        counters: AlertCounters,
     ) -> Self {
         AlertForwarder {
             log,
@@ -78,7 +100,8 @@ impl AlertForwarder {
             js,
             subjects,
             locale,
-            db: DbHealth::default(),
+            db,
+            counters,
             outbox: OutboxState::default(),
         }
     }
@@ -107,9 +130,9 @@ impl AlertForwarder {
                 _ = retry.tick() => self.flush_if_behind().await,
                 next = stream.next() => match next {
                     Some(Ok(message)) => metrics::time_alert(self.handle(message, &shutdown)).await,
-                    Some(Err(error)) => warn!(consumer = name, error = %error, "failed to pull alerts, retrying"),
+                    Some(Err(error)) => tracing::warn!(consumer = name, error = %error, "failed to pull alerts, retrying"),
                     None => {
-                        warn!(consumer = name, "alert consumer stream ended, reopening it");
+                        tracing::warn!(consumer = name, "alert consumer stream ended, reopening it");
                         stream = messages(&consumer, name).await?;
                     }
                 },
@@ -132,30 +155,34 @@ impl AlertForwarder {
         let title = titles::alert_title(&alert, self.locale);
         let alert_data = java_messages::alert_data(&alert, &title);
 
-        let logged = match self.log.insert(&alert, &title, &alert_data).await {
-            Ok(logged) => {
-                self.db.available();
-                logged
-            }
-            Err(error) if error.is_permanent() => {
+        let log = &self.log;
+        let stored = until_stored(&self.db, &message, shutdown, || {
+            log.insert(&alert, &title, &alert_data)
+        })
+        .await;
+        let logged = match stored {
+            Stored::Done(logged) => logged,
+            Stored::Rejected(error) => {
                 dead_letter(&self.js, &self.subjects, &message, &error.to_string()).await;
                 return;
             }
-            Err(error) => {
-                // Not stored: leave the alert to the stream and try again later.
-                self.db.failed(&error);
-                acknowledge(&message, AckKind::Nak(Some(DB_RETRY_DELAY))).await;
-                pause(DB_FAILURE_PAUSE, shutdown).await;
+            Stored::Interrupted => {
+                // Not stored: the next run, or another instance, gets the alert at once.
+                acknowledge(&message, AckKind::Nak(None)).await;
                 return;
             }
         };
+        self.counters.invalidate(alert.task_id);
 
         let outgoing = if is_state_change(logged.state, alert.state) {
-            if let Err(error) = self.log.update_state(logged.id, alert.state).await {
-                // The change is not stored: the stream delivers the alert again.
-                self.db.failed(&error);
-                acknowledge(&message, AckKind::Nak(Some(DB_RETRY_DELAY))).await;
-                pause(DB_FAILURE_PAUSE, shutdown).await;
+            let updated = until_stored(&self.db, &message, shutdown, || {
+                log.update_state(logged.id, alert.state)
+            })
+            .await;
+            if !matches!(updated, Stored::Done(())) {
+                // Only shutdown interrupts a state update (its errors are never permanent):
+                // the stream delivers the alert again to the next run.
+                acknowledge(&message, AckKind::Nak(None)).await;
                 return;
             }
             info!(alert_key = %alert.id, alert_row = logged.id, state = alert.state.as_str(), "alert changed state");
@@ -292,33 +319,34 @@ fn with_state(mut alert_data: Value, alert: &Alert) -> Value {
     alert_data
 }
 
-/// Logs MySQL outages once when they start and once when they end, not once per alert.
-#[derive(Debug, Default)]
-struct DbHealth {
-    failing: bool,
-}
-
-impl DbHealth {
-    fn failed(&mut self, error: &AlertLogError) {
-        if self.failing {
-            debug!(error = %error, "mysql still unavailable");
-        } else {
-            warn!(error = %error, "mysql unavailable, alerts are redelivered until it returns");
-            self.failing = true;
+/// Runs the MySQL write `attempt` until it succeeds, keeping `message` in progress while
+/// MySQL is unavailable. Returns [`Stored::Interrupted`] when `shutdown` comes first.
+async fn until_stored<T, F, Fut>(
+    health: &DbHealth,
+    message: &Message,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Stored<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, AlertLogError>>,
+{
+    let mut delay = DB_RETRY_MIN;
+    loop {
+        match attempt().await {
+            Ok(value) => {
+                health.available();
+                return Stored::Done(value);
+            }
+            Err(error) if error.is_permanent() => return Stored::Rejected(error),
+            Err(error) => health.failed(&error),
         }
-    }
-
-    fn available(&mut self) {
-        if self.failing {
-            info!("mysql available again");
-            self.failing = false;
+        // Without this the server would deliver the message again after the ack wait.
+        acknowledge(message, AckKind::Progress).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return Stored::Interrupted,
+            _ = tokio::time::sleep(delay) => {}
         }
-    }
-}
-
-async fn pause(duration: Duration, shutdown: &CancellationToken) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(duration) => {}
+        delay = (delay * 2).min(DB_RETRY_MAX);
     }
 }

@@ -4,12 +4,21 @@
 //! The shapes follow the Java side's protocol: `timestamp` is in milliseconds and appears both
 //! inside `data` and at the top level, except in `batch_heartbeat`, whose only `timestamp`
 //! (inside `data`) is in seconds. Progress is sent as a whole percent (0 to 100).
+//!
+//! Status messages and heartbeats carry the alert counters of their batch or task when notify
+//! could count them: `totalAlerts` (rows in `monitor_alert_log_v2`) and `lastAlertTime` (the
+//! newest `event_time`, in milliseconds, or `null` without rows). They sit in `details` of
+//! `batch_status` and in `data` of the other three, and are left out when MySQL could not be
+//! read.
 
 use monitor_core::messages::{
     Alert, AlertState, AlertType, BatchStatus, Finding, Heartbeat, StatusChange, StatusScope,
 };
+use monitor_core::titles::AlertFacts;
 use monitor_core::Locale;
 use serde_json::{json, Value};
+
+use crate::alert_log::AlertCounts;
 
 /// The keep-alive message sent every ping interval; the server answers `{"type":"pong"}`.
 pub fn ping() -> Value {
@@ -18,20 +27,30 @@ pub fn ping() -> Value {
 
 /// The `alertData` object of an alert, also stored in `monitor_alert_log_v2.alert_data`.
 ///
-/// `priceChange` and `volume` come from the finding of the matching rule and are `null` when
-/// the alert has none. `rule`, `threshold`, `observed` and `window` describe the first finding;
-/// `findings` lists all of them (several for a `composite` alert).
+/// `priceChange` (percent) and `volume` (USD) come from the finding of the matching rule, else
+/// from the market figures that evaluate stored with the alert ([`AlertFacts::market`]), and
+/// are `null` when the alert has neither. `rule`, `threshold`, `observed` and `window`
+/// describe the first finding; `findings` lists all of them (several for a `composite` alert).
 pub fn alert_data(alert: &Alert, title: &str) -> Value {
     let primary = alert.findings.first();
+    let market = AlertFacts::of(alert).market;
+    let price_change = observed_of(alert, &[AlertType::PriceChange])
+        .or_else(|| market.as_ref().and_then(|m| m.price_change_pct));
+    let volume = observed_of(
+        alert,
+        &[
+            AlertType::VolumeChange,
+            AlertType::LargeTrade,
+            AlertType::CumulativeBuy,
+        ],
+    )
+    .or_else(|| market.as_ref().map(|m| m.volume_usd));
     json!({
         "tokenName": alert.token_name,
         "tokenSymbol": alert.token_symbol,
         "ca": alert.target_value,
-        "priceChange": observed_of(alert, &[AlertType::PriceChange]),
-        "volume": observed_of(
-            alert,
-            &[AlertType::VolumeChange, AlertType::LargeTrade, AlertType::CumulativeBuy]
-        ),
+        "priceChange": price_change,
+        "volume": volume,
         "marketCap": alert.market_cap,
         "price": alert.price,
         "rule": primary.map(|f| f.rule.as_str()),
@@ -95,7 +114,13 @@ fn state_change_reason(state: AlertState, locale: Locale) -> &'static str {
 }
 
 /// `batch_heartbeat` for a batch, `task_heartbeat` for a block task.
-pub fn heartbeat(heartbeat: &Heartbeat) -> Value {
+pub fn heartbeat(heartbeat: &Heartbeat, counts: Option<AlertCounts>) -> Value {
+    let mut message = heartbeat_without_counts(heartbeat);
+    add_counts(&mut message["data"], counts);
+    message
+}
+
+fn heartbeat_without_counts(heartbeat: &Heartbeat) -> Value {
     match heartbeat.scope {
         StatusScope::Batch { task_id, batch_id } => json!({
             "type": "batch_heartbeat",
@@ -122,7 +147,25 @@ pub fn heartbeat(heartbeat: &Heartbeat) -> Value {
 
 /// `batch_status` for a batch, `task_status` for a task. The time is the change's own time, so
 /// a status sent again after a reconnect still carries the time it changed.
-pub fn status_change(change: &StatusChange, locale: Locale) -> Value {
+pub fn status_change(change: &StatusChange, locale: Locale, counts: Option<AlertCounts>) -> Value {
+    let mut message = status_change_without_counts(change, locale);
+    match change.scope {
+        StatusScope::Batch { .. } => add_counts(&mut message["data"]["details"], counts),
+        StatusScope::Task { .. } => add_counts(&mut message["data"], counts),
+    }
+    message
+}
+
+/// Adds `totalAlerts` and `lastAlertTime` to a JSON object when the counts are known.
+fn add_counts(object: &mut Value, counts: Option<AlertCounts>) {
+    let (Some(counts), Some(object)) = (counts, object.as_object_mut()) else {
+        return;
+    };
+    object.insert("totalAlerts".into(), Value::from(counts.total));
+    object.insert("lastAlertTime".into(), json!(counts.last_alert_ms));
+}
+
+fn status_change_without_counts(change: &StatusChange, locale: Locale) -> Value {
     match change.scope {
         StatusScope::Batch { batch_id, .. } => json!({
             "type": "batch_status",
@@ -327,6 +370,34 @@ mod tests {
     }
 
     #[test]
+    fn market_facts_fill_missing_figures() {
+        let mut alert = price_alert();
+        alert.alert_type = AlertType::TopHolders;
+        alert.findings[0].rule = AlertType::TopHolders;
+        alert.extra_json = Some(
+            r#"{"top_n":10,"market":{"window_sec":300,"price_change_pct":-2.5,"volume_usd":1200.0}}"#
+                .into(),
+        );
+
+        let data = alert_data(&alert, "t");
+
+        assert_eq!(data["priceChange"], -2.5);
+        assert_eq!(data["volume"], 1200.0);
+    }
+
+    #[test]
+    fn finding_wins_over_market_facts() {
+        let mut alert = price_alert();
+        alert.extra_json =
+            Some(r#"{"market":{"window_sec":300,"price_change_pct":1.0,"volume_usd":5.0}}"#.into());
+
+        let data = alert_data(&alert, "t");
+
+        assert_eq!(data["priceChange"], 25.5);
+        assert_eq!(data["volume"], 5.0);
+    }
+
+    #[test]
     fn invalid_extra_json_is_kept_as_text() {
         let mut alert = price_alert();
         alert.extra_json = Some("not json".into());
@@ -354,10 +425,13 @@ mod tests {
 
     #[test]
     fn batch_heartbeat_matches_java_shape_with_seconds() {
-        let message = heartbeat(&beat(StatusScope::Batch {
-            task_id: 4,
-            batch_id: 12345,
-        }));
+        let message = heartbeat(
+            &beat(StatusScope::Batch {
+                task_id: 4,
+                batch_id: 12345,
+            }),
+            None,
+        );
         let expected = json!({
             "type": "batch_heartbeat",
             "data": {
@@ -373,7 +447,7 @@ mod tests {
 
     #[test]
     fn task_heartbeat_carries_last_block() {
-        let message = heartbeat(&beat(StatusScope::Task { task_id: 4 }));
+        let message = heartbeat(&beat(StatusScope::Task { task_id: 4 }), None);
         let expected = json!({
             "type": "task_heartbeat",
             "data": {
@@ -413,6 +487,7 @@ mod tests {
                 None,
             ),
             Locale::ZhCn,
+            None,
         );
         let expected = json!({
             "type": "batch_status",
@@ -430,7 +505,7 @@ mod tests {
     #[test]
     fn task_status_defaults_to_chinese_message() {
         let running = change(StatusScope::Task { task_id: 1 }, BatchStatus::Running, None);
-        let message = status_change(&running, Locale::ZhCn);
+        let message = status_change(&running, Locale::ZhCn, None);
         let expected = json!({
             "type": "task_status",
             "data": {
@@ -451,7 +526,7 @@ mod tests {
             BatchStatus::Error,
             Some("配置无效：price_change.rise_pct 必须大于 0"),
         );
-        let message = status_change(&failed, Locale::En);
+        let message = status_change(&failed, Locale::En, None);
         assert_eq!(message["data"]["status"], 0);
         assert_eq!(
             message["data"]["message"],
@@ -463,9 +538,67 @@ mod tests {
     fn task_status_in_english_locale() {
         let stopped = change(StatusScope::Task { task_id: 1 }, BatchStatus::Stopped, None);
         assert_eq!(
-            status_change(&stopped, Locale::En)["data"]["message"],
+            status_change(&stopped, Locale::En, None)["data"]["message"],
             "Task stopped"
         );
+    }
+
+    #[test]
+    fn counts_placed_per_message_type() {
+        let counts = Some(AlertCounts {
+            total: 7,
+            last_alert_ms: Some(1_700_000_000_123),
+        });
+        let batch = StatusScope::Batch {
+            task_id: 4,
+            batch_id: 1,
+        };
+        let task = StatusScope::Task { task_id: 4 };
+
+        let batch_status = status_change(
+            &change(batch, BatchStatus::Running, None),
+            Locale::En,
+            counts,
+        );
+        assert_eq!(batch_status["data"]["details"]["totalAlerts"], 7);
+        assert_eq!(
+            batch_status["data"]["details"]["lastAlertTime"],
+            1_700_000_000_123_i64
+        );
+        assert!(batch_status["data"].get("totalAlerts").is_none());
+
+        let task_status = status_change(
+            &change(task, BatchStatus::Running, None),
+            Locale::En,
+            counts,
+        );
+        assert_eq!(task_status["data"]["totalAlerts"], 7);
+        assert_eq!(task_status["data"]["lastAlertTime"], 1_700_000_000_123_i64);
+
+        for scope in [batch, task] {
+            let message = heartbeat(&beat(scope), counts);
+            assert_eq!(message["data"]["totalAlerts"], 7, "{message}");
+            assert_eq!(
+                message["data"]["lastAlertTime"], 1_700_000_000_123_i64,
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_and_unknown_counts() {
+        let batch = StatusScope::Batch {
+            task_id: 4,
+            batch_id: 1,
+        };
+        let empty = heartbeat(&beat(batch), Some(AlertCounts::default()));
+        assert_eq!(empty["data"]["totalAlerts"], 0);
+        assert_eq!(empty["data"]["lastAlertTime"], Value::Null);
+        assert!(empty["data"].get("lastAlertTime").is_some());
+
+        let unknown = heartbeat(&beat(batch), None);
+        assert!(unknown["data"].get("totalAlerts").is_none());
+        assert!(unknown["data"].get("lastAlertTime").is_none());
     }
 
     #[test]

@@ -6,17 +6,22 @@
 //! The table is the outbox, so alerts that could not be pushed are sent after the socket
 //! returns or the stage restarts. Heartbeats and status changes go to the same socket.
 //!
-//! Modules: [`alerts`] and [`alert_log`] for alerts, [`status`] for heartbeats and status,
-//! [`java_ws`] for the socket, [`java_messages`] for the JSON the Java side reads.
+//! Modules: [`alerts`] and [`alert_log`] for alerts, [`status`] and [`status_store`] for
+//! heartbeats and status, [`counters`] for the alert counts sent with them, [`java_ws`] for
+//! the socket, [`java_messages`] for the JSON the Java side reads, [`db_health`] for MySQL
+//! outages.
 
 pub mod alert_log;
 pub mod alerts;
+pub mod counters;
+pub mod db_health;
 pub mod java_messages;
 pub mod java_ws;
 pub mod jetstream;
 pub mod metrics;
 pub mod settings;
 pub mod status;
+pub mod status_store;
 
 use anyhow::Context;
 use monitor_core::shutdown::Tasks;
@@ -30,7 +35,10 @@ pub async fn run(settings: NotifySettings, shutdown: CancellationToken) -> anyho
     monitor_core::telemetry::log_settings("notify", &settings);
     let endpoint = metrics::serve(&settings, shutdown.clone()).await?;
 
-    let pool = monitor_core::db::connect(&settings.db).await?;
+    let health = db_health::DbHealth::default();
+    let Some(pool) = db_health::connect(&settings.db, &health, &shutdown).await else {
+        return Ok(());
+    };
     let client = settings
         .nats
         .connect("notify")
@@ -56,6 +64,8 @@ pub async fn run(settings: NotifySettings, shutdown: CancellationToken) -> anyho
     )
     .await?;
 
+    let status_store = status_store::StatusStore::open(&js, &subjects).await?;
+
     let (ws, socket) = java_ws::JavaWs::new(settings.ws.clone());
     let watch_metrics = metrics::watch(
         ws.watch(),
@@ -65,14 +75,18 @@ pub async fn run(settings: NotifySettings, shutdown: CancellationToken) -> anyho
         shutdown.clone(),
     );
     let locale = settings.runtime.locale;
+    let log = alert_log::AlertLog::new(pool);
+    let counters = counters::AlertCounters::new(log.clone(), health.clone());
     let alerts = alerts::AlertForwarder::new(
-        alert_log::AlertLog::new(pool),
+        log,
         ws.clone(),
         js.clone(),
         subjects.clone(),
         locale,
+        health,
+        counters.clone(),
     );
-    let status = status::StatusForwarder::new(ws, js, subjects, locale);
+    let status = status::StatusForwarder::new(ws, js, subjects, locale, status_store, counters);
 
     let mut tasks = Tasks::new(shutdown.clone());
     tasks.spawn("metrics", watch_metrics);

@@ -4,11 +4,15 @@
 //! Consumes the durable pull consumer `notify_status`. A heartbeat becomes `batch_heartbeat`
 //! (or `task_heartbeat` for a block task) and is sent only while the socket is connected and
 //! the heartbeat is fresh, because a late heartbeat does not show that the batch is alive now.
-//! A status change becomes `batch_status` (or `task_status`) and is remembered as the latest
-//! status of its batch or task; at the start of every WebSocket session the latest statuses
-//! are sent once, oldest first, before anything else, so the Java side never keeps a status
-//! it missed during an outage. Every message is acked once handled, sent or not: the
-//! remembered statuses cover what a down socket missed.
+//! A status change becomes `batch_status` (or `task_status`) and is kept as the latest status
+//! of its batch or task, in memory and in the [`StatusStore`] bucket, before it is acked. At
+//! the start of every WebSocket session the latest statuses are sent once, oldest first,
+//! before anything else, so the Java side never keeps a status it missed during an outage.
+//! The stored statuses are read at start, so this holds after a restart of notify too.
+//! Heartbeats are acked once handled, sent or not; a change that could not be stored is
+//! nak'ed and delivered again.
+//!
+//! Every message sent carries the alert counters of its batch or task ([`AlertCounters`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,15 +27,27 @@ use monitor_core::{Locale, Subjects};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
+use crate::counters::AlertCounters;
 use crate::java_messages;
 use crate::java_ws::JavaWs;
 use crate::jetstream::{acknowledge, dead_letter, messages, JetStreamError};
+use crate::status_store::{StatusStore, StatusStoreError};
 
 /// Age after which a heartbeat is stale: two heartbeat intervals of 30 s.
 pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(60);
 /// A stopped or completed batch is forgotten after this long without news; running ones are
 /// kept however old their last change is.
 const FINISHED_STATUS_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Delay before a change that could not be stored is delivered again.
+const STORE_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusForwarderError {
+    #[error(transparent)]
+    Consumer(#[from] JetStreamError),
+    #[error("failed to read the stored statuses at start: {0}")]
+    Restore(#[from] StatusStoreError),
+}
 
 /// Forwards heartbeats and status changes to the Java WebSocket.
 pub struct StatusForwarder {
@@ -39,30 +55,42 @@ pub struct StatusForwarder {
     js: jetstream::Context,
     subjects: Subjects,
     locale: Locale,
+    store: StatusStore,
+    counters: AlertCounters,
     heartbeat_max_age: Duration,
     latest: LatestStatus,
     resent_session: Option<u64>,
 }
 
 impl StatusForwarder {
-    pub fn new(ws: JavaWs, js: jetstream::Context, subjects: Subjects, locale: Locale) -> Self {
+    pub fn new(
+        ws: JavaWs,
+        js: jetstream::Context,
+        subjects: Subjects,
+        locale: Locale,
+        store: StatusStore,
+        counters: AlertCounters,
+    ) -> Self {
         StatusForwarder {
             ws,
             js,
             subjects,
             locale,
+            store,
+            counters,
             heartbeat_max_age: HEARTBEAT_MAX_AGE,
             latest: LatestStatus::default(),
             resent_session: None,
         }
     }
 
-    /// Consumes status messages until `shutdown`.
+    /// Reads the stored statuses, then consumes status messages until `shutdown`.
     pub async fn run(
         mut self,
         consumer: PullConsumer,
         shutdown: CancellationToken,
-    ) -> Result<(), JetStreamError> {
+    ) -> Result<(), StatusForwarderError> {
+        self.restore().await?;
         let name = Subjects::NOTIFY_STATUS_CONSUMER;
         let mut stream = messages(&consumer, name).await?;
         let mut connection = self.ws.watch();
@@ -91,11 +119,31 @@ impl StatusForwarder {
         Ok(())
     }
 
+    /// Loads the latest statuses that an earlier run stored.
+    async fn restore(&mut self) -> Result<(), StatusStoreError> {
+        let stored = self.store.load().await?;
+        let count = stored.len();
+        for change in stored {
+            self.latest.record(&change);
+        }
+        info!(
+            statuses = count,
+            "restored the latest statuses of batches and tasks"
+        );
+        Ok(())
+    }
+
     #[instrument(skip_all, fields(subject = %message.subject))]
     async fn handle(&mut self, message: Message) {
         match codec::decode::<StatusMessage>(&message.payload) {
             Ok(StatusMessage::Heartbeat(heartbeat)) => self.forward_heartbeat(&heartbeat).await,
-            Ok(StatusMessage::Change(change)) => self.forward_change(change).await,
+            Ok(StatusMessage::Change(change)) => {
+                if !self.forward_change(change).await {
+                    // Not stored: the stream delivers the change again.
+                    acknowledge(&message, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
+                    return;
+                }
+            }
             Err(error) => {
                 dead_letter(&self.js, &self.subjects, &message, &error.to_string()).await;
                 return;
@@ -115,31 +163,45 @@ impl StatusForwarder {
             return;
         }
         self.resend_if_new_session().await;
-        if !self.ws.send(&java_messages::heartbeat(heartbeat)).await {
+        let counts = self.counters.of_scope(heartbeat.scope).await;
+        if !self
+            .ws
+            .send(&java_messages::heartbeat(heartbeat, counts))
+            .await
+        {
             debug!(scope = ?heartbeat.scope, "failed to send a heartbeat, dropping it");
         }
     }
 
-    async fn forward_change(&mut self, change: StatusChange) {
+    /// Keeps, stores and sends a status change; returns false when it could not be stored.
+    async fn forward_change(&mut self, change: StatusChange) -> bool {
         if !self.latest.record(&change) {
             debug!(scope = ?change.scope, sent_ms = change.sent_ms, "ignoring a status older than the one already known");
-            return;
+            return true;
+        }
+        if let Err(error) = self.store.save(&change).await {
+            warn!(scope = ?change.scope, error = %error, "failed to store a status change, it will be delivered again");
+            return false;
         }
         if !self.ws.connection().connected {
             debug!(scope = ?change.scope, status = %change.status, "java websocket down, status is sent after the reconnect");
-            return;
+            return true;
         }
         if self.resend_if_new_session().await {
             // The resend included this change.
-            return;
+            return true;
         }
-        if self
-            .ws
-            .send(&java_messages::status_change(&change, self.locale))
-            .await
-        {
+        if self.send_change(&change).await {
             info!(scope = ?change.scope, status = %change.status, "forwarded a status change");
         }
+        true
+    }
+
+    async fn send_change(&self, change: &StatusChange) -> bool {
+        let counts = self.counters.of_scope(change.scope).await;
+        self.ws
+            .send(&java_messages::status_change(change, self.locale, counts))
+            .await
     }
 
     /// Sends the latest status of every batch and task once per session; returns whether it
@@ -150,15 +212,11 @@ impl StatusForwarder {
             return false;
         }
         self.resent_session = Some(connection.session);
-        self.latest.forget_finished(monitor_core::time::now_ms());
+        self.forget_finished().await;
 
         let mut sent = 0usize;
         for change in self.latest.oldest_first() {
-            if !self
-                .ws
-                .send(&java_messages::status_change(change, self.locale))
-                .await
-            {
+            if !self.send_change(&change).await {
                 // The session ended; the next one sends everything again.
                 break;
             }
@@ -171,6 +229,16 @@ impl StatusForwarder {
             );
         }
         true
+    }
+
+    /// Drops the finished batches and tasks that had no news for a day, here and in the
+    /// store. A failed delete leaves the entry stored, so a later start sends it once more.
+    async fn forget_finished(&mut self) {
+        for scope in self.latest.forget_finished(monitor_core::time::now_ms()) {
+            if let Err(error) = self.store.forget(scope).await {
+                warn!(scope = ?scope, error = %error, "failed to delete a finished status from the store");
+            }
+        }
     }
 }
 
@@ -191,9 +259,6 @@ impl From<StatusScope> for ScopeKey {
 }
 
 /// The newest status change of every batch and task.
-///
-/// NOTE: kept in memory only, so after a restart of notify a status is sent again only once
-/// its producer publishes a new change.
 #[derive(Debug, Default)]
 struct LatestStatus {
     changes: HashMap<ScopeKey, StatusChange>,
@@ -212,20 +277,26 @@ impl LatestStatus {
         }
     }
 
-    fn oldest_first(&self) -> Vec<&StatusChange> {
-        let mut changes: Vec<_> = self.changes.values().collect();
+    fn oldest_first(&self) -> Vec<StatusChange> {
+        let mut changes: Vec<_> = self.changes.values().cloned().collect();
         changes.sort_by_key(|c| c.sent_ms);
         changes
     }
 
     /// Drops stopped and completed entries that have had no news for a day, so the map does
-    /// not grow with every batch the pipeline ever ran.
-    fn forget_finished(&mut self, now_ms: i64) {
+    /// not grow with every batch the pipeline ever ran; returns their scopes.
+    fn forget_finished(&mut self, now_ms: i64) -> Vec<StatusScope> {
         let retention_ms = FINISHED_STATUS_RETENTION.as_millis() as i64;
+        let mut forgotten = Vec::new();
         self.changes.retain(|_, change| {
             let finished = matches!(change.status, BatchStatus::Stopped | BatchStatus::Completed);
-            !(finished && now_ms - change.sent_ms > retention_ms)
+            let forget = finished && now_ms - change.sent_ms > retention_ms;
+            if forget {
+                forgotten.push(change.scope);
+            }
+            !forget
         });
+        forgotten
     }
 }
 
@@ -276,8 +347,15 @@ mod tests {
         latest.record(&change(2, BatchStatus::Running, 0));
         latest.record(&change(3, BatchStatus::Completed, day_ms));
 
-        latest.forget_finished(day_ms + 1);
+        let forgotten = latest.forget_finished(day_ms + 1);
 
+        assert_eq!(
+            forgotten,
+            vec![StatusScope::Batch {
+                task_id: 1,
+                batch_id: 1
+            }]
+        );
         let kept: Vec<_> = latest.oldest_first().iter().map(|c| c.scope).collect();
         assert_eq!(kept.len(), 2);
         assert!(kept.contains(&StatusScope::Batch {

@@ -23,6 +23,7 @@ async fn start_stub(token: &str) -> (String, Arc<Mutex<Vec<Value>>>, Cancellatio
     let stub = BackendStub {
         token: Some(Redacted(token.to_owned())),
         answer_pings: true,
+        ..BackendStub::default()
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(run_backend_stub(listener, stub, writer, shutdown.clone()));

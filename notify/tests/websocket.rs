@@ -104,6 +104,8 @@ async fn heartbeats_and_status_reach_java_in_its_shapes() {
                 "consumerId": "server-01-12345",
                 "progress": 50,
                 "timestamp": sent_ms / 1000,
+                "totalAlerts": 0,
+                "lastAlertTime": null,
             }
         })
     );
@@ -115,7 +117,13 @@ async fn heartbeats_and_status_reach_java_in_its_shapes() {
             "data": {
                 "batchId": 12345,
                 "status": "running",
-                "details": { "itemCount": 50, "progress": 30, "errorCount": 1 },
+                "details": {
+                    "itemCount": 50,
+                    "progress": 30,
+                    "errorCount": 1,
+                    "totalAlerts": 0,
+                    "lastAlertTime": null,
+                },
                 "timestamp": sent_ms,
             },
             "timestamp": sent_ms,
@@ -131,6 +139,8 @@ async fn heartbeats_and_status_reach_java_in_its_shapes() {
                 "consumerId": "server-01-12345",
                 "lastBlock": 21_000_000,
                 "timestamp": sent_ms,
+                "totalAlerts": 0,
+                "lastAlertTime": null,
             },
             "timestamp": sent_ms,
         })
@@ -140,7 +150,14 @@ async fn heartbeats_and_status_reach_java_in_its_shapes() {
         task_status[0].message,
         json!({
             "type": "task_status",
-            "data": { "taskId": 9, "status": 1, "message": "任务运行中", "timestamp": sent_ms },
+            "data": {
+                "taskId": 9,
+                "status": 1,
+                "message": "任务运行中",
+                "timestamp": sent_ms,
+                "totalAlerts": 0,
+                "lastAlertTime": null,
+            },
             "timestamp": sent_ms,
         })
     );

@@ -1,15 +1,14 @@
 //! Shared pieces of the notify tests: each test's own database and subject prefix on the
-//! shared services, a WebSocket peer that speaks the Java side of the protocol, and polling.
-//!
-//! Services come from `TEST_NATS_URL`, `TEST_DB_HOST`, `TEST_DB_PORT`, `TEST_DB_USER` and
-//! `TEST_DB_PASSWORD`, with the development defaults (NATS on 127.0.0.1:14222, MariaDB on
-//! 127.0.0.1:3306 as root without a password).
+//! services that `scripts/test` starts ([`monitor_tests::TestEnv`]), a WebSocket peer that
+//! speaks the Java side of the protocol, devkit's backend-stub with its record files, and
+//! polling.
 
 #![allow(dead_code)]
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,8 +16,10 @@ use async_nats::jetstream;
 use futures::{SinkExt, StreamExt};
 use monitor_core::messages::{Alert, AlertState, AlertType, Chain, Finding, MESSAGE_VERSION};
 use monitor_core::settings::{DbSettings, NatsSettings, RuntimeSettings};
-use monitor_core::{codec, topology, Subjects};
+use monitor_core::{codec, Subjects};
+use monitor_devkit::backend_stub::{run_backend_stub, BackendStub};
 use monitor_notify::{NotifySettings, WsSettings, WsTiming};
+use monitor_tests::{wait_for, ProcessBuilder, TestEnv};
 use serde_json::{json, Value};
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
@@ -29,16 +30,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 /// Maximum wait for something a test expects; reaching it fails the test.
-pub const PATIENCE: Duration = Duration::from_secs(60);
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn var_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
+pub const PATIENCE: Duration = Duration::from_secs(90);
 
 /// One test's database, subject prefix and JetStream context.
 pub struct Env {
+    pub test: TestEnv,
     pub db: DbSettings,
     pub nats: NatsSettings,
     pub pool: MySqlPool,
@@ -47,48 +43,22 @@ pub struct Env {
 }
 
 impl Env {
-    /// Creates the database `t_notify_<name>_<pid>_<n>` with the migrations applied, and the
-    /// streams under the prefix of the same name.
+    /// Creates the test's database `t_notify_<name>_…` with the migrations applied, and the
+    /// streams and buckets under the prefix of the same name.
     pub async fn new(name: &str) -> Env {
-        // Logs only on request: `RUST_LOG=info cargo test -p monitor-notify`.
+        // Logs of in-process stages only on request: `RUST_LOG=info scripts/test -p monitor-notify`.
         if std::env::var_os("RUST_LOG").is_some() {
             monitor_core::telemetry::init(monitor_core::telemetry::LogFormat::Text);
         }
-        let id = format!(
-            "t_notify_{}_{}_{}",
-            &name[..name.len().min(24)],
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let port: u16 = var_or("TEST_DB_PORT", "3306")
-            .parse()
-            .expect("TEST_DB_PORT must be a port number");
-        let db = DbSettings {
-            host: var_or("TEST_DB_HOST", "127.0.0.1"),
-            user: var_or("TEST_DB_USER", "root"),
-            password: monitor_core::settings::Redacted(var_or("TEST_DB_PASSWORD", "")),
-            ..DbSettings::local(port, &id)
-        };
-        let nats = NatsSettings::local(&var_or("TEST_NATS_URL", "nats://127.0.0.1:14222"), &id);
-
-        let pool = monitor_core::db::migrate(&db)
-            .await
-            .expect("failed to migrate the test database");
-        let client = nats
-            .connect("notify-test")
-            .await
-            .expect("failed to connect to NATS");
-        let js = jetstream::new(client);
-        topology::ensure(&js, &nats)
-            .await
-            .expect("failed to create the test streams");
-        let subjects = nats.subjects();
+        let test = TestEnv::new(&format!("notify_{name}")).await;
+        test.topology().await;
         Env {
-            db,
-            nats,
-            pool,
-            js,
-            subjects,
+            db: test.db_settings(),
+            nats: test.nats_settings(),
+            pool: test.pool().clone(),
+            js: test.jetstream().await,
+            subjects: test.subjects(),
+            test,
         }
     }
 
@@ -103,7 +73,11 @@ impl Env {
         ] {
             let _ = self.js.delete_stream(&stream).await;
         }
-        for bucket in [self.subjects.tasks_bucket(), self.subjects.leases_bucket()] {
+        for bucket in [
+            self.subjects.tasks_bucket(),
+            self.subjects.leases_bucket(),
+            monitor_notify::status_store::bucket_name(&self.subjects),
+        ] {
             let _ = self.js.delete_key_value(&bucket).await;
         }
         // The name was built from letters, digits and '_' only, so it is safe in the statement.
@@ -129,6 +103,12 @@ impl Env {
             },
             runtime: RuntimeSettings::default(),
         }
+    }
+
+    /// The notify binary with this test's settings, pushing to `ws_url`. It runs with the
+    /// protocol's timings: reconnects back off up to 30 s.
+    pub fn notify_process(&self, ws_url: &str) -> ProcessBuilder {
+        self.test.stage("notify").arg("run").env("WS_URL", ws_url)
     }
 
     /// Publishes an alert as evaluate does, with `msg_id` as its `Nats-Msg-Id`.
@@ -189,22 +169,14 @@ pub async fn stop_notify((shutdown, handle): (CancellationToken, JoinHandle<anyh
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, for at most [`PATIENCE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(PATIENCE, Duration::from_millis(50), check)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {PATIENCE:?} waiting for {what}"))
 }
 
 /// A price alert of task 4 on one token, like evaluate raises.
@@ -426,4 +398,105 @@ impl PeerState {
         }
         let _ = socket.close(None).await;
     }
+}
+
+/// devkit's backend-stub run in this process, recording to files in `dir` so that a test can
+/// stop it and start it again on the same address and keep one record of both runs. It checks
+/// every message against the Java protocol and writes the violations to their own file.
+pub struct Stub {
+    pub addr: SocketAddr,
+    out: PathBuf,
+    violations: PathBuf,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Stub {
+    /// Starts the stub on `addr` (port 0 picks one), appending to `dir/backend-stub.jsonl`.
+    pub async fn start(addr: SocketAddr, dir: &Path) -> Stub {
+        Self::start_with(addr, dir, BackendStub::default()).await
+    }
+
+    /// Starts the stub with `stub`'s token and pong behaviour.
+    pub async fn start_with(addr: SocketAddr, dir: &Path, stub: BackendStub) -> Stub {
+        std::fs::create_dir_all(dir).expect("failed to create the stub directory");
+        let out = dir.join("backend-stub.jsonl");
+        let violations = dir.join("backend-stub-violations.jsonl");
+        let listener = TcpListener::bind(addr)
+            .await
+            .expect("failed to bind the stub");
+        let addr = listener
+            .local_addr()
+            .expect("bound listener has an address");
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out)
+            .await
+            .expect("failed to open the stub output");
+        let stub = BackendStub {
+            answer_pings: true,
+            violations: Some(violations.clone()),
+            ..stub
+        };
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            run_backend_stub(listener, stub, file, token)
+                .await
+                .expect("backend-stub failed");
+        });
+        Stub {
+            addr,
+            out,
+            violations,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/websocket/monitor", self.addr)
+    }
+
+    /// Messages recorded so far, over every run in the same directory, whose `type` is `kind`.
+    pub fn received(&self, kind: &str) -> Vec<Value> {
+        read_records(&self.out)
+            .into_iter()
+            .filter(|m| m["type"] == kind)
+            .collect()
+    }
+
+    /// Waits until at least `count` messages of type `kind` were recorded and returns them.
+    pub async fn wait_for(&self, kind: &str, count: usize) -> Vec<Value> {
+        eventually(&format!("{count} {kind} messages at the stub"), || async {
+            let received = self.received(kind);
+            (received.len() >= count).then_some(received)
+        })
+        .await
+    }
+
+    /// Fails the test if any message the stub received broke the Java protocol.
+    pub fn assert_no_violations(&self) {
+        monitor_tests::assert_no_stub_violations(&self.violations);
+    }
+
+    pub fn violations_path(&self) -> &Path {
+        &self.violations
+    }
+
+    /// Stops the stub and waits until every received message is written.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Reads a file of JSON lines, skipping a line that is not complete yet.
+pub fn read_records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
 }
