@@ -169,10 +169,16 @@ async fn recorded_trades_produce_exact_alerts_in_mysql_and_on_websocket() {
     )
     .await;
     let stub_file = env.work_dir().join("backend-stub.jsonl");
+    let violations_file = env.work_dir().join("backend-stub-violations.jsonl");
     let (_stub, stub_address) = start_devkit_server(
         &env,
         "backend-stub",
-        &["--out", stub_file.to_str().expect("utf-8 path")],
+        &[
+            "--out",
+            stub_file.to_str().expect("utf-8 path"),
+            "--violations",
+            violations_file.to_str().expect("utf-8 path"),
+        ],
     )
     .await;
 
@@ -220,6 +226,7 @@ async fn recorded_trades_produce_exact_alerts_in_mysql_and_on_websocket() {
 
     assert_rows_match_expected(&rows, &expected, task_id);
     assert_stub_received_every_row(&rows, &received);
+    monitor_tests::assert_no_stub_violations(&violations_file);
 }
 
 fn assert_rows_match_expected(rows: &[AlertRow], expected: &[ExpectedAlert], task_id: u64) {
