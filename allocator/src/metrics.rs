@@ -35,22 +35,22 @@ static METRICS: LazyLock<AllocatorMetrics> = LazyLock::new(|| {
     };
     metrics::register(
         "allocator_polls",
-        "Polls of the task tables, by result (ok, or failed when MySQL or the tasks bucket could not be read).",
+        "Polls of the task tables, by result (ok, or failed when MySQL or the tasks bucket could not be read)",
         m.polls.clone(),
     );
     metrics::register(
         "allocator_epochs_written",
-        "New epochs of batches written for token tasks.",
+        "New epochs of batches written for token tasks",
         m.epochs_written.clone(),
     );
     metrics::register(
         "allocator_tasks_published",
-        "Active tasks whose spec this allocator published to the tasks bucket.",
+        "Active tasks whose spec this allocator published to the tasks bucket",
         m.tasks_published.clone(),
     );
     metrics::register(
         "allocator_task_config_version",
-        "Version of the config in the published spec of each task, by task_id (absent when the task has no config).",
+        "Version of the config in the published spec of each task, by task_id (absent when the task has no config)",
         m.config_version.clone(),
     );
     m
@@ -100,6 +100,13 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<Health, ServeError> {
     LazyLock::force(&METRICS);
+    for result in ["ok", "failed"] {
+        // Listed at 0 before the first poll ends.
+        METRICS
+            .polls
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc_by(0);
+    }
     let dependencies = [metrics::MYSQL, metrics::NATS];
     metrics::serve(settings.runtime.metrics_addr, &dependencies, shutdown).await
 }

@@ -261,12 +261,12 @@ static CONSUMER_GAUGES: LazyLock<ConsumerGauges> = LazyLock::new(|| {
     };
     register(
         "consumer_pending",
-        "Messages of the stream not yet delivered to the durable consumer (its lag).",
+        "Messages of the stream not yet delivered to the durable consumer (its lag)",
         gauges.pending.clone(),
     );
     register(
         "consumer_ack_pending",
-        "Messages delivered to the durable consumer and not yet acknowledged.",
+        "Messages delivered to the durable consumer and not yet acknowledged",
         gauges.ack_pending.clone(),
     );
     gauges
@@ -362,12 +362,12 @@ mod tests {
     #[test]
     fn registered_metrics_carry_the_prefix() {
         let counter = Counter::<u64>::default();
-        register("metrics_selftest_events", "Test counter.", counter.clone());
+        register("metrics_selftest_events", "Test counter", counter.clone());
         counter.inc_by(3);
         let histogram = latency_histogram();
         register_seconds(
             "metrics_selftest_latency",
-            "Test histogram.",
+            "Test histogram",
             histogram.clone(),
         );
         histogram.observe(0.004);

@@ -39,27 +39,27 @@ static METRICS: LazyLock<EvaluateMetrics> = LazyLock::new(|| {
     };
     metrics::register(
         "evaluate_frames_judged",
-        "Event frames judged against their task's rules (a redelivered frame counts again).",
+        "Event frames judged against their task's rules (a redelivered frame counts again)",
         m.frames_judged.clone(),
     );
     metrics::register(
         "evaluate_events_judged",
-        "Events in the judged frames.",
+        "Events in the judged frames",
         m.events_judged.clone(),
     );
     metrics::register(
         "evaluate_alerts_raised",
-        "Alerts raised by judged frames, by alert_type (a redelivered frame counts again; the alerts stream stores each id once).",
+        "Alerts raised by judged frames, by alert_type (a redelivered frame counts again; the alerts stream stores each id once)",
         m.alerts_raised.clone(),
     );
     metrics::register(
         "evaluate_frames_settled",
-        "Event frames settled, by result: ack (alerts stored), nak (redelivered later) or term (moved to the dead stream).",
+        "Event frames settled, by result: ack (alerts stored), nak (redelivered later) or term (moved to the dead stream)",
         m.frames_settled.clone(),
     );
     metrics::register_seconds(
         "evaluate_alert_ack_latency",
-        "Time from publishing a frame's alerts to the alerts stream acknowledging all of them.",
+        "Time from publishing a frame's alerts to the alerts stream acknowledging all of them",
         m.alert_ack_latency.clone(),
     );
     m
@@ -96,6 +96,11 @@ pub fn alert_acks_awaited(elapsed: Duration) {
 /// Registers the stage's metrics and starts the endpoint on `METRICS_ADDR`, if set.
 pub async fn serve(settings: &Settings, shutdown: CancellationToken) -> Result<Health, ServeError> {
     LazyLock::force(&METRICS);
+    for result in ["ack", "nak", "term"] {
+        // Listed at 0 before the first frame settles.
+        let labels = vec![("result", result.to_owned())];
+        METRICS.frames_settled.get_or_create(&labels).inc_by(0);
+    }
     metrics::register_consumer_lag();
     metrics::serve(settings.runtime.metrics_addr, &[metrics::NATS], shutdown).await
 }
@@ -137,7 +142,7 @@ impl Collector for CacheCollector {
         cached.set(tasks as i64);
         let metric = encoder.encode_descriptor(
             "evaluate_tasks_cached",
-            "Task specs in the local copy of the tasks bucket.",
+            "Task specs in the local copy of the tasks bucket",
             None,
             cached.metric_type(),
         )?;
@@ -152,7 +157,7 @@ impl Collector for CacheCollector {
         }
         let metric = encoder.encode_descriptor(
             "evaluate_task_config_version",
-            "Version of the config whose rules judge the task's frames, by task_id.",
+            "Version of the config whose rules judge the task's frames, by task_id",
             None,
             family.metric_type(),
         )?;

@@ -41,37 +41,37 @@ static METRICS: LazyLock<IngestMetrics> = LazyLock::new(|| {
     };
     metrics::register(
         "ingest_feed_frames",
-        "WebSocket text frames received from the feeds, by channel (prices or trades).",
+        "WebSocket text frames received from the feeds, by channel (prices or trades)",
         m.feed_frames.clone(),
     );
     metrics::register(
         "ingest_feed_connections",
-        "Feed WebSocket connections open and subscribed, by channel.",
+        "Feed WebSocket connections open and subscribed, by channel",
         m.feed_connections.clone(),
     );
     metrics::register(
         "ingest_feed_reconnects",
-        "Reconnects scheduled after a feed connection failed, ended or sent ERROR, by channel.",
+        "Reconnects scheduled after a feed connection failed, ended or sent ERROR, by channel",
         m.feed_reconnects.clone(),
     );
     metrics::register(
         "ingest_feed_gaps",
-        "Open feed connections that ended before shutdown, by channel: events sent while it was down are missing, because the feed does not replay them.",
+        "Open feed connections that ended before shutdown, by channel: events sent while it was down are missing, because the feed does not replay them",
         m.feed_gaps.clone(),
     );
     metrics::register(
         "ingest_frames_published",
-        "Event frames acknowledged by the events stream.",
+        "Event frames acknowledged by the events stream",
         m.frames_published.clone(),
     );
     metrics::register(
         "ingest_events_published",
-        "Events in the event frames acknowledged by the events stream.",
+        "Events in the event frames acknowledged by the events stream",
         m.events_published.clone(),
     );
     metrics::register_seconds(
         "ingest_publish_latency",
-        "Time from sending a publish (event frame or status) to JetStream acknowledging it.",
+        "Time from sending a publish (event frame or status) to JetStream acknowledging it",
         m.publish_latency.clone(),
     );
     m
@@ -148,11 +148,11 @@ pub async fn serve(
 ) -> Result<Health, ServeError> {
     LazyLock::force(&METRICS);
     for channel in [Channel::Prices, Channel::Trades] {
-        // Listed at 0 before the first connection opens.
-        METRICS
-            .feed_connections
-            .get_or_create(&channel_labels(channel))
-            .set(0);
+        // Listed at 0 before the first connection opens, fails or ends.
+        let labels = channel_labels(channel);
+        METRICS.feed_connections.get_or_create(&labels).set(0);
+        METRICS.feed_reconnects.get_or_create(&labels).inc_by(0);
+        METRICS.feed_gaps.get_or_create(&labels).inc_by(0);
     }
     metrics::serve(settings.runtime.metrics_addr, &[metrics::NATS], shutdown).await
 }
@@ -178,7 +178,7 @@ impl Collector for OwnershipCollector {
         held.set(self.ownership.held_count() as i64);
         let metric = encoder.encode_descriptor(
             "ingest_leases_held",
-            "Leases of batches and block tasks that this instance holds.",
+            "Leases of batches and block tasks that this instance holds",
             None,
             held.metric_type(),
         )?;
@@ -188,7 +188,7 @@ impl Collector for OwnershipCollector {
         members.set(self.ownership.members().len() as i64);
         let metric = encoder.encode_descriptor(
             "ingest_members",
-            "Live ingest instances at the last listing of the leases bucket, this one included.",
+            "Live ingest instances at the last listing of the leases bucket, this one included",
             None,
             members.metric_type(),
         )?;

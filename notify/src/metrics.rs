@@ -44,32 +44,32 @@ static METRICS: LazyLock<NotifyMetrics> = LazyLock::new(|| {
     };
     metrics::register(
         "notify_alerts_received",
-        "Alerts delivered by the alerts stream, by alert_type (a redelivery counts again).",
+        "Alerts delivered by the alerts stream, by alert_type (a redelivery counts again)",
         m.alerts_received.clone(),
     );
     metrics::register(
         "notify_alerts_pushed",
-        "Alert rows pushed to the Java WebSocket and marked pushed.",
+        "Alert rows pushed to the Java WebSocket and marked pushed",
         m.alerts_pushed.clone(),
     );
     metrics::register_seconds(
         "notify_alert_ack_latency",
-        "Time from receiving an alert to acknowledging it on the stream (insert, push, mark).",
+        "Time from receiving an alert to acknowledging it on the stream (insert, push, mark)",
         m.alert_latency.clone(),
     );
     metrics::register(
         "notify_websocket_connected",
-        "1 while the Java WebSocket session is open, else 0.",
+        "1 while the Java WebSocket session is open, else 0",
         m.websocket_connected.clone(),
     );
     metrics::register(
         "notify_websocket_sessions",
-        "Java WebSocket sessions established.",
+        "Java WebSocket sessions established",
         m.websocket_sessions.clone(),
     );
     metrics::register(
         "notify_outbox_pending",
-        "Rows of monitor_alert_log_v2 not yet pushed (notify_status = 'pending').",
+        "Rows of monitor_alert_log_v2 not yet pushed (notify_status = 'pending')",
         m.outbox_pending.clone(),
     );
     m
