@@ -14,7 +14,8 @@
 //!
 //! Alert ids are `<task_id>:<target address>:<alert_type>:<bucket>` with
 //! `bucket = source_time_ms / 1000 / cooldown_sec`; an id already raised by an earlier event of
-//! the same frame is not raised again.
+//! the same frame is not raised again. The engine checks that before it builds an alert, so a
+//! busy frame in which a rule holds on every event costs one alert per id, not one per event.
 
 use std::collections::HashSet;
 
@@ -59,20 +60,34 @@ where
         rules,
         frame,
     };
-    let mut seen_ids = HashSet::new();
+    let mut raised = HashSet::new();
+    let mut held = Vec::new();
     let mut alerts = Vec::new();
     for event in &frame.events {
         let Some(token_event) = TokenEvent::of(event) else {
             continue;
         };
-        let target = lookup_target(token_event.target);
-        for alert in judge.judge_event(&token_event, target) {
-            if seen_ids.insert(alert.id.clone()) {
-                alerts.push(alert);
+        for (alert_type, findings) in judge.judge_event(&token_event, &mut held) {
+            // The id's parts without its text: (target, alert type, cooldown bucket).
+            let key = (
+                token_event.target.address.as_str(),
+                alert_type,
+                cooldown_bucket(token_event.time_ms(), rules.cooldown_sec),
+            );
+            if raised.insert(key) {
+                let target = lookup_target(token_event.target);
+                alerts.push(judge.build_alert(&token_event, target, alert_type, findings));
             }
         }
     }
     alerts
+}
+
+/// Returns the cooldown bucket of a source time: `source_time_ms / 1000 / cooldown_sec`.
+fn cooldown_bucket(source_time_ms: i64, cooldown_sec: u32) -> i64 {
+    source_time_ms
+        .div_euclid(1000)
+        .div_euclid(i64::from(cooldown_sec.max(1)))
 }
 
 /// Builds the deterministic alert id `<task_id>:<target>:<alert_type>:<cooldown bucket>`.
@@ -83,9 +98,7 @@ pub fn alert_id(
     source_time_ms: i64,
     cooldown_sec: u32,
 ) -> String {
-    let bucket = source_time_ms
-        .div_euclid(1000)
-        .div_euclid(i64::from(cooldown_sec.max(1)));
+    let bucket = cooldown_bucket(source_time_ms, cooldown_sec);
     format!("{task_id}:{target}:{alert_type}:{bucket}")
 }
 
@@ -134,18 +147,24 @@ struct TokenJudge<'a> {
 }
 
 impl TokenJudge<'_> {
-    fn judge_event(&self, event: &TokenEvent<'_>, target: Option<&TargetSpec>) -> Vec<Alert> {
+    /// Judges one event and returns the alerts it would raise, as alert types with their
+    /// findings. `held` is scratch space reused across events, so that an event on which no
+    /// rule holds allocates nothing.
+    fn judge_event(
+        &self,
+        event: &TokenEvent<'_>,
+        held: &mut Vec<Held>,
+    ) -> Vec<(AlertType, Vec<Held>)> {
+        held.clear();
         match self.config.trigger_logic {
-            TriggerLogic::Or => judge_any(self.rules, event)
-                .into_iter()
-                .map(|held| self.build_alert(event, target, held.finding.rule, vec![held]))
-                .collect(),
-            TriggerLogic::And => match judge_all(self.rules, event) {
-                Some(all_held) => {
-                    vec![self.build_alert(event, target, AlertType::Composite, all_held)]
-                }
-                None => Vec::new(),
-            },
+            TriggerLogic::Or => {
+                judge_any(self.rules, event, held);
+                held.drain(..).map(|h| (h.finding.rule, vec![h])).collect()
+            }
+            TriggerLogic::And if judge_all(self.rules, event, held) => {
+                vec![(AlertType::Composite, std::mem::take(held))]
+            }
+            TriggerLogic::And => Vec::new(),
         }
     }
 
@@ -160,6 +179,13 @@ impl TokenJudge<'_> {
         let address = &event.target.address;
         let first_event_time_ms = held.iter().filter_map(|h| h.window_start_ms).min();
         let facts = alert_facts(rules, event, &held);
+        let findings = held
+            .into_iter()
+            .map(|h| Finding {
+                reason: reason(&h.finding, rules, event),
+                ..h.finding
+            })
+            .collect();
 
         Alert {
             v: MESSAGE_VERSION,
@@ -181,7 +207,7 @@ impl TokenJudge<'_> {
             target_value: address.clone(),
             token_name: target.and_then(|t| t.token_name.clone()),
             token_symbol: target.and_then(|t| t.token_symbol.clone()),
-            findings: held.into_iter().map(|h| h.finding).collect(),
+            findings,
             event_time_ms: event.time_ms(),
             first_event_time_ms,
             price: event.snapshot.price,
@@ -194,10 +220,11 @@ impl TokenJudge<'_> {
     }
 }
 
-/// Judges, with trigger logic OR, the rules that this kind of event feeds.
-fn judge_any(rules: &TokenRules, event: &TokenEvent<'_>) -> Vec<Held> {
-    let held = match &event.event.kind {
-        EventKind::Trade(_) => vec![
+/// Judges, with trigger logic OR, the rules that this kind of event feeds, and pushes the
+/// ones that hold onto `held`.
+fn judge_any(rules: &TokenRules, event: &TokenEvent<'_>, held: &mut Vec<Held>) {
+    let results = match &event.event.kind {
+        EventKind::Trade(_) => [
             rules
                 .large_trade
                 .as_ref()
@@ -208,11 +235,15 @@ fn judge_any(rules: &TokenRules, event: &TokenEvent<'_>) -> Vec<Held> {
                 .as_ref()
                 .and_then(|r| judge_cumulative_buy(r, event)),
         ],
-        EventKind::Price(_) => vec![rules
-            .price_change
-            .as_ref()
-            .and_then(|r| judge_price_change(r, event))],
-        EventKind::Holders(_) => vec![
+        EventKind::Price(_) => [
+            rules
+                .price_change
+                .as_ref()
+                .and_then(|r| judge_price_change(r, event)),
+            None,
+            None,
+        ],
+        EventKind::Holders(_) => [
             rules
                 .holder_change
                 .as_ref()
@@ -221,35 +252,45 @@ fn judge_any(rules: &TokenRules, event: &TokenEvent<'_>) -> Vec<Held> {
                 .top_holders
                 .as_ref()
                 .and_then(|r| judge_top_holders(r, event)),
+            None,
         ],
-        _ => Vec::new(),
+        _ => [None, None, None],
     };
-    held.into_iter().flatten().collect()
+    held.extend(results.into_iter().flatten());
 }
 
-/// Judges, with trigger logic AND, every enabled rule on the event's snapshot; returns the
-/// findings only when all of them hold.
-fn judge_all(rules: &TokenRules, event: &TokenEvent<'_>) -> Option<Vec<Held>> {
-    let mut all_held = Vec::new();
-    if let Some(rule) = &rules.price_change {
-        all_held.push(judge_price_change(rule, event)?);
+/// Judges, with trigger logic AND, every enabled rule on the event's snapshot. Returns true,
+/// with every finding pushed onto `held`, only when all of them hold.
+fn judge_all(rules: &TokenRules, event: &TokenEvent<'_>, held: &mut Vec<Held>) -> bool {
+    let results = [
+        rules
+            .price_change
+            .as_ref()
+            .map(|r| judge_price_change(r, event)),
+        rules.volume.as_ref().map(|r| judge_volume(r, event)),
+        rules
+            .holder_change
+            .as_ref()
+            .map(|r| judge_holder_change(r, event)),
+        rules
+            .large_trade
+            .as_ref()
+            .map(|r| judge_large_trade(r, event)),
+        rules
+            .cumulative_buy
+            .as_ref()
+            .map(|r| judge_cumulative_buy(r, event)),
+        rules
+            .top_holders
+            .as_ref()
+            .map(|r| judge_top_holders(r, event)),
+    ];
+    // Every enabled rule must hold: one `Some(None)` fails the whole conjunction.
+    if results.iter().any(|result| matches!(result, Some(None))) {
+        return false;
     }
-    if let Some(rule) = &rules.volume {
-        all_held.push(judge_volume(rule, event)?);
-    }
-    if let Some(rule) = &rules.holder_change {
-        all_held.push(judge_holder_change(rule, event)?);
-    }
-    if let Some(rule) = &rules.large_trade {
-        all_held.push(judge_large_trade(rule, event)?);
-    }
-    if let Some(rule) = &rules.cumulative_buy {
-        all_held.push(judge_cumulative_buy(rule, event)?);
-    }
-    if let Some(rule) = &rules.top_holders {
-        all_held.push(judge_top_holders(rule, event)?);
-    }
-    (!all_held.is_empty()).then_some(all_held)
+    held.extend(results.into_iter().flatten().flatten());
+    !held.is_empty()
 }
 
 /// Tests `observed >= threshold`, forgiving the rounding error of binary floating point, so
@@ -264,36 +305,20 @@ fn judge_price_change(rule: &PriceChangeRule, event: &TokenEvent<'_>) -> Option<
     let price = event.snapshot.price?;
     let start_price = window.start_price.filter(|p| *p > 0.0)?;
     let change_pct = (price - start_price) / start_price * 100.0;
-    let window_sec = rule.window_sec;
 
-    let (threshold, reason) = if rule.rise_pct.is_some_and(|rise| reaches(change_pct, rise)) {
-        let rise = rule.rise_pct?;
-        (
-            rise,
-            format!("price rose {change_pct:.4}% in {window_sec}s (>= {rise}%)"),
-        )
-    } else if rule.fall_pct.is_some_and(|fall| reaches(-change_pct, fall)) {
-        let fall = rule.fall_pct?;
-        (
-            -fall,
-            format!(
-                "price fell {:.4}% in {window_sec}s (>= {fall}%)",
-                -change_pct
-            ),
-        )
-    } else {
-        return None;
+    // A fall is recorded with a negative threshold, which tells the two apart.
+    let threshold = match (rule.rise_pct, rule.fall_pct) {
+        (Some(rise), _) if reaches(change_pct, rise) => rise,
+        (_, Some(fall)) if reaches(-change_pct, fall) => -fall,
+        _ => return None,
     };
-    Some(Held {
-        finding: finding(
-            AlertType::PriceChange,
-            change_pct,
-            threshold,
-            Some(window_sec),
-            reason,
-        ),
-        window_start_ms: window.start_time_ms,
-    })
+    Some(held(
+        AlertType::PriceChange,
+        change_pct,
+        threshold,
+        Some(rule.window_sec),
+        window.start_time_ms,
+    ))
 }
 
 fn judge_volume(rule: &VolumeRule, event: &TokenEvent<'_>) -> Option<Held> {
@@ -301,20 +326,13 @@ fn judge_volume(rule: &VolumeRule, event: &TokenEvent<'_>) -> Option<Held> {
     if !reaches(window.volume_usd, rule.min_volume_usd) {
         return None;
     }
-    let reason = format!(
-        "volume ${:.2} in {}s (>= ${})",
-        window.volume_usd, rule.window_sec, rule.min_volume_usd
-    );
-    Some(Held {
-        finding: finding(
-            AlertType::VolumeChange,
-            window.volume_usd,
-            rule.min_volume_usd,
-            Some(rule.window_sec),
-            reason,
-        ),
-        window_start_ms: window.start_time_ms,
-    })
+    Some(held(
+        AlertType::VolumeChange,
+        window.volume_usd,
+        rule.min_volume_usd,
+        Some(rule.window_sec),
+        window.start_time_ms,
+    ))
 }
 
 fn judge_holder_change(rule: &HolderChangeRule, event: &TokenEvent<'_>) -> Option<Held> {
@@ -328,20 +346,13 @@ fn judge_holder_change(rule: &HolderChangeRule, event: &TokenEvent<'_>) -> Optio
     if !reaches(change_pct.abs(), rule.min_change_pct) {
         return None;
     }
-    let reason = format!(
-        "holders changed {change_pct:.4}% ({start_holders} -> {holders}) in {}s (>= {}%)",
-        rule.window_sec, rule.min_change_pct
-    );
-    Some(Held {
-        finding: finding(
-            AlertType::HolderChange,
-            change_pct,
-            rule.min_change_pct,
-            Some(rule.window_sec),
-            reason,
-        ),
-        window_start_ms: window.start_time_ms,
-    })
+    Some(held(
+        AlertType::HolderChange,
+        change_pct,
+        rule.min_change_pct,
+        Some(rule.window_sec),
+        window.start_time_ms,
+    ))
 }
 
 fn judge_large_trade(rule: &LargeTradeRule, event: &TokenEvent<'_>) -> Option<Held> {
@@ -349,21 +360,13 @@ fn judge_large_trade(rule: &LargeTradeRule, event: &TokenEvent<'_>) -> Option<He
     if !rule.side.accepts(trade.side) || !reaches(trade.volume_usd, rule.min_usd) {
         return None;
     }
-    let side = match trade.side {
-        Side::Buy => "buy",
-        Side::Sell => "sell",
-    };
-    let reason = format!("{side} of ${:.2} (>= ${})", trade.volume_usd, rule.min_usd);
-    Some(Held {
-        finding: finding(
-            AlertType::LargeTrade,
-            trade.volume_usd,
-            rule.min_usd,
-            None,
-            reason,
-        ),
-        window_start_ms: Some(event.time_ms()),
-    })
+    Some(held(
+        AlertType::LargeTrade,
+        trade.volume_usd,
+        rule.min_usd,
+        None,
+        Some(event.time_ms()),
+    ))
 }
 
 fn judge_cumulative_buy(rule: &CumulativeBuyRule, event: &TokenEvent<'_>) -> Option<Held> {
@@ -371,20 +374,13 @@ fn judge_cumulative_buy(rule: &CumulativeBuyRule, event: &TokenEvent<'_>) -> Opt
     if !reaches(window.buy_usd, rule.min_usd) {
         return None;
     }
-    let reason = format!(
-        "buys of ${:.2} in {}s (>= ${})",
-        window.buy_usd, rule.window_sec, rule.min_usd
-    );
-    Some(Held {
-        finding: finding(
-            AlertType::CumulativeBuy,
-            window.buy_usd,
-            rule.min_usd,
-            Some(rule.window_sec),
-            reason,
-        ),
-        window_start_ms: window.start_time_ms,
-    })
+    Some(held(
+        AlertType::CumulativeBuy,
+        window.buy_usd,
+        rule.min_usd,
+        Some(rule.window_sec),
+        window.start_time_ms,
+    ))
 }
 
 fn judge_top_holders(rule: &TopHoldersRule, event: &TokenEvent<'_>) -> Option<Held> {
@@ -392,35 +388,78 @@ fn judge_top_holders(rule: &TopHoldersRule, event: &TokenEvent<'_>) -> Option<He
     if !reaches(share_pct, rule.threshold_pct) {
         return None;
     }
-    let reason = format!(
-        "top {} holders hold {share_pct:.4}% (>= {}%)",
-        rule.top_n, rule.threshold_pct
-    );
-    Some(Held {
-        finding: finding(
-            AlertType::TopHolders,
-            share_pct,
-            rule.threshold_pct,
-            None,
-            reason,
-        ),
-        window_start_ms: Some(event.time_ms()),
-    })
+    Some(held(
+        AlertType::TopHolders,
+        share_pct,
+        rule.threshold_pct,
+        None,
+        Some(event.time_ms()),
+    ))
 }
 
-fn finding(
+/// Builds a rule's finding without its reason, which [`reason`] writes only for the alerts
+/// that are raised.
+fn held(
     rule: AlertType,
     observed: f64,
     threshold: f64,
     window_sec: Option<u32>,
-    reason: String,
-) -> Finding {
-    Finding {
-        rule,
-        observed,
-        threshold,
-        window_sec,
-        reason,
+    window_start_ms: Option<i64>,
+) -> Held {
+    Held {
+        finding: Finding {
+            rule,
+            observed,
+            threshold,
+            window_sec,
+            reason: String::new(),
+        },
+        window_start_ms,
+    }
+}
+
+/// Writes the English explanation of a finding for logs, such as
+/// `price rose 6.1000% in 300s (>= 5%)`, from the finding, the rules and the event.
+fn reason(finding: &Finding, rules: &TokenRules, event: &TokenEvent<'_>) -> String {
+    let (observed, threshold) = (finding.observed, finding.threshold);
+    let window_sec = finding.window_sec.unwrap_or_default();
+    match finding.rule {
+        AlertType::PriceChange if threshold >= 0.0 => {
+            format!("price rose {observed:.4}% in {window_sec}s (>= {threshold}%)")
+        }
+        AlertType::PriceChange => format!(
+            "price fell {:.4}% in {window_sec}s (>= {}%)",
+            -observed, -threshold
+        ),
+        AlertType::VolumeChange => {
+            format!("volume ${observed:.2} in {window_sec}s (>= ${threshold})")
+        }
+        AlertType::HolderChange => {
+            let holders = event.snapshot.holders.unwrap_or_default();
+            let start_holders = event
+                .snapshot
+                .window(window_sec)
+                .and_then(|w| w.start_holders)
+                .unwrap_or_default();
+            format!(
+                "holders changed {observed:.4}% ({start_holders} -> {holders}) in {window_sec}s (>= {threshold}%)"
+            )
+        }
+        AlertType::LargeTrade => {
+            let side = match event.trade().map(|t| t.side) {
+                Some(Side::Sell) => "sell",
+                _ => "buy",
+            };
+            format!("{side} of ${observed:.2} (>= ${threshold})")
+        }
+        AlertType::CumulativeBuy => {
+            format!("buys of ${observed:.2} in {window_sec}s (>= ${threshold})")
+        }
+        AlertType::TopHolders => {
+            let top_n = rules.top_holders.as_ref().map_or(0, |r| r.top_n);
+            format!("top {top_n} holders hold {observed:.4}% (>= {threshold}%)")
+        }
+        other => other.as_str().to_owned(),
     }
 }
 
