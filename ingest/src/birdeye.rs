@@ -7,7 +7,8 @@
 //!
 //! A frame that breaks the protocol gives a [`ParseError`] naming the frame type and the
 //! problem with the value involved, and parsing never panics. Volumes and prices must be
-//! finite and not negative. This module is pure: the connection lives in [`crate::feed`].
+//! finite and not negative, and USD amounts and prices at most [`MAX_USD`]. This module is
+//! pure: the connection lives in [`crate::feed`].
 
 use std::fmt;
 
@@ -240,7 +241,7 @@ fn parse_trades(
     data: &Map<String, Value>,
     is_watched: &impl Fn(&str) -> bool,
 ) -> Result<Vec<TradeData>, String> {
-    let volume_usd = non_negative(data, "volumeUSD")?;
+    let volume_usd = usd(non_negative(data, "volumeUSD")?, "volumeUSD")?;
     let time_ms = trade_time_ms(data)?;
     let tx_hash = optional_str(data, "txHash")?.map(str::to_owned);
     let owner = optional_str(data, "owner")?.map(str::to_owned);
@@ -257,7 +258,7 @@ fn parse_trades(
     if let Some(token) = optional_str(data, "tokenAddress")? {
         // Simple shape: the frame names the token and the side.
         let side = parse_side(data)?;
-        let price = match optional_non_negative(data, "tokenPrice")? {
+        let price = match optional_usd(data, "tokenPrice")? {
             Some(price) => Some(price),
             None => leg_price_of(data, token)?,
         };
@@ -313,7 +314,7 @@ fn leg<'a>(data: &'a Map<String, Value>, name: &str) -> Result<Leg<'a>, String> 
         None => return Err(format!("{name}.address is missing")),
     };
     let price =
-        optional_non_negative(object, "price").map_err(|problem| format!("{name}.{problem}"))?;
+        optional_usd(object, "price").map_err(|problem| format!("{name}.{problem}"))?;
     Ok(Leg { address, price })
 }
 
@@ -327,7 +328,7 @@ fn leg_price_of(data: &Map<String, Value>, token: &str) -> Result<Option<f64>, S
                 .and_then(Value::as_str)
                 .is_some_and(|a| address_key(a) == token);
             if matches {
-                return optional_non_negative(object, "price").map_err(|p| format!("{name}.{p}"));
+                return optional_usd(object, "price").map_err(|p| format!("{name}.{p}"));
             }
         }
     }
@@ -394,12 +395,31 @@ fn non_negative(data: &Map<String, Value>, key: &str) -> Result<f64, String> {
     Ok(value)
 }
 
+/// Reads a price: positive and at most [`MAX_USD`].
 fn positive(data: &Map<String, Value>, key: &str) -> Result<f64, String> {
     let value = number(data, key)?;
     if value <= 0.0 {
         return Err(format!("{key} must be a positive number, got {value}"));
     }
+    usd(value, key)
+}
+
+/// Largest USD amount or price accepted: 10^15, about ten times the world's yearly output.
+/// Anything larger (an amount past 2^64, a unit mistake) would raise alerts on nonsense.
+pub const MAX_USD: f64 = 1e15;
+
+fn usd(value: f64, key: &str) -> Result<f64, String> {
+    if value > MAX_USD {
+        return Err(format!("{key} must be at most {MAX_USD:e} USD, got {value:e}"));
+    }
     Ok(value)
+}
+
+/// Reads a USD price that may be absent or null: not negative and at most [`MAX_USD`].
+fn optional_usd(data: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
+    optional_non_negative(data, key)?
+        .map(|value| usd(value, key))
+        .transpose()
 }
 
 /// Reads a number that may be absent or null, and is otherwise checked like [`non_negative`].

@@ -43,8 +43,6 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A connection that stayed open this long resets the backoff when it ends.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
-/// Largest frame and message accepted from the feed; Birdeye frames are a few kilobytes.
-const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
@@ -115,6 +113,8 @@ pub struct FeedConnection {
     opened_at: Instant,
     last_frame_at: Instant,
     next_ping_at: Instant,
+    /// Largest WebSocket frame or message accepted; a larger one ends the connection.
+    max_frame_bytes: usize,
 }
 
 impl FeedConnection {
@@ -146,7 +146,16 @@ impl FeedConnection {
             opened_at: now,
             last_frame_at: now,
             next_ping_at: now + ping_interval,
+            max_frame_bytes: monitor_core::limits::DEFAULT_MAX_FRAME_BYTES,
         }
+    }
+
+    /// Sets the largest frame or message accepted (`MAX_FRAME_BYTES`). A larger one fails the
+    /// read with a `Space limit exceeded` error before it is buffered whole, and the
+    /// connection is replaced like any broken one.
+    pub fn with_max_frame_bytes(mut self, max_frame_bytes: usize) -> Self {
+        self.max_frame_bytes = max_frame_bytes;
+        self
     }
 
     pub fn channel(&self) -> Channel {
@@ -164,7 +173,11 @@ impl FeedConnection {
             match &mut self.state {
                 State::Waiting { until } => {
                     sleep_until(*until).await;
-                    let future = connect(self.url.clone(), self.subscriptions.clone());
+                    let future = connect(
+                        self.url.clone(),
+                        self.subscriptions.clone(),
+                        self.max_frame_bytes,
+                    );
                     self.state = State::Connecting(Box::pin(future));
                 }
                 State::Connecting(future) => match future.await {
@@ -337,7 +350,11 @@ fn backoff(failures: u32) -> Duration {
     base.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
-async fn connect(url: Url, subscriptions: Vec<String>) -> Result<Socket, FeedError> {
+async fn connect(
+    url: Url,
+    subscriptions: Vec<String>,
+    max_frame_bytes: usize,
+) -> Result<Socket, FeedError> {
     let mut request = url
         .as_str()
         .into_client_request()
@@ -349,8 +366,8 @@ async fn connect(url: Url, subscriptions: Vec<String>) -> Result<Socket, FeedErr
     );
     headers.insert(ORIGIN, HeaderValue::from_static(birdeye::ORIGIN));
     let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes));
 
     let (mut socket, _response) = timeout(
         CONNECT_TIMEOUT,

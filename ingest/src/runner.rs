@@ -194,13 +194,15 @@ impl BatchRunner {
             url.clone(),
             birdeye::price_subscriptions(&addresses),
             context.feed.stall_timeout,
-        );
+        )
+        .with_max_frame_bytes(context.feed.max_frame_bytes);
         let trades = FeedConnection::with_stall_timeout(
             Channel::Trades,
             url,
             birdeye::trade_subscriptions(&addresses),
             context.feed.stall_timeout,
-        );
+        )
+        .with_max_frame_bytes(context.feed.max_frame_bytes);
 
         let frames = FramePublisher::new(
             context.js.clone(),

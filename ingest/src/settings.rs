@@ -45,11 +45,14 @@ pub struct FeedSettings {
     #[arg(long = "birdeye-ws-url", env = "BIRDEYE_WS_URL", default_value = DEFAULT_BIRDEYE_WS_URL, value_parser = parse_ws_url)]
     pub ws_url: Url,
 
-    /// Birdeye API key, sent as the `x-api-key` query parameter.
+    /// Birdeye API key, sent as the `x-api-key` query parameter. Token tasks need it; an
+    /// instance that serves only block tasks may leave it empty.
     #[arg(
         long = "birdeye-api-key",
         env = "BIRDEYE_API_KEY",
         value_name = "BIRDEYE_API_KEY",
+        default_value = "",
+        hide_default_value = true,
         hide_env_values = true
     )]
     pub api_key: Redacted,
@@ -67,6 +70,11 @@ pub struct FeedSettings {
     /// and is replaced; the client pings every third of it.
     #[arg(long = "feed-stall-timeout", env = "FEED_STALL_TIMEOUT", default_value = "90", value_parser = parse_interval)]
     pub stall_timeout: Duration,
+
+    /// Largest WebSocket frame or message, in bytes, accepted from the feed; a larger one ends
+    /// the connection, which reconnects. Birdeye frames are a few kilobytes.
+    #[arg(long = "max-frame-bytes", env = "MAX_FRAME_BYTES", default_value_t = monitor_core::limits::DEFAULT_MAX_FRAME_BYTES, value_parser = parse_max_frame_bytes)]
+    pub max_frame_bytes: usize,
 }
 
 impl IngestSettings {
@@ -81,6 +89,7 @@ impl IngestSettings {
                 api_url: default_api_url(),
                 rps: 10.0,
                 stall_timeout: Duration::from_secs(90),
+                max_frame_bytes: monitor_core::limits::DEFAULT_MAX_FRAME_BYTES,
             },
             chains: ChainSettings::default(),
             heartbeat_interval: Duration::from_secs(30),
@@ -88,6 +97,19 @@ impl IngestSettings {
             runtime: RuntimeSettings::default(),
         }
     }
+}
+
+/// Accepts 1 KiB to 64 MiB: a smaller limit would reject ordinary frames, and tungstenite
+/// buffers a whole message before it is checked against a larger one.
+fn parse_max_frame_bytes(s: &str) -> Result<usize, String> {
+    let bytes: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number of bytes, got {s:?}"))?;
+    if !(1024..=64 << 20).contains(&bytes) {
+        return Err(format!("expected 1024 to 67108864 bytes, got {bytes}"));
+    }
+    Ok(bytes)
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

@@ -53,7 +53,7 @@ fn check(text: &str) -> Result<(), TestCaseError> {
     match parse_frame(text, is_watched) {
         Ok(FeedMessage::Price(price)) => {
             for value in [price.open, price.high, price.low, price.close] {
-                prop_assert!(value.is_finite() && value > 0.0, "price {value} in {text}");
+                prop_assert!(value.is_finite() && value > 0.0 && value <= 1e15, "price {value} in {text}");
             }
             prop_assert!(price.high >= price.low);
             prop_assert!(price.volume_token.is_none_or(|v| v.is_finite() && v >= 0.0));
@@ -62,7 +62,7 @@ fn check(text: &str) -> Result<(), TestCaseError> {
         Ok(FeedMessage::Trades(trades)) => {
             prop_assert!(!trades.is_empty() && trades.len() <= 2);
             for trade in trades {
-                prop_assert!(trade.volume_usd.is_finite() && trade.volume_usd >= 0.0);
+                prop_assert!(trade.volume_usd.is_finite() && (0.0..=1e15).contains(&trade.volume_usd));
                 prop_assert!(trade.price_usd.is_none_or(|p| p.is_finite() && p >= 0.0));
                 prop_assert!(trade.time_ms > 0 && trade.time_ms <= MAX_TIME_MS, "time {}", trade.time_ms);
             }
