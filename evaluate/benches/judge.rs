@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use nix::time::{clock_gettime, ClockId};
 use monitor_core::codec;
 use monitor_core::messages::{
     BatchRef, BatchStatus, Chain, ConfigSpec, Event, EventFrame, EventKind, Price, TargetRef,
@@ -33,6 +32,7 @@ use monitor_core::rules::{
 use monitor_evaluate::evaluate;
 use monitor_tests::recorded::{load_trades, RecordedTrade};
 use monitor_tests::workspace_dir;
+use nix::time::{clock_gettime, ClockId};
 
 /// The allocator of the `evaluate` binary, so that decoding allocates as it does there.
 #[global_allocator]

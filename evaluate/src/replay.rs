@@ -6,7 +6,8 @@
 //! spec, or from a JSON file with `--config` (see [`config_file`]). Produces, on the writer it
 //! is given, one line per alert that would have fired and a summary per alert type. With
 //! `--publish` it also publishes those alerts to the alerts stream under their ids, as the
-//! live consumer does.
+//! live consumer does. A rules file can change thresholds freely, but only windows that the
+//! live rules used have figures in the stored snapshots.
 //!
 //! It stops at the first frame stored after `--until`, or once it has read the last frame of
 //! the task that the stream held when the replay started, so frames published meanwhile do
@@ -37,6 +38,7 @@ use monitor_core::messages::{
     Alert, BatchSpec, Chain, ConfigSpec, EventFrame, TargetSpec, TaskSpec, TaskType,
     MESSAGE_VERSION,
 };
+use monitor_core::rules::Rules;
 use monitor_core::settings::{NatsSettings, RuntimeSettings};
 use monitor_core::{Locale, Subjects};
 use tracing::{info, warn};
@@ -267,6 +269,7 @@ fn with_file_rules(task: TaskSpec, path: &std::path::Path) -> Result<TaskSpec, R
     if !file.unknown_keys.is_empty() {
         warn!(file = %path.display(), keys = ?file.unknown_keys, "config file has keys that no rule reads, they are ignored");
     }
+    warn_about_untracked_windows(&task, &file.parsed.rules);
     let (config_id, version) = match (&task.config, file.row.config_id) {
         (Some(current), 0) => (current.config_id, current.version),
         _ => (file.row.config_id, file.row.version),
@@ -282,6 +285,27 @@ fn with_file_rules(task: TaskSpec, path: &std::path::Path) -> Result<TaskSpec, R
         config: Some(config),
         ..task
     })
+}
+
+/// Warns when the file's rules use windows that the task's live rules do not: ingest tracks
+/// only the live windows, so the stored snapshots lack the others and rules on them raise
+/// nothing.
+fn warn_about_untracked_windows(task: &TaskSpec, file_rules: &Rules) {
+    let (Some(live), Some(file)) = (
+        task.rules().and_then(Rules::as_token),
+        file_rules.as_token(),
+    ) else {
+        return;
+    };
+    let tracked = live.window_lengths();
+    let untracked: Vec<u32> = file
+        .window_lengths()
+        .into_iter()
+        .filter(|w| !tracked.contains(w))
+        .collect();
+    if !untracked.is_empty() {
+        warn!(untracked_windows_sec = ?untracked, tracked_windows_sec = ?tracked, "the rules file uses windows that the stored snapshots do not have, rules on them raise nothing");
+    }
 }
 
 async fn read_spec<T: serde::de::DeserializeOwned + codec::Versioned>(

@@ -77,7 +77,7 @@ fn token_rules(row: &ConfigRow) -> TokenRules {
     parsed.rules.as_token().expect("token rules").clone()
 }
 
-/// A rules file for `evaluate replay --config`: the live rules with every threshold
+/// Builds a rules file for `evaluate replay --config`: the live rules with every threshold
 /// multiplied by `factor`, on the same windows (the stored snapshots hold only those).
 fn scaled_rules_file(live: &TokenRules, row: &ConfigRow, factor: f64) -> Value {
     let volume = live.volume.as_ref().expect("the seeded config has volume");
@@ -105,7 +105,7 @@ fn scaled_rules_file(live: &TokenRules, row: &ConfigRow, factor: f64) -> Value {
     })
 }
 
-/// The rules a file stands for, parsed with the core parser exactly as a config row is.
+/// Parses the rules of a file with the core parser, exactly as a config row is parsed.
 fn rules_of_file(file: &Value) -> TokenRules {
     let number = |key: &str| file[key].as_f64();
     token_rules(&ConfigRow {
