@@ -60,7 +60,7 @@ enum FeedReplayAction {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     monitor_core::settings::load_dotenv();
-    let cli = Cli::parse();
+    let cli = monitor_core::settings::parse_args::<Cli>();
     telemetry::init(cli.log_format);
 
     match cli.command {
