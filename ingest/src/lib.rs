@@ -10,6 +10,8 @@
 //! heartbeats and status changes ([`status`]).
 
 pub mod birdeye;
+pub mod block_task;
+pub mod evm;
 pub mod feed;
 pub mod holders;
 pub mod metrics;
@@ -18,6 +20,7 @@ pub mod plan;
 pub mod publish;
 pub mod runner;
 pub mod settings;
+pub mod solana;
 pub mod status;
 pub mod supervisor;
 pub mod target;
