@@ -7,7 +7,8 @@
 //! [`runner::BatchRunner`] task per batch of every token task that this instance leases. A runner keeps one WebSocket
 //! connection per channel (prices and trades, [`feed`]), parses frames ([`birdeye`]), updates
 //! the targets' windows ([`target`], [`window`]) and publishes event frames ([`publish`]),
-//! heartbeats and status changes ([`status`]).
+//! heartbeats and status changes ([`status`]). Block tasks run on the chain adapters
+//! ([`block_task`], [`evm`], [`solana`]), one runner per task.
 
 pub mod birdeye;
 pub mod block_task;
@@ -33,6 +34,8 @@ use monitor_core::topology::{self, TopologyError};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::block_task::price::NativePrices;
+use crate::block_task::{BlockContext, BlockTasks};
 use crate::holders::{HolderPoller, HolderPolls};
 use crate::ownership::{Ownership, OwnershipTask};
 use crate::runner::RunnerContext;
@@ -88,6 +91,20 @@ pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Resul
         .run(ownership_stop.clone()),
     );
 
+    let block_context = Arc::new(BlockContext {
+        js: js.clone(),
+        subjects: topology.subjects.clone(),
+        consumer_id: consumer_id.clone(),
+        heartbeat_interval: settings.heartbeat_interval,
+        max_buffered_events: settings.max_buffered_events as usize,
+        chains: settings.chains.clone(),
+        prices: NativePrices::new(
+            settings.chains.clone(),
+            settings.feed.clone(),
+            shutdown.clone(),
+        ),
+    });
+    let block_tasks = BlockTasks::new(block_context, shutdown.clone());
     let holders = HolderPolls::default();
     let holders_stop = CancellationToken::new();
     let holder_poller = tokio::spawn(
@@ -110,6 +127,7 @@ pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Resul
         holders,
     });
     Supervisor::new(context, topology.tasks, ownership, shutdown)
+        .with_block_tasks(block_tasks)
         .run()
         .await;
 

@@ -13,6 +13,9 @@
 //! to the ownership after every decision, and decides again whenever the ownership changes:
 //! a runner whose lease is lost or handed over is stopped at once, with the reason in its
 //! `stopped` status change.
+//!
+//! Block tasks go to [`BlockTasks`] on every decision, which runs one chain runner per block
+//! task whose `task.<id>` lease this instance holds.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
@@ -30,6 +33,7 @@ use tokio::time::{interval, sleep, timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::block_task::BlockTasks;
 use crate::ownership::{LeaseKey, LeaseKind, Ownership};
 use crate::plan::{self, Skip};
 use crate::runner::{
@@ -96,6 +100,8 @@ pub struct Supervisor {
     restart_not_before: HashMap<u64, Instant>,
     notices_tx: mpsc::UnboundedSender<RunnerNotice>,
     notices_rx: mpsc::UnboundedReceiver<RunnerNotice>,
+    /// Runners of block tasks, when this instance serves them.
+    block_tasks: Option<BlockTasks>,
 }
 
 impl Supervisor {
@@ -123,7 +129,14 @@ impl Supervisor {
             restart_not_before: HashMap::new(),
             notices_tx,
             notices_rx,
+            block_tasks: None,
         }
+    }
+
+    /// Runs the block tasks too, with the chain adapters of `block_tasks`.
+    pub fn with_block_tasks(mut self, block_tasks: BlockTasks) -> Self {
+        self.block_tasks = Some(block_tasks);
+        self
     }
 
     /// Runs until the shutdown token is cancelled, then waits for every runner to drain.
@@ -361,6 +374,14 @@ impl Supervisor {
         let active = self.runners.keys().chain(&self.stopping).copied();
         self.ownership
             .update(LeaseKind::Batch, desired.keys().copied(), active);
+
+        if let Some(block_tasks) = &mut self.block_tasks {
+            let ownership = &self.ownership;
+            let leased = |task_id| ownership.should_run(LeaseKey::task(task_id));
+            let block = block_tasks.reconcile(&self.tasks, leased);
+            self.ownership
+                .update(LeaseKind::Task, block.wanted, block.active);
+        }
     }
 
     fn lease_stop_reason(&self, batch_id: u64) -> String {
@@ -510,6 +531,7 @@ impl Supervisor {
 
     /// Waits for every runner to drain after shutdown; aborts those that take too long.
     async fn stop_all(mut self) {
+        let block_tasks = self.block_tasks.take();
         for slot in self.runners.values() {
             slot.stop.stop("ingest is shutting down");
         }
@@ -529,6 +551,9 @@ impl Supervisor {
                 "batch runners did not stop in time, aborting them"
             );
             self.joins.abort_all();
+        }
+        if let Some(block_tasks) = block_tasks {
+            block_tasks.stop_all().await;
         }
     }
 }
