@@ -10,8 +10,10 @@
 //!
 //! Guarantees: at most `BIRDEYE_RPS` requests per second leave this instance. An HTTP 429
 //! pauses every poll for the server's `Retry-After` or an exponential backoff (1 s doubling
-//! up to 60 s), then retries the same target. Other failures are logged (rate limited) and
-//! the poller moves on to the next target. A snapshot that a busy batch cannot take at once
+//! up to 60 s), then retries the same target; the requests after it stay spaced by at least
+//! that delay and speed up by a tenth per successful poll until they are back at
+//! `BIRDEYE_RPS`, so a poll's two requests fit under a server limit lower than the setting.
+//! Other failures are logged (rate limited) and the poller moves on to the next target. A snapshot that a busy batch cannot take at once
 //! is dropped and counted; the next round sends a newer one.
 
 use std::collections::BTreeMap;
@@ -24,7 +26,7 @@ use monitor_core::time::now_ms;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use url::Url;
@@ -198,18 +200,33 @@ impl HolderPolls {
     }
 }
 
-/// Spaces requests by `1 / rps`.
+/// Spaces requests by `1 / rps`, or further after the server rate limited them.
 struct RateLimit {
+    base: Duration,
     interval: Duration,
     next_at: Instant,
 }
 
 impl RateLimit {
     fn new(rps: f64) -> Self {
+        let base = Duration::from_secs_f64(1.0 / rps);
         RateLimit {
-            interval: Duration::from_secs_f64(1.0 / rps),
+            base,
+            interval: base,
             next_at: Instant::now(),
         }
+    }
+
+    /// Spaces the next requests by at least `delay`, doubling the spacing on each call.
+    fn slow_down(&mut self, delay: Duration) -> Duration {
+        self.interval = (self.interval * 2).max(delay).min(BACKOFF_MAX);
+        self.next_at = Instant::now() + self.interval;
+        self.interval
+    }
+
+    /// Shortens the spacing by a tenth, down to `1 / rps`.
+    fn recover(&mut self) {
+        self.interval = self.interval.mul_f64(0.9).max(self.base);
     }
 
     async fn acquire(&mut self) {
@@ -247,7 +264,6 @@ impl HolderPoller {
     /// Polls until `stop` is cancelled.
     pub async fn run(mut self, stop: CancellationToken) {
         info!(api = %self.api_url, rps = 1.0 / self.rate.interval.as_secs_f64(), "holder poller started");
-        let mut backoff = BACKOFF_INITIAL;
         let mut retry: Option<Target> = None;
         while !stop.is_cancelled() {
             let target = match retry.take() {
@@ -268,18 +284,15 @@ impl HolderPoller {
             };
             match outcome {
                 Ok(snapshot) => {
-                    backoff = BACKOFF_INITIAL;
+                    self.rate.recover();
                     self.polls.deliver(target.batch_id, snapshot);
                 }
                 Err(HolderError::RateLimited { retry_after }) => {
-                    let delay = retry_after.unwrap_or(backoff).min(BACKOFF_MAX);
+                    let delay = self
+                        .rate
+                        .slow_down(retry_after.unwrap_or(BACKOFF_INITIAL));
                     warn!(address = %target.address, retry_in_ms = delay.as_millis() as u64, "holder API rate limited, backing off");
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     retry = Some(target);
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = sleep(delay) => {}
-                    }
                 }
                 Err(error) => self.log_failure(&target, &error),
             }
@@ -526,6 +539,22 @@ mod tests {
             visits.iter().map(|v| v.2).collect::<Vec<_>>(),
             [true, false, false, true, false, false]
         );
+    }
+
+    #[test]
+    fn rate_limit_slows_down_and_recovers() {
+        let mut rate = RateLimit::new(50.0);
+        assert_eq!(rate.interval, Duration::from_millis(20));
+        assert_eq!(rate.slow_down(Duration::from_secs(1)), Duration::from_secs(1));
+        assert_eq!(rate.slow_down(Duration::from_secs(1)), Duration::from_secs(2));
+        for _ in 0..100 {
+            rate.recover();
+        }
+        assert_eq!(rate.interval, Duration::from_millis(20), "back to BIRDEYE_RPS");
+        for _ in 0..10 {
+            rate.slow_down(Duration::from_secs(1));
+        }
+        assert_eq!(rate.interval, BACKOFF_MAX);
     }
 
     #[test]
