@@ -73,6 +73,8 @@ const MAX_REASON_LEN: usize = 1024;
 pub enum FrameError {
     #[error(transparent)]
     Decode(#[from] CodecError),
+    #[error(transparent)]
+    Invalid(#[from] crate::frame_check::InvalidFrame),
     #[error("{reason}, retrying")]
     TaskNotReady { reason: UnknownTask },
     #[error("{reason}, {timeout:?} after the frame's first delivery")]
@@ -112,6 +114,7 @@ impl FrameError {
             | FrameError::PublishAlert { .. }
             | FrameError::DeadLetter { .. } => Disposition::Retry,
             FrameError::Decode(_)
+            | FrameError::Invalid(_)
             | FrameError::UnknownTask { .. }
             | FrameError::RemovedTask { .. }
             | FrameError::EncodeAlert { .. } => Disposition::DeadLetter,
@@ -278,6 +281,9 @@ impl FrameConsumer {
             Ok(frame) => frame,
             Err(error) => return self.fail(message, FrameError::Decode(error)).await,
         };
+        if let Err(error) = crate::frame_check::check_frame(&frame) {
+            return self.fail(message, FrameError::Invalid(error)).await;
+        }
 
         let resolution = self.cache.read(|cache| cache.resolve(&frame));
         let (task, targets, batch_pending) = match resolution {

@@ -15,6 +15,7 @@ pub mod block_rules;
 pub mod cache;
 pub mod consumer;
 pub mod engine;
+pub mod frame_check;
 pub mod metrics;
 pub mod replay;
 pub mod settings;
