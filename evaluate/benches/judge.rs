@@ -12,6 +12,12 @@
 //! the machine.
 //!
 //! Run: `cargo bench -p monitor-evaluate --bench judge`.
+//!
+//! NOTE: on the 2-core development machine this measured about 0.96 million events per second
+//! per core for frames of 64 events and 0.99 million for frames of 256, just under the goal of
+//! one million. Decoding takes about 90 % of that time, most of it in rmp-serde reading the
+//! named fields (UTF-8 checks of field names alone about 19 % in `perf`); judging runs at about
+//! 9 million events per second.
 
 #![allow(clippy::expect_used)] // Set-up failures (missing data file) end the benchmark.
 
