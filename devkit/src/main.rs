@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use monitor_core::telemetry::{self, LogFormat};
 use monitor_devkit::backend_stub::{run_backend_stub, BackendStub, BackendStubSettings};
+use monitor_devkit::chain_replay::{ChainReplay, ChainReplayCommand};
 use monitor_devkit::feed_replay::{FeedReplay, FeedReplaySettings};
 use monitor_devkit::loadgen::{self, LoadgenCommand};
 use monitor_devkit::seed::{seed, SeedSettings};
@@ -31,6 +32,9 @@ struct Cli {
 enum Command {
     /// Serve recorded trades over Birdeye's WebSocket protocol (TXS_DATA and 1m PRICE_DATA).
     FeedReplay(FeedReplayCommand),
+    /// Serve recorded mainnet blocks as a node: eth (eth_subscribe) or sol (PubSub and getBlock).
+    #[command(subcommand)]
+    ChainReplay(ChainReplayCommand),
     /// Play the Java backend's monitor WebSocket and record every message received as a JSON line.
     BackendStub(BackendStubSettings),
     /// Insert a demo smart task on WETH whose rules fire on the recorded trades and print
@@ -71,6 +75,9 @@ async fn main() -> anyhow::Result<()> {
             };
             feed_replay(settings, monitor_core::shutdown::on_signals()).await
         }
+        Command::ChainReplay(command) => {
+            chain_replay(command, monitor_core::shutdown::on_signals()).await
+        }
         Command::BackendStub(settings) => {
             backend_stub(settings, monitor_core::shutdown::on_signals()).await
         }
@@ -95,6 +102,20 @@ async fn feed_replay(
 ) -> anyhow::Result<()> {
     let replay = FeedReplay::load(&settings)?;
     let listener = bind(settings.listen).await?;
+    std::sync::Arc::new(replay).serve(listener, shutdown).await;
+    Ok(())
+}
+
+async fn chain_replay(
+    command: ChainReplayCommand,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let replay = ChainReplay::load(&command)?;
+    let listen = match &command {
+        ChainReplayCommand::Eth(settings) => settings.listen,
+        ChainReplayCommand::Sol(settings) => settings.listen,
+    };
+    let listener = bind(listen).await?;
     std::sync::Arc::new(replay).serve(listener, shutdown).await;
     Ok(())
 }
