@@ -24,12 +24,16 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{header::AUTHORIZATION, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::settings::{WsSettings, WsTiming};
+
+pub mod incoming;
+use incoming::{parse_incoming, Incoming, MAX_INCOMING_BYTES};
 
 /// Capacity of the queue between the handle and the socket task.
 const OUTGOING_CAPACITY: usize = 256;
@@ -250,7 +254,11 @@ impl SocketTask {
 async fn connect(settings: &WsSettings) -> Result<Socket, ConnectError> {
     let request = build_request(&settings.url, &settings.token)?;
     let timeout = settings.timing.connect_timeout;
-    match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(request)).await {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_INCOMING_BYTES))
+        .max_frame_size(Some(MAX_INCOMING_BYTES));
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
+    match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok((socket, _response))) => Ok(socket),
         Ok(Err(source)) => Err(ConnectError::Handshake {
             url: settings.url.clone(),
@@ -371,27 +379,19 @@ impl Session {
     }
 
     fn on_text(&mut self, text: &str) {
-        let message: Value = match serde_json::from_str(text) {
-            Ok(message) => message,
-            Err(error) => {
-                debug!(error = %error, len = text.len(), "ignoring a message that is not JSON");
-                return;
-            }
-        };
-        match message.get("type").and_then(Value::as_str) {
-            Some("pong") => self.pong_deadline = None,
-            Some("connected") => {
-                let session_id = message
-                    .get("sessionId")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let greeting = message.get("message").and_then(Value::as_str).unwrap_or("");
-                info!(session_id, greeting, "java websocket greeted the client");
-            }
-            other => debug!(
-                message_type = other.unwrap_or(""),
+        match parse_incoming(text) {
+            Incoming::Pong => self.pong_deadline = None,
+            Incoming::Connected {
+                session_id,
+                greeting,
+            } => info!(session_id, greeting, "java websocket greeted the client"),
+            Incoming::Other { message_type } => debug!(
+                message_type,
                 "ignoring a message from the java websocket"
             ),
+            Incoming::NotJson { error } => {
+                debug!(error = %error, len = text.len(), "ignoring a message that is not JSON")
+            }
         }
     }
 }
