@@ -234,7 +234,13 @@ impl MariaDb {
             .args(&options)
             .arg(format!("--port={port}"))
             .arg("--bind-address=127.0.0.1")
-            .arg(format!("--socket={}", dir.join("mysql.sock").display()))
+            // A Unix socket path is limited to 107 bytes, too few for the work directory.
+            .arg(format!(
+                "--socket={}",
+                std::env::temp_dir()
+                    .join(format!("monitor-test-mariadb-{port}.sock"))
+                    .display()
+            ))
             .arg(format!("--pid-file={}", dir.join("mysql.pid").display()))
             .args([
                 "--max-connections=200",
@@ -298,17 +304,23 @@ impl MariaDb {
         if self.process.is_some() {
             return;
         }
-        let process = self.builder.spawn(&format!("mariadb-{}", self.port));
+        let mut process = self.builder.spawn(&format!("mariadb-{}", self.port));
         let port = self.port;
-        if !wait_until(READY_TIMEOUT, Duration::from_millis(100), || {
-            mysql_answers(port)
-        })
-        .await
-        {
-            panic!(
-                "private MariaDB on port {port} did not answer within {READY_TIMEOUT:?}; see {}",
-                process.log_path().display()
-            );
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        while !mysql_answers(port).await {
+            if let Some(status) = process.try_status() {
+                panic!(
+                    "private MariaDB on port {port} exited while starting ({status}); see {}",
+                    process.log_path().display()
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "private MariaDB on port {port} did not answer within {READY_TIMEOUT:?}; see {}",
+                    process.log_path().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.process = Some(process);
     }
