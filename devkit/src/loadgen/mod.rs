@@ -5,12 +5,15 @@
 //!   an in-process Birdeye server and drained into an in-process backend stub
 //!   ([`pipeline`]);
 //! - `raw`: event frames of the same size straight through JetStream, the ceiling for the
-//!   pipeline's rate ([`raw`]).
+//!   pipeline's rate ([`raw`]);
+//! - `config-propagation`: the delay from a config change notice on Redis to the first frame
+//!   judged with the new rules ([`config_propagation`]).
 //!
 //! Each run creates its own database and subject prefix, both named after the run id, and
 //! removes them at the end unless `--keep` is given.
 
 pub mod alerts;
+pub mod config_propagation;
 pub mod feed;
 pub mod pipeline;
 pub mod procstat;
@@ -60,6 +63,9 @@ pub enum LoadgenAction {
     /// Publish and consume event frames straight through JetStream: NATS's own rate for
     /// frames of this size.
     Raw(RawSettings),
+    /// Measure the delay from a config change notice on Redis to the first frame judged with
+    /// the new rules (allocator and evaluate as processes), and print its percentiles.
+    ConfigPropagation(Box<config_propagation::ConfigPropagationSettings>),
 }
 
 /// Runs the selected load and returns its result line.
@@ -71,6 +77,9 @@ pub async fn run(
         None => pipeline::run(command.pipeline, shutdown).await,
         Some(LoadgenAction::Pipeline(settings)) => pipeline::run(*settings, shutdown).await,
         Some(LoadgenAction::Raw(settings)) => raw::run(settings, shutdown).await,
+        Some(LoadgenAction::ConfigPropagation(settings)) => {
+            config_propagation::run(*settings, shutdown).await
+        }
     }
 }
 
