@@ -2,8 +2,13 @@
 
 use monitor_allocator::cli::{self, Cli};
 
+/// Logs a fatal error through tracing (JSON with `LOG_FORMAT=json`) and exits 1.
+fn main() -> std::process::ExitCode {
+    monitor_core::telemetry::exit_code(start())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn start() -> anyhow::Result<()> {
     monitor_core::settings::load_dotenv();
     let cli = Cli::parse_args();
     monitor_core::telemetry::init(cli.settings.runtime.log_format);

@@ -190,10 +190,11 @@ impl Health {
 
 /// Error of [`serve`].
 #[derive(Debug, thiserror::Error)]
-#[error("failed to listen on METRICS_ADDR {address}: {source}")]
+#[error("failed to listen on METRICS_ADDR {address}: {reason}")]
 pub struct ServeError {
     pub address: SocketAddr,
-    pub source: std::io::Error,
+    /// The bind error, shown in the message and so not chained as a source as well.
+    pub reason: std::io::Error,
 }
 
 /// Serves `/metrics` and `/healthz` on `address` until `shutdown`, and returns the stage's
@@ -211,7 +212,7 @@ pub async fn serve(
     };
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|source| ServeError { address, source })?;
+        .map_err(|reason| ServeError { address, reason })?;
     let local = listener.local_addr().unwrap_or(address);
     tracing::info!(address = %local, "serving /metrics and /healthz");
 

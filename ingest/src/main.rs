@@ -25,8 +25,13 @@ enum Command {
     Run(IngestSettings),
 }
 
+/// Logs a fatal error through tracing (JSON with `LOG_FORMAT=json`) and exits 1.
+fn main() -> std::process::ExitCode {
+    monitor_core::telemetry::exit_code(start())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn start() -> anyhow::Result<()> {
     monitor_core::settings::load_dotenv();
     let cli = monitor_core::settings::parse_args::<Cli>();
     let settings = match cli.command {

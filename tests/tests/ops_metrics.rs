@@ -336,6 +336,7 @@ async fn metrics_port_in_use_stops_the_stage() {
         .stage("evaluate")
         .arg("run")
         .env("METRICS_ADDR", &address)
+        .env("LOG_FORMAT", "json")
         .spawn("evaluate");
     let status = evaluate
         .wait_within(Duration::from_secs(30))
@@ -343,8 +344,19 @@ async fn metrics_port_in_use_stops_the_stage() {
         .unwrap_or_else(|| panic!("evaluate kept running with METRICS_ADDR {address} taken"));
     assert!(!status.success());
     let log = evaluate.log();
+    // The fatal error is a JSON line too, naming the setting and the address.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|line| !line.starts_with("--- "))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let error = lines
+        .iter()
+        .find(|line| line["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no error line: {log}"));
+    let text = error["error"].as_str().unwrap_or_default();
     assert!(
-        log.contains("METRICS_ADDR") && log.contains(&address),
+        text.contains("METRICS_ADDR") && text.contains(&address),
         "{log}"
     );
 }
