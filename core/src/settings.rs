@@ -71,8 +71,9 @@ fn parse_prefix(s: &str) -> Result<String, String> {
 /// `Debug` prints the URLs without user names, passwords or tokens ([`Self::redacted_url`]).
 #[derive(Clone, Args)]
 pub struct NatsSettings {
-    /// NATS server URL(s), comma-separated.
-    #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL(s), comma-separated. `--help` does not show the value of NATS_URL,
+    /// since a URL may carry a user and password or a token.
+    #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222", hide_env_values = true)]
     pub url: String,
 
     /// Path of a NATS credentials file (.creds) with the user JWT and NKey seed.
@@ -188,8 +189,50 @@ impl NatsSettings {
             })?;
         }
         options = self.tls.apply(options);
-        options.connect(self.url.as_str()).await
+        // The client logs the URLs it connects to at debug level, so credentials in a URL are
+        // moved into the options, which it does not log.
+        let (urls, auth) = split_url_auth(&self.url);
+        match auth {
+            Some(UrlAuth::UserPassword(user, password)) => {
+                options = options.user_and_password(user, password);
+            }
+            Some(UrlAuth::Token(token)) => options = options.token(token),
+            None => {}
+        }
+        options.connect(urls.as_str()).await
     }
+}
+
+/// Credentials written in a NATS URL: `nats://user:password@host` or `nats://token@host`.
+#[derive(Debug, PartialEq, Eq)]
+enum UrlAuth {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// Removes the user info from each of the comma-separated URLs and returns the first one found,
+/// as async-nats reads it (percent-encoded as written).
+fn split_url_auth(urls: &str) -> (String, Option<UrlAuth>) {
+    let mut auth = None;
+    let mut stripped = Vec::new();
+    for text in urls.split(',').map(str::trim) {
+        let Ok(mut url) = url::Url::parse(text) else {
+            stripped.push(text.to_owned());
+            continue;
+        };
+        if !url.username().is_empty() {
+            let found = match url.password() {
+                Some(password) => UrlAuth::UserPassword(url.username().to_owned(), password.to_owned()),
+                None => UrlAuth::Token(url.username().to_owned()),
+            };
+            auth.get_or_insert(found);
+            // Both calls fail only for URLs that cannot have user info, which these have.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+        }
+        stripped.push(url.to_string());
+    }
+    (stripped.join(","), auth)
 }
 
 impl NatsTlsSettings {
@@ -557,6 +600,17 @@ mod tests {
         let parsed = AllGroups::try_parse_from(["x", "--nats-tls-ca", path, "--nats-require-tls", "true"]).unwrap();
         assert!(parsed.nats.tls.require_tls);
         assert_eq!(parsed.nats.tls.ca.as_deref(), Some(file.as_path()));
+    }
+
+    #[test]
+    fn url_credentials_move_out_of_the_urls() {
+        let (urls, auth) = split_url_auth("nats://alice:s3cret@n1:4222, nats://n2:4222");
+        assert_eq!(urls, "nats://n1:4222,nats://n2:4222");
+        assert_eq!(auth, Some(UrlAuth::UserPassword("alice".into(), "s3cret".into())));
+        let (urls, auth) = split_url_auth("tls://t0ken@n1:4222");
+        assert_eq!(urls, "tls://n1:4222");
+        assert_eq!(auth, Some(UrlAuth::Token("t0ken".into())));
+        assert_eq!(split_url_auth("nats://127.0.0.1:4222"), ("nats://127.0.0.1:4222".into(), None));
     }
 
     #[test]
