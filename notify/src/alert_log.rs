@@ -6,7 +6,9 @@
 //! message was written to the Java WebSocket. Pending rows are read back in `event_time` order
 //! to be pushed after an outage. A later delivery of the same alert id with a new state
 //! (see [`is_state_change`]) updates `state` and sets the row `pending` again until the change
-//! reached the Java side.
+//! reached the Java side. When the Java side had already received the row, the state it
+//! received is kept in `alert_data.previousState`, so that the outbox sends an `alert_update`
+//! and not the whole alert again.
 
 use std::collections::HashMap;
 
@@ -116,6 +118,15 @@ pub struct PendingAlert {
     pub alert_type: String,
     pub alert_data: Value,
     pub event_time: NaiveDateTime,
+}
+
+impl PendingAlert {
+    /// Returns the row's new state when the Java side received the row before in another
+    /// state (see [`AlertLog::update_state`]), so that an `alert_update` brings it up to date.
+    pub fn changed_state(&self) -> Option<AlertState> {
+        self.alert_data.get("previousState")?.as_str()?;
+        serde_json::from_value(self.alert_data.get("state")?.clone()).ok()
+    }
 }
 
 /// Position after the last row of a page of pending alerts, in `(event_time, id)` order.
@@ -250,24 +261,42 @@ impl AlertLog {
     }
 
     /// Stores a new state in the row and in its `alert_data`, and sets the row `pending` so
-    /// that the outbox pushes the change if the live push fails.
-    pub async fn update_state(&self, id: u64, state: AlertState) -> Result<(), AlertLogError> {
-        sqlx::query(
+    /// that the outbox pushes the change if the live push fails. `received` is the state in
+    /// which the Java side received the row, `None` when it has not received it; it is kept in
+    /// `alert_data.previousState` (an earlier value stays when `None`).
+    pub async fn update_state(
+        &self,
+        id: u64,
+        state: AlertState,
+        received: Option<AlertState>,
+    ) -> Result<(), AlertLogError> {
+        let statement = if received.is_some() {
+            "UPDATE monitor_alert_log_v2 \
+             SET state = ?, \
+                 alert_data = JSON_SET(COALESCE(alert_data, '{}'), '$.state', ?, '$.previousState', ?), \
+                 notify_status = 'pending' \
+             WHERE id = ?"
+        } else {
             "UPDATE monitor_alert_log_v2 \
              SET state = ?, alert_data = JSON_SET(COALESCE(alert_data, '{}'), '$.state', ?), \
                  notify_status = 'pending' \
-             WHERE id = ?",
-        )
-        .bind(state.as_str())
-        .bind(state.as_str())
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(|source| AlertLogError::UpdateState {
-            id,
-            state: state.as_str(),
-            source,
-        })?;
+             WHERE id = ?"
+        };
+        let mut query = sqlx::query(statement)
+            .bind(state.as_str())
+            .bind(state.as_str());
+        if let Some(received) = received {
+            query = query.bind(received.as_str());
+        }
+        query
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|source| AlertLogError::UpdateState {
+                id,
+                state: state.as_str(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -396,6 +425,21 @@ mod tests {
         assert!(!is_state_change(Confirmed, Provisional));
         assert!(!is_state_change(Retracted, Confirmed));
         assert!(!is_state_change(Confirmed, Confirmed));
+    }
+
+    #[test]
+    fn changed_state_needs_a_previous_state() {
+        let row = |data: Value| PendingAlert {
+            id: 1,
+            alert_type: "large_transaction".into(),
+            alert_data: data,
+            event_time: DateTime::UNIX_EPOCH.naive_utc(),
+        };
+        let changed =
+            row(serde_json::json!({"state": "retracted", "previousState": "provisional"}));
+        assert_eq!(changed.changed_state(), Some(AlertState::Retracted));
+        let never_received = row(serde_json::json!({"state": "retracted"}));
+        assert_eq!(never_received.changed_state(), None);
     }
 
     #[test]

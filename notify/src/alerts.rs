@@ -41,8 +41,8 @@ use crate::counters::AlertCounters;
 use crate::db_health::DbHealth;
 use crate::java_messages;
 use crate::java_ws::JavaWs;
-use crate::metrics;
 use crate::jetstream::{acknowledge, dead_letter, messages, JetStreamError};
+use crate::metrics;
 
 /// First pause before an insert is tried again while MySQL is unavailable; it doubles after
 /// each failure.
@@ -175,8 +175,9 @@ impl AlertForwarder {
         self.counters.invalidate(alert.task_id);
 
         let outgoing = if is_state_change(logged.state, alert.state) {
+            let received = (logged.notify_status == NotifyStatus::Pushed).then_some(logged.state);
             let updated = until_stored(&self.db, &message, shutdown, || {
-                log.update_state(logged.id, alert.state)
+                log.update_state(logged.id, alert.state, received)
             })
             .await;
             if !matches!(updated, Stored::Done(())) {
@@ -244,8 +245,9 @@ impl AlertForwarder {
         }
     }
 
-    /// Pushes every pending row as an `alert` message, oldest `event_time` first. Stops at the
-    /// first failure and leaves the outbox dirty so that a later call resumes.
+    /// Pushes every pending row, oldest `event_time` first: as `alert_update` when the Java side
+    /// received the row before in another state, else as `alert`. Stops at the first failure
+    /// and leaves the outbox dirty so that a later call resumes.
     async fn flush(&mut self, session: u64) {
         self.outbox = OutboxState {
             flushed_session: Some(session),
@@ -266,8 +268,17 @@ impl AlertForwarder {
                 }
             };
             for row in &page {
-                let message =
-                    java_messages::alert(row.id, &row.alert_type, row.alert_data.clone(), now_ms());
+                let message = match row.changed_state() {
+                    Some(state) => {
+                        java_messages::alert_update(row.id, state, self.locale, now_ms())
+                    }
+                    None => java_messages::alert(
+                        row.id,
+                        &row.alert_type,
+                        row.alert_data.clone(),
+                        now_ms(),
+                    ),
+                };
                 if !self.push(row.id, &message).await {
                     return;
                 }

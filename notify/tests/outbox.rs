@@ -1,7 +1,8 @@
 //! `monitor_alert_log_v2` as the outbox, with the notify binary against real MariaDB, NATS
 //! JetStream and devkit's backend-stub. Alerts that arrive while the Java side is down are
 //! stored and survive a restart of notify. When the Java side returns, they are all pushed in
-//! `event_time` order, before any newer alert.
+//! `event_time` order, before any newer alert. A state change that the Java side missed
+//! arrives as `alert_update`, not as the whole alert again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on a broken set-up.
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use common::{eventually, price_alert, Env, Stub};
-use monitor_core::messages::Alert;
+use monitor_core::messages::{Alert, AlertState, AlertType};
 use monitor_core::Subjects;
 use monitor_tests::free_port;
 use sqlx::Row;
@@ -148,6 +149,74 @@ async fn outbox_pushes_in_order_after_restart_and_outage() {
         second_run.log().contains("WebSocket连接成功"),
         "the greeting text of the Java side is logged"
     );
+    stub.assert_no_violations();
+
+    second_run.terminate().await;
+    stub.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retraction_during_outage_arrives_as_alert_update() {
+    let env = Env::new("outbox_update").await;
+    let stub_addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let stub_dir = env.test.work_dir().join("stub");
+    let stub = Stub::start(stub_addr, &stub_dir).await;
+    let notify = env.notify_process(&format!("ws://{stub_addr}/websocket/monitor"));
+    let mut first_run = notify.spawn("notify");
+    let mut alert = price_alert("4:0xabc:large_transaction:21000000", 1_700_000_000_000);
+    alert.alert_type = AlertType::LargeTransaction;
+    alert.findings[0].rule = AlertType::LargeTransaction;
+    alert.state = AlertState::Provisional;
+    env.publish_alert(&alert, &format!("{}:provisional", alert.id))
+        .await;
+    let pushed = stub.wait_for("alert", 1).await;
+    let row_id = pushed[0]["data"]["alertId"].as_i64().unwrap();
+
+    // The Java side goes away; the retraction arrives meanwhile, and notify restarts.
+    stub.stop().await;
+    assert!(
+        first_run
+            .wait_for_log("java websocket disconnected", Duration::from_secs(60))
+            .await,
+        "{}",
+        first_run.log()
+    );
+    alert.state = AlertState::Retracted;
+    env.publish_alert(&alert, &format!("{}:retracted", alert.id))
+        .await;
+    env.wait_acked(&env.subjects.alerts_stream(), CONSUMER, 2)
+        .await;
+    let (state, status): (String, String) =
+        sqlx::query_as("SELECT state, notify_status FROM monitor_alert_log_v2 WHERE id = ?")
+            .bind(row_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "retracted");
+    assert_eq!(status, "pending", "the change waits in the outbox");
+    first_run.terminate().await;
+    let mut second_run = notify.spawn("notify");
+
+    let stub = Stub::start(stub_addr, &stub_dir).await;
+    let updates = stub.wait_for("alert_update", 1).await;
+    assert_eq!(updates[0]["data"]["alertId"], row_id);
+    assert_eq!(updates[0]["data"]["state"], "retracted");
+    assert_eq!(
+        stub.received("alert").len(),
+        1,
+        "the Java side received the alert once, then only its update"
+    );
+    eventually("the row to be marked pushed", || async {
+        let status: String =
+            sqlx::query_scalar("SELECT notify_status FROM monitor_alert_log_v2 WHERE id = ?")
+                .bind(row_id)
+                .fetch_one(&env.pool)
+                .await
+                .ok()?;
+        (status == "pushed").then_some(())
+    })
+    .await;
     stub.assert_no_violations();
 
     second_run.terminate().await;
