@@ -5,7 +5,8 @@
 //! the row (or find the one an earlier delivery inserted), push the `alert` message, mark the
 //! row `pushed`, ack. The table is the outbox: once the row is stored, the message is acked
 //! even when the socket is down. Rows still `pending` are pushed, oldest `event_time` first,
-//! at the start of every WebSocket session (so also after a restart) before anything newer. A row is never inserted twice; a push may repeat (at least once) when a session
+//! at the start of every WebSocket session (so also after a restart) before anything newer.
+//! A row is never inserted twice. A push may repeat (delivery is at least once) when a session
 //! ends or MySQL fails between the push and the `pushed` mark.
 //!
 //! An alert id delivered again with a new state (provisional to confirmed or retracted,
