@@ -1,6 +1,7 @@
 //! The command line: `migrate`, `allocate`, `status` and `run` (the default).
 
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -31,7 +32,8 @@ pub enum Command {
         #[arg(long)]
         task_id: u64,
     },
-    /// Print the epoch, batches and config of one task or of every active task.
+    /// Print the epoch, batches, item counts, config version and config error of one task or
+    /// of every active task, from the database and from the tasks bucket.
     Status {
         /// Id of the task; all active tasks when omitted.
         #[arg(long)]
@@ -131,9 +133,38 @@ async fn status(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let pool = monitor_core::db::connect(&settings.db).await?;
-    let result = crate::status::write_status(&pool, task_id, out).await;
+    let bucket = open_tasks_bucket(settings).await;
+    let result = crate::status::write_status(&pool, &bucket, task_id, out).await;
     pool.close().await;
     Ok(result?)
+}
+
+/// Maximum wait for NATS and the tasks bucket in the `status` command.
+const STATUS_NATS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Opens the existing tasks bucket without creating anything; the error says why it is not
+/// readable.
+async fn open_tasks_bucket(settings: &AllocatorSettings) -> crate::status::Bucket {
+    let bucket = settings.nats.subjects().tasks_bucket();
+    let open = async {
+        let client = settings
+            .nats
+            .connect("allocator status")
+            .await
+            .map_err(|e| format!("failed to connect to NATS: {e}"))?;
+        async_nats::jetstream::new(client)
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| format!("failed to open the tasks bucket {bucket}: {e}"))
+    };
+    match tokio::time::timeout(STATUS_NATS_TIMEOUT, open).await {
+        Ok(result) => result,
+        // The URL may carry credentials, so it is not quoted.
+        Err(_) => Err(format!(
+            "NATS did not answer within {} s",
+            STATUS_NATS_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 #[cfg(test)]

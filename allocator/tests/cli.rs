@@ -114,6 +114,14 @@ async fn allocate_and_status_commands() {
     );
     assert!(status.contains("config error: invalid config"), "{status}");
     assert!(status.contains("active targets: 100\n"), "{status}");
+    // No allocator has synced version 2 yet, so the data plane still runs version 1.
+    assert!(
+        status.contains(&format!(
+            "published: epoch 1, 2 batches, 100 items, config {config_id} version 1 in force"
+        )),
+        "{status}"
+    );
+    assert!(!status.contains("published config error"), "{status}");
     for batch in &spec.batches {
         let line = format!(
             "batch {} (no. {}): {} items, pending",
@@ -121,4 +129,64 @@ async fn allocate_and_status_commands() {
         );
         assert!(status.contains(&line), "{line} in {status}");
     }
+}
+
+#[tokio::test]
+async fn status_shows_published_config_error() {
+    let fx = Fixture::new("clierr").await;
+    let config_id = fx.insert_config(VALID_RULES).await;
+    let task_id = fx.insert_task("smart", "eth", config_id).await;
+    fx.insert_targets(task_id, &addresses(2, 3)).await;
+    let mut plane = fx
+        .plane(monitor_allocator::order::Strategy::Sticky, 99)
+        .await;
+    plane.poll().await.unwrap();
+    fx.update_config(config_id, INVALID_RULES, 2).await;
+    plane.sync_task(task_id).await.unwrap();
+
+    let task = task_id.to_string();
+    let status = stdout(&allocator(&fx, fx.env.db_name(), &["status", "--task-id", &task]).await);
+
+    assert!(
+        status.contains(&format!(
+            "published: epoch 1, 1 batches, 3 items, config {config_id} version 1 in force"
+        )),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!(
+            "published config error: invalid config {config_id} version 2: volume.min_volume_usd"
+        )),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn status_without_nats_shows_database() {
+    let fx = Fixture::new("clinonats").await;
+    let config_id = fx.insert_config(VALID_RULES).await;
+    let task_id = fx.insert_task("batch", "eth", config_id).await;
+    fx.insert_targets(task_id, &addresses(3, 5)).await;
+    let closed = monitor_tests::free_port();
+
+    let output = fx
+        .env
+        .command(env!("CARGO_BIN_EXE_allocator"))
+        .envs(fx.env.stage_env())
+        .env("NATS_URL", format!("nats://127.0.0.1:{closed}"))
+        .args(["status", "--task-id", &task_id.to_string()])
+        .output("allocator", COMMAND_LIMIT)
+        .await;
+    let status = stdout(&output);
+
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        status.contains(&format!("config {config_id} version 1")),
+        "{status}"
+    );
+    assert!(
+        status.contains("active targets: 5, not yet allocated"),
+        "{status}"
+    );
+    assert!(status.contains("published: unknown"), "{status}");
 }
