@@ -45,7 +45,11 @@ pub enum AllocateError {
     #[error("task {task_id} is a {task_type} task, which has no targets to allocate")]
     NoTargets { task_id: u64, task_type: String },
     #[error("task {task_id} has {count} active targets, more than MAX_TARGETS_PER_TASK ({max}); it is not allocated until targets are removed or the limit is raised")]
-    TooManyTargets { task_id: u64, count: usize, max: usize },
+    TooManyTargets {
+        task_id: u64,
+        count: usize,
+        max: usize,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

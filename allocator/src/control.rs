@@ -427,7 +427,10 @@ impl ControlPlane {
                 chain,
                 address,
             } => {
-                if self.logged.insert(format!("invalid-target:{target_id}:{address}")) {
+                if self
+                    .logged
+                    .insert(format!("invalid-target:{target_id}:{address}"))
+                {
                     tracing::warn!(task_id, target_id, chain = %chain, address = ?short(address), "target address is not valid on the task's chain, it is not watched");
                 }
             }
@@ -437,7 +440,10 @@ impl ControlPlane {
                 first_target_id,
                 address,
             } => {
-                if self.logged.insert(format!("duplicate-target:{target_id}:{address}")) {
+                if self
+                    .logged
+                    .insert(format!("duplicate-target:{target_id}:{address}"))
+                {
                     tracing::warn!(task_id, target_id, first_target_id, address = ?short(address), "target repeats the address of another target of the task, only the first is watched");
                 }
             }

@@ -53,11 +53,12 @@ impl From<&AllocatorSettings> for ControlOptions {
 /// Connects to NATS, creates the streams and buckets if needed, and returns a publisher on
 /// the tasks bucket.
 pub async fn connect_publisher(settings: &AllocatorSettings) -> anyhow::Result<Publisher> {
-    let client = settings
-        .nats
-        .connect("allocator")
-        .await
-        .with_context(|| format!("failed to connect to NATS at {}", settings.nats.redacted_url()))?;
+    let client = settings.nats.connect("allocator").await.with_context(|| {
+        format!(
+            "failed to connect to NATS at {}",
+            settings.nats.redacted_url()
+        )
+    })?;
     let jetstream = async_nats::jetstream::new(client);
     let topology = monitor_core::topology::ensure(&jetstream, &settings.nats).await?;
     Ok(Publisher::new(

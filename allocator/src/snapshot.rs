@@ -154,7 +154,8 @@ pub fn build(
 
     let mut refs = Vec::with_capacity(state.batches.len());
     let mut specs = Vec::with_capacity(state.batches.len());
-    let mut targets_by_batch = group_targets(&state.items, state.task.id, state.kind.chain, &mut notices);
+    let mut targets_by_batch =
+        group_targets(&state.items, state.task.id, state.kind.chain, &mut notices);
     for row in &state.batches {
         let status = batch_status(row, &mut notices);
         refs.push(BatchRef {

@@ -35,7 +35,10 @@ async fn good_task(fx: &Fixture) -> u64 {
 
 async fn poll_once(fx: &Fixture) {
     let mut plane = fx.plane(Strategy::Sticky, 99).await;
-    plane.poll().await.expect("a poll completes whatever the rows hold");
+    plane
+        .poll()
+        .await
+        .expect("a poll completes whatever the rows hold");
 }
 
 async fn assert_good_task_published(fx: &Fixture, task_id: u64) {
@@ -59,10 +62,20 @@ async fn rejected_config(test: &str, events_config: &str) -> String {
 
     poll_once(&fx).await;
 
-    let spec = fx.task_spec(task_id).await.expect("the task is published with its error");
-    assert!(spec.config.is_none(), "no rules are in force: {:?}", spec.config);
+    let spec = fx
+        .task_spec(task_id)
+        .await
+        .expect("the task is published with its error");
+    assert!(
+        spec.config.is_none(),
+        "no rules are in force: {:?}",
+        spec.config
+    );
     assert_good_task_published(&fx, good).await;
-    let error = spec.config_error.expect("the config error is published").to_string();
+    let error = spec
+        .config_error
+        .expect("the config error is published")
+        .to_string();
     assert!(!error.contains('\n'), "one line: {error}");
     error.replace(&format!("invalid config {config_id} "), "invalid config N ")
 }
@@ -82,11 +95,16 @@ async fn config_with_10000_rules() {
 #[tokio::test]
 async fn events_config_over_one_mib() {
     let padding = "x".repeat(1 << 20);
-    let text = format!("{{\"volume\": {{\"window_sec\": 60, \"min_volume_usd\": 1}}, \"note\": \"{padding}\"}}");
+    let text = format!(
+        "{{\"volume\": {{\"window_sec\": 60, \"min_volume_usd\": 1}}, \"note\": \"{padding}\"}}"
+    );
     let error = rejected_config("config_over_one_mib", &text).await;
     assert_eq!(
         error,
-        format!("invalid config N version 1: events_config must be at most 1048576 bytes, got {} bytes", text.len())
+        format!(
+            "invalid config N version 1: events_config must be at most 1048576 bytes, got {} bytes",
+            text.len()
+        )
     );
 }
 
@@ -102,7 +120,11 @@ async fn deeply_nested_events_config() {
 
 #[tokio::test]
 async fn truncated_events_config() {
-    let error = rejected_config("truncated_config", r#"{"volume": {"window_sec": 60, "min_vol"#).await;
+    let error = rejected_config(
+        "truncated_config",
+        r#"{"volume": {"window_sec": 60, "min_vol"#,
+    )
+    .await;
     assert_eq!(
         error,
         "invalid config N version 1: events_config must be valid JSON (EOF while parsing a string at line 1 column 38), got {\"volume\": {\"window_sec\": 60, \"min_vol"
@@ -155,7 +177,10 @@ async fn negative_threshold() {
         r#"{"volume": {"window_sec": 60, "min_volume_usd": -5}}"#,
     )
     .await;
-    assert_eq!(error, "invalid config N version 1: volume.min_volume_usd must be > 0, got -5");
+    assert_eq!(
+        error,
+        "invalid config N version 1: volume.min_volume_usd must be > 0, got -5"
+    );
 }
 
 #[tokio::test]
@@ -184,8 +209,14 @@ async fn contract_address_of_wrong_chain() {
 
     poll_once(&fx).await;
 
-    let spec = fx.task_spec(task_id).await.expect("the block task is published with its error");
-    let error = spec.config_error.expect("the config error is published").to_string();
+    let spec = fx
+        .task_spec(task_id)
+        .await
+        .expect("the block task is published with its error");
+    let error = spec
+        .config_error
+        .expect("the config error is published")
+        .to_string();
     assert_eq!(
         error,
         format!("invalid config {config_id} version 1: contract_addresses[0] must be 0x followed by 40 hex digits, got {WSOL}")
@@ -195,13 +226,20 @@ async fn contract_address_of_wrong_chain() {
 
 /// Allocates and publishes a task with `targets`, and returns the notices of its snapshot
 /// and the addresses in its batch specs.
-async fn publish_targets(fx: &Fixture, chain: &str, targets: &[String]) -> (u64, Vec<Notice>, Vec<String>) {
+async fn publish_targets(
+    fx: &Fixture,
+    chain: &str,
+    targets: &[String],
+) -> (u64, Vec<Notice>, Vec<String>) {
     let config_id = fx.insert_config(VALID_RULES).await;
     let task_id = fx.insert_task("smart", chain, config_id).await;
     fx.insert_targets(task_id, targets).await;
     poll_once(fx).await;
 
-    let task = store::task(&fx.pool, task_id).await.unwrap().expect("the task row exists");
+    let task = store::task(&fx.pool, task_id)
+        .await
+        .unwrap()
+        .expect("the task row exists");
     let kind = TaskKind::of(&task).unwrap();
     let state = snapshot::load(&fx.pool, task, kind).await.unwrap();
     let (_, notices) = snapshot::build(&state, None, 0);
@@ -209,7 +247,10 @@ async fn publish_targets(fx: &Fixture, chain: &str, targets: &[String]) -> (u64,
     let spec = fx.task_spec(task_id).await.expect("the task is published");
     let mut published = Vec::new();
     for batch in &spec.batches {
-        let batch = fx.batch_spec(batch.batch_id).await.expect("its batches are published");
+        let batch = fx
+            .batch_spec(batch.batch_id)
+            .await
+            .expect("its batches are published");
         published.extend(batch.targets.into_iter().map(|t| t.address));
     }
     (task_id, notices, published)
@@ -220,18 +261,25 @@ async fn target_address_with_sql() {
     let fx = Fixture::new("target_with_sql").await;
     let hostile = "0x'; DROP TABLE monitor_task_v2; --".to_owned();
     let good = good_task(&fx).await;
-    let (task_id, notices, published) = publish_targets(&fx, "eth", &[hostile.clone(), WETH.to_owned()]).await;
+    let (task_id, notices, published) =
+        publish_targets(&fx, "eth", &[hostile.clone(), WETH.to_owned()]).await;
 
-    assert_eq!(published, vec![WETH.to_owned()], "only the valid target is watched");
+    assert_eq!(
+        published,
+        vec![WETH.to_owned()],
+        "only the valid target is watched"
+    );
     assert!(
         notices.iter().any(|n| matches!(n, Notice::InvalidTarget { task_id: t, chain: Chain::Eth, address, .. } if *t == task_id && *address == hostile)),
         "{notices:?}"
     );
-    let stored: String = sqlx::query_scalar("SELECT target_value FROM monitor_task_target_v2 WHERE task_id = ? ORDER BY id LIMIT 1")
-        .bind(task_id)
-        .fetch_one(&fx.pool)
-        .await
-        .expect("monitor_task_target_v2 still exists");
+    let stored: String = sqlx::query_scalar(
+        "SELECT target_value FROM monitor_task_target_v2 WHERE task_id = ? ORDER BY id LIMIT 1",
+    )
+    .bind(task_id)
+    .fetch_one(&fx.pool)
+    .await
+    .expect("monitor_task_target_v2 still exists");
     assert_eq!(stored, hostile, "the value was bound, not run");
     assert_good_task_published(&fx, good).await;
 }
@@ -240,7 +288,8 @@ async fn target_address_with_sql() {
 async fn target_address_of_wrong_chain() {
     let fx = Fixture::new("target_wrong_chain").await;
     let good = good_task(&fx).await;
-    let (task_id, notices, published) = publish_targets(&fx, "eth", &[WSOL.to_owned(), WETH.to_owned()]).await;
+    let (task_id, notices, published) =
+        publish_targets(&fx, "eth", &[WSOL.to_owned(), WETH.to_owned()]).await;
 
     assert_eq!(published, vec![WETH.to_owned()]);
     assert!(
@@ -255,10 +304,18 @@ async fn duplicated_targets() {
     let fx = Fixture::new("duplicated_targets").await;
     let good = good_task(&fx).await;
     let upper = format!("0x{}", WETH[2..].to_ascii_uppercase());
-    let (task_id, notices, published) =
-        publish_targets(&fx, "eth", &[WETH.to_owned(), WETH.to_owned(), upper.clone()]).await;
+    let (task_id, notices, published) = publish_targets(
+        &fx,
+        "eth",
+        &[WETH.to_owned(), WETH.to_owned(), upper.clone()],
+    )
+    .await;
 
-    assert_eq!(published, vec![WETH.to_owned()], "the address is watched once");
+    assert_eq!(
+        published,
+        vec![WETH.to_owned()],
+        "the address is watched once"
+    );
     let duplicates: Vec<&Notice> = notices
         .iter()
         .filter(|n| matches!(n, Notice::DuplicateTarget { task_id: t, .. } if *t == task_id))
@@ -274,7 +331,11 @@ async fn batch_with_zero_targets() {
     let (task_id, notices, published) = publish_targets(&fx, "eth", &[]).await;
 
     let spec = fx.task_spec(task_id).await.unwrap();
-    assert!(spec.batches.is_empty(), "no batch for no targets: {:?}", spec.batches);
+    assert!(
+        spec.batches.is_empty(),
+        "no batch for no targets: {:?}",
+        spec.batches
+    );
     assert!(published.is_empty());
     assert!(notices.is_empty(), "{notices:?}");
     assert_good_task_published(&fx, good).await;
@@ -292,7 +353,11 @@ async fn batch_with_100_targets() {
     plane.poll().await.unwrap();
 
     let spec = fx.task_spec(task_id).await.unwrap();
-    assert_eq!(spec.batches.len(), 1, "100 targets fill one batch of BATCH_SIZE 100");
+    assert_eq!(
+        spec.batches.len(),
+        1,
+        "100 targets fill one batch of BATCH_SIZE 100"
+    );
     let batch = fx.batch_spec(spec.batches[0].batch_id).await.unwrap();
     assert_eq!(batch.targets.len(), 100);
     assert_good_task_published(&fx, good).await;
@@ -312,7 +377,14 @@ async fn task_over_max_targets_per_task() {
         max_targets: 5,
     };
     let error = allocate_task(&fx.pool, task_id, plan).await.unwrap_err();
-    assert!(matches!(error, AllocateError::TooManyTargets { count: 6, max: 5, .. }));
+    assert!(matches!(
+        error,
+        AllocateError::TooManyTargets {
+            count: 6,
+            max: 5,
+            ..
+        }
+    ));
     assert_eq!(
         error.to_string(),
         format!("task {task_id} has 6 active targets, more than MAX_TARGETS_PER_TASK (5); it is not allocated until targets are removed or the limit is raised")
@@ -320,11 +392,18 @@ async fn task_over_max_targets_per_task() {
 
     let mut settings = fx.settings();
     settings.max_targets_per_task = 5;
-    let mut plane = ControlPlane::new(fx.pool.clone(), fx.publisher("allocator-test-1"), ControlOptions::from(&settings));
+    let mut plane = ControlPlane::new(
+        fx.pool.clone(),
+        fx.publisher("allocator-test-1"),
+        ControlOptions::from(&settings),
+    );
     plane.load_published().await.unwrap();
     let report = plane.poll().await.unwrap();
     assert_eq!(report.failed, 1, "{report:?}");
-    assert!(fx.task_spec(task_id).await.is_none(), "the oversized task is not published");
+    assert!(
+        fx.task_spec(task_id).await.is_none(),
+        "the oversized task is not published"
+    );
     assert_eq!(fx.current_epoch(task_id).await, 0, "and not allocated");
     assert_good_task_published(&fx, good).await;
 }
@@ -336,15 +415,25 @@ fn config_notice_truncated() {
         error.to_string(),
         r#"invalid config change notice "{\"configId\": 7, \"vers": EOF while parsing a string at line 1 column 21"#
     );
-    assert_eq!(parse_notice(r#"{"configId": 7}"#).unwrap().config_id, 7, "the next notice parses");
+    assert_eq!(
+        parse_notice(r#"{"configId": 7}"#).unwrap().config_id,
+        7,
+        "the next notice parses"
+    );
 }
 
 #[test]
 fn config_notice_with_id_over_2_pow_64() {
     let error = parse_notice(r#"{"configId": 18446744073709551616}"#).unwrap_err();
     assert!(
-        error.to_string().starts_with(r#"invalid config change notice "{\"configId\": 18446744073709551616}": invalid"#),
+        error.to_string().starts_with(
+            r#"invalid config change notice "{\"configId\": 18446744073709551616}": invalid"#
+        ),
         "{error}"
     );
-    assert_eq!(parse_notice(r#"{"configId": 8}"#).unwrap().config_id, 8, "the next notice parses");
+    assert_eq!(
+        parse_notice(r#"{"configId": 8}"#).unwrap().config_id,
+        8,
+        "the next notice parses"
+    );
 }
