@@ -25,6 +25,8 @@ use monitor_tests::{wait_until, TestEnv};
 
 /// Large trades only, with a one-second cooldown so that alerts keep coming.
 const LARGE_TRADES: &str = r#"{"large_trade": {"side": "any"}, "cooldown_sec": 1}"#;
+/// Large trades and a volume rule over 120 s that no recorded window reaches.
+const LARGE_TRADES_AND_VOLUME: &str = r#"{"large_trade": {"side": "any"}, "volume": {"window_sec": 120, "min_volume_usd": 1e12}, "cooldown_sec": 1}"#;
 /// `min_transaction_usd` that no recorded trade reaches.
 const NEVER: f64 = 1e12;
 /// `min_transaction_usd` that every recorded trade reaches.
@@ -69,10 +71,11 @@ async fn redis_notice_puts_new_rules_in_force() {
         assert!(flowing, "events of task {task_id} reach the events stream");
     }
 
+    // Version 2 lowers the threshold for evaluate and adds a 120 s window for ingest.
     let v2 = ConfigValues {
+        events_config: LARGE_TRADES_AND_VOLUME,
         min_transaction_usd: ALWAYS,
         version: 2,
-        ..v1
     };
     update_config(&env, config_id, &v2).await;
     let published = Instant::now();
@@ -85,7 +88,7 @@ async fn redis_notice_puts_new_rules_in_force() {
         .await;
         assert!(alerted, "task {task_id} raises alerts under version 2");
         println!(
-            "task {task_id}: first alert under version 2 seen {:?} after the notice",
+            "task {task_id}: first alert under version 2 found {:?} after the notice (the stream is read every 100 ms or slower; devkit loadgen config-propagation measures the delay)",
             published.elapsed()
         );
         let versions: BTreeSet<u64> = bus
@@ -101,6 +104,23 @@ async fn redis_notice_puts_new_rules_in_force() {
         );
         let spec = bus.task_spec(*task_id).await.expect("task spec");
         assert_eq!(spec.config.expect("config in force").version, 2);
+        let windowed = wait_until(LIMIT, POLL, || async {
+            bus.frames(*task_id)
+                .await
+                .iter()
+                .flat_map(|f| &f.events)
+                .any(|event| {
+                    event
+                        .snapshot
+                        .as_ref()
+                        .is_some_and(|snapshot| snapshot.window(120).is_some())
+                })
+        })
+        .await;
+        assert!(
+            windowed,
+            "ingest of task {task_id} keeps the 120 s window of version 2"
+        );
     }
     assert!(
         allocator.log().contains("reloading config"),
