@@ -4,6 +4,8 @@
 // Helpers panic on failure: a panic is the test failure. Not every test file uses every helper.
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
+pub mod anvil;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
