@@ -81,7 +81,7 @@ struct Options {
     rounds: u32,
     /// How long Redis and the backend stub stay stopped.
     outage: Duration,
-    /// Longest random wait between a task's first alert and its fault.
+    /// Maximum random wait between a task's first alert and its fault.
     max_delay: Duration,
     /// feed-replay `--speed`.
     speed: u32,
