@@ -156,7 +156,10 @@ mod tests {
     fn oversized_message_is_rejected_before_decoding() {
         let bytes = vec![0x90; MAX_MESSAGE_BYTES + 1];
         let err = decode::<EventFrame>(&bytes).unwrap_err();
-        assert!(matches!(err, CodecError::TooLarge { len, .. } if len == MAX_MESSAGE_BYTES + 1), "{err}");
+        assert!(
+            matches!(err, CodecError::TooLarge { len, .. } if len == MAX_MESSAGE_BYTES + 1),
+            "{err}"
+        );
     }
 
     #[test]

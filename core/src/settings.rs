@@ -184,8 +184,14 @@ impl NatsSettings {
             .request_timeout(Some(Duration::from_secs(10)));
         if let Some(path) = &self.creds {
             options = options.credentials_file(path).await.map_err(|e| {
-                let message = format!("failed to load the NATS credentials file {}: {e}", path.display());
-                async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, std::io::Error::new(e.kind(), message))
+                let message = format!(
+                    "failed to load the NATS credentials file {}: {e}",
+                    path.display()
+                );
+                async_nats::ConnectError::with_source(
+                    async_nats::ConnectErrorKind::Io,
+                    std::io::Error::new(e.kind(), message),
+                )
             })?;
         }
         options = self.tls.apply(options);
@@ -222,7 +228,9 @@ fn split_url_auth(urls: &str) -> (String, Option<UrlAuth>) {
         };
         if !url.username().is_empty() {
             let found = match url.password() {
-                Some(password) => UrlAuth::UserPassword(url.username().to_owned(), password.to_owned()),
+                Some(password) => {
+                    UrlAuth::UserPassword(url.username().to_owned(), password.to_owned())
+                }
                 None => UrlAuth::Token(url.username().to_owned()),
             };
             auth.get_or_insert(found);

@@ -110,7 +110,11 @@ fn four_gib_length_prefixes_fail_fast() {
         let started = Instant::now();
         let error = decode::<EventFrame>(&bytes).expect_err("a 4 GiB prefix on 6 bytes is invalid");
         assert!(matches!(error, CodecError::Decode { .. }), "{error}");
-        assert!(started.elapsed() < Duration::from_secs(1), "{bytes:02x?} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{bytes:02x?} took {:?}",
+            started.elapsed()
+        );
     }
 }
 
@@ -121,6 +125,9 @@ fn message_over_limit_is_rejected() {
     let error = decode::<EventFrame>(&bytes).expect_err("oversized input is rejected");
     assert_eq!(
         error.to_string(),
-        format!("event frame of {} bytes is larger than the limit of {MAX_MESSAGE_BYTES} bytes", MAX_MESSAGE_BYTES + 1)
+        format!(
+            "event frame of {} bytes is larger than the limit of {MAX_MESSAGE_BYTES} bytes",
+            MAX_MESSAGE_BYTES + 1
+        )
     );
 }

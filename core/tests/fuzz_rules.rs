@@ -16,22 +16,64 @@ use monitor_core::Locale;
 use proptest::prelude::*;
 
 const KEYS: &[&str] = &[
-    "price_change", "priceChange", "window_sec", "windowSec", "rise_pct", "risePct", "fall_pct",
-    "volume", "min_volume_usd", "holder_change", "min_change_pct", "min_holders", "large_trade",
-    "largeTrade", "side", "cumulative_buy", "top_holders", "top_n", "cooldown_sec", "enabled",
-    "monitor_new_blocks", "block_interval_threshold", "monitor_large_transactions",
-    "transaction_amount_threshold", "monitor_contract_events", "contract_addresses",
-    "event_signatures", "chain_specific", "sol", "eth", "monitor_program_logs", "program_ids",
-    "monitor_pending_txs", "confirmations",
+    "price_change",
+    "priceChange",
+    "window_sec",
+    "windowSec",
+    "rise_pct",
+    "risePct",
+    "fall_pct",
+    "volume",
+    "min_volume_usd",
+    "holder_change",
+    "min_change_pct",
+    "min_holders",
+    "large_trade",
+    "largeTrade",
+    "side",
+    "cumulative_buy",
+    "top_holders",
+    "top_n",
+    "cooldown_sec",
+    "enabled",
+    "monitor_new_blocks",
+    "block_interval_threshold",
+    "monitor_large_transactions",
+    "transaction_amount_threshold",
+    "monitor_contract_events",
+    "contract_addresses",
+    "event_signatures",
+    "chain_specific",
+    "sol",
+    "eth",
+    "monitor_program_logs",
+    "program_ids",
+    "monitor_pending_txs",
+    "confirmations",
 ];
 
 const WORDS: &[&str] = &[
-    "buy", "sell", "any", "BUY", "Transfer(address,address,uint256)", "Swap(", "()",
-    "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2", "0xZZ", "11111111111111111111111111111111",
-    "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA", "OR", "AND", "",
+    "buy",
+    "sell",
+    "any",
+    "BUY",
+    "Transfer(address,address,uint256)",
+    "Swap(",
+    "()",
+    "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2",
+    "0xZZ",
+    "11111111111111111111111111111111",
+    "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA",
+    "OR",
+    "AND",
+    "",
 ];
 
-fn row(events_config: String, columns: (Option<f64>, Option<f64>, Option<i64>, Option<f64>), logic: Option<&str>) -> ConfigRow {
+fn row(
+    events_config: String,
+    columns: (Option<f64>, Option<f64>, Option<i64>, Option<f64>),
+    logic: Option<&str>,
+) -> ConfigRow {
     ConfigRow {
         config_id: 7,
         version: 3,
@@ -46,22 +88,51 @@ fn row(events_config: String, columns: (Option<f64>, Option<f64>, Option<i64>, O
 }
 
 fn column_values() -> impl Strategy<Value = (Option<f64>, Option<f64>, Option<i64>, Option<f64>)> {
-    let usd = prop_oneof![Just(None), Just(Some(50_000.0)), Just(Some(-1.0)), Just(Some(f64::NAN)), Just(Some(1e300)), any::<f64>().prop_map(Some)];
-    let seconds = prop_oneof![Just(None), Just(Some(60)), Just(Some(0)), Just(Some(i64::MAX)), any::<i64>().prop_map(Some)];
+    let usd = prop_oneof![
+        Just(None),
+        Just(Some(50_000.0)),
+        Just(Some(-1.0)),
+        Just(Some(f64::NAN)),
+        Just(Some(1e300)),
+        any::<f64>().prop_map(Some)
+    ];
+    let seconds = prop_oneof![
+        Just(None),
+        Just(Some(60)),
+        Just(Some(0)),
+        Just(Some(i64::MAX)),
+        any::<i64>().prop_map(Some)
+    ];
     (usd.clone(), usd.clone(), seconds, usd)
 }
 
 fn logic() -> impl Strategy<Value = Option<&'static str>> {
-    proptest::sample::select(&[None, Some("OR"), Some("and"), Some(""), Some("XOR"), Some("OR; DROP TABLE x")][..])
+    proptest::sample::select(
+        &[
+            None,
+            Some("OR"),
+            Some("and"),
+            Some(""),
+            Some("XOR"),
+            Some("OR; DROP TABLE x"),
+        ][..],
+    )
 }
 
-fn check(text: String, columns: (Option<f64>, Option<f64>, Option<i64>, Option<f64>), logic: Option<&str>) -> Result<(), TestCaseError> {
+fn check(
+    text: String,
+    columns: (Option<f64>, Option<f64>, Option<i64>, Option<f64>),
+    logic: Option<&str>,
+) -> Result<(), TestCaseError> {
     let config = row(text, columns, logic);
     for task_type in [TaskType::Smart, TaskType::Block] {
         match parse_config(&config, task_type) {
             Ok(parsed) => {
                 let cooldown = parsed.rules.cooldown_sec();
-                prop_assert!((1..=MAX_WINDOW_SEC).contains(&cooldown), "cooldown {cooldown}");
+                prop_assert!(
+                    (1..=MAX_WINDOW_SEC).contains(&cooldown),
+                    "cooldown {cooldown}"
+                );
                 if let Rules::Token(token) = &parsed.rules {
                     for window in token.window_lengths() {
                         prop_assert!((1..=MAX_WINDOW_SEC).contains(&window), "window {window}");
@@ -73,7 +144,11 @@ fn check(text: String, columns: (Option<f64>, Option<f64>, Option<i64>, Option<f
                 prop_assert!(!english.contains('\n'), "{english}");
                 prop_assert!(!english.contains('\r'), "{english}");
                 prop_assert!(!error.message(Locale::ZhCn).is_empty());
-                prop_assert!(error.value.chars().count() <= 80, "value not shortened: {}", error.value);
+                prop_assert!(
+                    error.value.chars().count() <= 80,
+                    "value not shortened: {}",
+                    error.value
+                );
             }
         }
     }

@@ -34,7 +34,11 @@ pub fn check_frame(frame: &EventFrame) -> Result<(), InvalidFrame> {
         };
         if !(1..=MAX_SOURCE_TIME_MS).contains(&event.source_time_ms) {
             let value = event.source_time_ms.to_string();
-            return Err(invalid("source_time_ms", value, "a time between 1970 and 2200"));
+            return Err(invalid(
+                "source_time_ms",
+                value,
+                "a time between 1970 and 2200",
+            ));
         }
         for (field, value) in numbers(&event.kind, event.snapshot.as_ref()) {
             if !(value.is_finite() && value >= 0.0) {
@@ -68,7 +72,11 @@ fn numbers(kind: &EventKind, snapshot: Option<&TokenSnapshot>) -> Vec<(&'static 
         EventKind::Transaction(transaction) => {
             out.push(("transaction.value_native", transaction.value_native));
             out.extend(transaction.value_usd.map(|v| ("transaction.value_usd", v)));
-            out.extend(transaction.native_price_usd.map(|p| ("transaction.native_price_usd", p)));
+            out.extend(
+                transaction
+                    .native_price_usd
+                    .map(|p| ("transaction.native_price_usd", p)),
+            );
         }
         _ => {}
     }
@@ -76,7 +84,11 @@ fn numbers(kind: &EventKind, snapshot: Option<&TokenSnapshot>) -> Vec<(&'static 
         out.extend(snapshot.price.map(|p| ("snapshot.price", p)));
         out.extend(snapshot.market_cap.map(|m| ("snapshot.market_cap", m)));
         out.extend(snapshot.liquidity.map(|l| ("snapshot.liquidity", l)));
-        out.extend(snapshot.top_share_pct.map(|p| ("snapshot.top_share_pct", p)));
+        out.extend(
+            snapshot
+                .top_share_pct
+                .map(|p| ("snapshot.top_share_pct", p)),
+        );
         for window in &snapshot.windows {
             out.extend([
                 ("window.volume_usd", window.volume_usd),

@@ -29,14 +29,27 @@ async fn judge(test: &str, hostile: Vec<Event>) -> Outcome {
     pipeline.put_batch(&batch_spec(TASK_ID)).await.unwrap();
     let evaluate = pipeline.start();
 
-    pipeline.publish_frame(&frame(TASK_ID, 1, hostile)).await.unwrap();
     pipeline
-        .publish_frame(&frame(TASK_ID, 2, vec![trade_event(GOOD_TIME, 20_000.0, 0.0)]))
+        .publish_frame(&frame(TASK_ID, 1, hostile))
+        .await
+        .unwrap();
+    pipeline
+        .publish_frame(&frame(
+            TASK_ID,
+            2,
+            vec![trade_event(GOOD_TIME, 20_000.0, 0.0)],
+        ))
         .await
         .unwrap();
     pipeline.wait_settled().await.unwrap();
 
-    let alerts: Vec<Alert> = pipeline.alerts().await.unwrap().into_iter().map(|(_, a)| a).collect();
+    let alerts: Vec<Alert> = pipeline
+        .alerts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
     assert!(
         alerts.iter().any(|a| a.event_time_ms == GOOD_TIME),
         "the good frame after the hostile one is judged: {alerts:?}"
@@ -49,15 +62,25 @@ async fn judge(test: &str, hostile: Vec<Event>) -> Outcome {
         .map(|m| header(m, DEAD_REASON_HEADER).unwrap_or_default().to_owned())
         .collect();
     evaluate.stop().await.unwrap();
-    Outcome { alerts, dead_reasons }
+    Outcome {
+        alerts,
+        dead_reasons,
+    }
 }
 
 /// Asserts that the hostile frame was dead-lettered with `reason` and raised no alert.
 fn assert_dead_lettered(outcome: &Outcome, reason: &str) {
     assert_eq!(outcome.dead_reasons, vec![reason.to_owned()]);
     assert!(!reason.contains('\n'));
-    let hostile: Vec<&Alert> = outcome.alerts.iter().filter(|a| a.event_time_ms != GOOD_TIME).collect();
-    assert!(hostile.is_empty(), "the hostile frame raised alerts: {hostile:?}");
+    let hostile: Vec<&Alert> = outcome
+        .alerts
+        .iter()
+        .filter(|a| a.event_time_ms != GOOD_TIME)
+        .collect();
+    assert!(
+        hostile.is_empty(),
+        "the hostile frame raised alerts: {hostile:?}"
+    );
 }
 
 #[tokio::test]
@@ -115,6 +138,10 @@ async fn source_time_far_in_past() {
 async fn frame_with_2000_events() {
     let events: Vec<Event> = (0..2_000).map(|i| trade_event(T0 + i, 1.0, 1.0)).collect();
     let outcome = judge("two_thousand_events", events).await;
-    assert!(outcome.dead_reasons.is_empty(), "{:?}", outcome.dead_reasons);
+    assert!(
+        outcome.dead_reasons.is_empty(),
+        "{:?}",
+        outcome.dead_reasons
+    );
     assert_eq!(outcome.alerts.len(), 1, "{:?}", outcome.alerts);
 }

@@ -313,8 +313,7 @@ fn leg<'a>(data: &'a Map<String, Value>, name: &str) -> Result<Leg<'a>, String> 
         }
         None => return Err(format!("{name}.address is missing")),
     };
-    let price =
-        optional_usd(object, "price").map_err(|problem| format!("{name}.{problem}"))?;
+    let price = optional_usd(object, "price").map_err(|problem| format!("{name}.{problem}"))?;
     Ok(Leg { address, price })
 }
 
@@ -410,7 +409,9 @@ pub const MAX_USD: f64 = 1e15;
 
 fn usd(value: f64, key: &str) -> Result<f64, String> {
     if value > MAX_USD {
-        return Err(format!("{key} must be at most {MAX_USD:e} USD, got {value:e}"));
+        return Err(format!(
+            "{key} must be at most {MAX_USD:e} USD, got {value:e}"
+        ));
     }
     Ok(value)
 }

@@ -15,17 +15,52 @@ use proptest::prelude::*;
 const TYPES: &[&str] = &["PRICE_DATA", "TXS_DATA", "ERROR", "WELCOME", "UNKNOWN", ""];
 
 const KEYS: &[&str] = &[
-    "o", "h", "l", "c", "v", "eventType", "type", "unixTime", "symbol", "address", "blockUnixTime",
-    "blockUnixTimeMs", "owner", "source", "txHash", "side", "tokenAddress", "alias", "isTradeOnBe",
-    "platform", "volumeUSD", "from", "to", "price", "nearestPrice", "amount", "uiAmount",
-    "decimals", "tokenPrice", "pairAddress", "message",
+    "o",
+    "h",
+    "l",
+    "c",
+    "v",
+    "eventType",
+    "type",
+    "unixTime",
+    "symbol",
+    "address",
+    "blockUnixTime",
+    "blockUnixTimeMs",
+    "owner",
+    "source",
+    "txHash",
+    "side",
+    "tokenAddress",
+    "alias",
+    "isTradeOnBe",
+    "platform",
+    "volumeUSD",
+    "from",
+    "to",
+    "price",
+    "nearestPrice",
+    "amount",
+    "uiAmount",
+    "decimals",
+    "tokenPrice",
+    "pairAddress",
+    "message",
 ];
 
 const WATCHED: &str = "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2";
 
 const WORDS: &[&str] = &[
-    WATCHED, "0xC02AAA39B223FE8D0A0E5C4F27EAD9083C756CC2", "0xdac17f958d2ee523a2206206994597c13d831ec7",
-    "So11111111111111111111111111111111111111112", "buy", "sell", "BUY", "swap", "ohlcv", "1m",
+    WATCHED,
+    "0xC02AAA39B223FE8D0A0E5C4F27EAD9083C756CC2",
+    "0xdac17f958d2ee523a2206206994597c13d831ec7",
+    "So11111111111111111111111111111111111111112",
+    "buy",
+    "sell",
+    "BUY",
+    "swap",
+    "ohlcv",
+    "1m",
     "WETH",
 ];
 
@@ -53,18 +88,31 @@ fn check(text: &str) -> Result<(), TestCaseError> {
     match parse_frame(text, is_watched) {
         Ok(FeedMessage::Price(price)) => {
             for value in [price.open, price.high, price.low, price.close] {
-                prop_assert!(value.is_finite() && value > 0.0 && value <= 1e15, "price {value} in {text}");
+                prop_assert!(
+                    value.is_finite() && value > 0.0 && value <= 1e15,
+                    "price {value} in {text}"
+                );
             }
             prop_assert!(price.high >= price.low);
             prop_assert!(price.volume_token.is_none_or(|v| v.is_finite() && v >= 0.0));
-            prop_assert!(price.time_ms > 0 && price.time_ms <= MAX_TIME_MS, "time {}", price.time_ms);
+            prop_assert!(
+                price.time_ms > 0 && price.time_ms <= MAX_TIME_MS,
+                "time {}",
+                price.time_ms
+            );
         }
         Ok(FeedMessage::Trades(trades)) => {
             prop_assert!(!trades.is_empty() && trades.len() <= 2);
             for trade in trades {
-                prop_assert!(trade.volume_usd.is_finite() && (0.0..=1e15).contains(&trade.volume_usd));
+                prop_assert!(
+                    trade.volume_usd.is_finite() && (0.0..=1e15).contains(&trade.volume_usd)
+                );
                 prop_assert!(trade.price_usd.is_none_or(|p| p.is_finite() && p >= 0.0));
-                prop_assert!(trade.time_ms > 0 && trade.time_ms <= MAX_TIME_MS, "time {}", trade.time_ms);
+                prop_assert!(
+                    trade.time_ms > 0 && trade.time_ms <= MAX_TIME_MS,
+                    "time {}",
+                    trade.time_ms
+                );
             }
         }
         Ok(_) => {}

@@ -13,18 +13,53 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 const KEYS: &[&str] = &[
-    "number", "hash", "parentHash", "timestamp", "transactions", "from", "to", "value", "input",
-    "blockNumber", "blockHash", "transactionHash", "transactionIndex", "logIndex", "address",
-    "topics", "data", "removed", "blockTimestamp", "gasPrice", "result", "params", "subscription",
-    "jsonrpc", "id", "method", "error", "code", "message",
+    "number",
+    "hash",
+    "parentHash",
+    "timestamp",
+    "transactions",
+    "from",
+    "to",
+    "value",
+    "input",
+    "blockNumber",
+    "blockHash",
+    "transactionHash",
+    "transactionIndex",
+    "logIndex",
+    "address",
+    "topics",
+    "data",
+    "removed",
+    "blockTimestamp",
+    "gasPrice",
+    "result",
+    "params",
+    "subscription",
+    "jsonrpc",
+    "id",
+    "method",
+    "error",
+    "code",
+    "message",
 ];
 
 const WORDS: &[&str] = &[
-    "0x0", "0x", "0x1", "0x10", "0xffffffffffffffff", "0x10000000000000000",
-    "0xffffffffffffffffffffffffffffffff", "0x100000000000000000000000000000000", "0xZZ", "-0x1",
+    "0x0",
+    "0x",
+    "0x1",
+    "0x10",
+    "0xffffffffffffffff",
+    "0x10000000000000000",
+    "0xffffffffffffffffffffffffffffffff",
+    "0x100000000000000000000000000000000",
+    "0xZZ",
+    "-0x1",
     "0x00000000000000000000000000000000000000000000000000000000000000ff",
     "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef",
-    "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2", "eth_subscription", "2.0",
+    "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2",
+    "eth_subscription",
+    "2.0",
 ];
 
 fn values() -> impl Strategy<Value = Value> {
@@ -50,7 +85,10 @@ fn erc20_inputs() -> impl Strategy<Value = (Vec<String>, String)> {
         proptest::sample::select(WORDS).prop_map(str::to_owned),
         "0x[0-9a-fA-F]{0,70}",
     ];
-    (proptest::collection::vec(topic, 0..5), "(0x)?[0-9a-fA-Fg]{0,200}")
+    (
+        proptest::collection::vec(topic, 0..5),
+        "(0x)?[0-9a-fA-Fg]{0,200}",
+    )
 }
 
 proptest! {

@@ -80,7 +80,11 @@ async fn last_error_after(test: &str, bad: Vec<Action>) -> String {
     last_error_with_limit(test, bad, None).await
 }
 
-async fn last_error_with_limit(test: &str, bad: Vec<Action>, max_frame_bytes: Option<usize>) -> String {
+async fn last_error_with_limit(
+    test: &str,
+    bad: Vec<Action>,
+    max_frame_bytes: Option<usize>,
+) -> String {
     let server = FeedServer::start(move |sub| match (sub.channel, sub.repeat) {
         (FeedChannel::Trades, 0) => {
             let mut actions = bad.clone();
@@ -103,8 +107,10 @@ async fn run_batch(test: &str, feed_url: Url, max_frame_bytes: Option<usize>) ->
     let nats = Nats::new(&unique_prefix(test)).await;
     let mut events = StreamReader::new(&nats.js, &nats.subjects().events_stream()).await;
     let mut status = StreamReader::new(&nats.js, &nats.subjects().status_stream()).await;
-    nats.put_batch(&batch(BATCH_ID, TASK_ID, 1, &[(41, WETH, None)])).await;
-    nats.put_task(&task(TASK_ID, 1, token_rules(), &[BATCH_ID])).await;
+    nats.put_batch(&batch(BATCH_ID, TASK_ID, 1, &[(41, WETH, None)]))
+        .await;
+    nats.put_task(&task(TASK_ID, 1, token_rules(), &[BATCH_ID]))
+        .await;
     let ingest = Ingest::start(&nats, feed_url, max_frame_bytes);
 
     let mut frames = Vec::new();
@@ -125,9 +131,16 @@ async fn run_batch(test: &str, feed_url: Url, max_frame_bytes: Option<usize>) ->
     );
 
     let mut records = Vec::new();
-    read_status_until(&mut status, &mut records, "a heartbeat with the error", |records| {
-        records.iter().any(|r| heartbeat_error(&r.message).is_some())
-    })
+    read_status_until(
+        &mut status,
+        &mut records,
+        "a heartbeat with the error",
+        |records| {
+            records
+                .iter()
+                .any(|r| heartbeat_error(&r.message).is_some())
+        },
+    )
     .await;
     let error = records
         .iter()
@@ -170,7 +183,10 @@ async fn volume_usd_as_string() {
         d.insert("volumeUSD".into(), json!("43440.1416"));
     });
     let error = last_error_after("volume_as_string", vec![Action::Send(bad)]).await;
-    assert_one_line(&error, "malformed TXS_DATA frame: volumeUSD must be a number, got \"43440.1416\"");
+    assert_one_line(
+        &error,
+        "malformed TXS_DATA frame: volumeUSD must be a number, got \"43440.1416\"",
+    );
 }
 
 #[tokio::test]
@@ -178,7 +194,10 @@ async fn nan_price() {
     let bad = trade_with(|_| {}).replace("\"tokenPrice\":1666.8", "\"tokenPrice\":NaN");
     assert!(bad.contains("NaN"));
     let error = last_error_after("nan_price", vec![Action::Send(bad)]).await;
-    assert!(error.starts_with("malformed <invalid JSON> frame: expected value at line 1 column "), "{error}");
+    assert!(
+        error.starts_with("malformed <invalid JSON> frame: expected value at line 1 column "),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -186,7 +205,10 @@ async fn infinite_price() {
     let bad = trade_with(|_| {}).replace("\"tokenPrice\":1666.8", "\"tokenPrice\":1e999");
     assert!(bad.contains("1e999"));
     let error = last_error_after("infinite_price", vec![Action::Send(bad)]).await;
-    assert!(error.starts_with("malformed <invalid JSON> frame: number out of range at line 1 column "), "{error}");
+    assert!(
+        error.starts_with("malformed <invalid JSON> frame: number out of range at line 1 column "),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -195,12 +217,18 @@ async fn negative_volume_usd() {
         d.insert("volumeUSD".into(), json!(-43440.1416));
     });
     let error = last_error_after("negative_volume", vec![Action::Send(bad)]).await;
-    assert_one_line(&error, "malformed TXS_DATA frame: volumeUSD must not be negative, got -43440.1416");
+    assert_one_line(
+        &error,
+        "malformed TXS_DATA frame: volumeUSD must not be negative, got -43440.1416",
+    );
 }
 
 #[tokio::test]
 async fn volume_usd_over_2_pow_64() {
-    let bad = trade_with(|_| {}).replace("\"volumeUSD\":43440.1416", "\"volumeUSD\":18446744073709551616");
+    let bad = trade_with(|_| {}).replace(
+        "\"volumeUSD\":43440.1416",
+        "\"volumeUSD\":18446744073709551616",
+    );
     assert!(bad.contains("18446744073709551616"));
     let error = last_error_after("volume_over_2_pow_64", vec![Action::Send(bad)]).await;
     assert_one_line(
@@ -211,10 +239,15 @@ async fn volume_usd_over_2_pow_64() {
 
 #[tokio::test]
 async fn frame_of_20_mb() {
-    let bad = format!("{{\"type\":\"TXS_DATA\",\"data\":{{\"note\":\"{}\"}}}}", "x".repeat(20 << 20));
+    let bad = format!(
+        "{{\"type\":\"TXS_DATA\",\"data\":{{\"note\":\"{}\"}}}}",
+        "x".repeat(20 << 20)
+    );
     let error = last_error_after("frame_20_mb", vec![Action::Send(bad)]).await;
     assert!(
-        error.starts_with("trades connection lost: read failed: Space limit exceeded: Message too long: "),
+        error.starts_with(
+            "trades connection lost: read failed: Space limit exceeded: Message too long: "
+        ),
         "{error}"
     );
     assert!(error.ends_with(" > 4194304"), "{error}");
@@ -223,16 +256,30 @@ async fn frame_of_20_mb() {
 /// `MAX_FRAME_BYTES` lowers the limit: a 2 KiB frame ends a connection limited to 1 KiB.
 #[tokio::test]
 async fn frame_over_max_frame_bytes_setting() {
-    let bad = format!("{{\"type\":\"TXS_DATA\",\"data\":{{\"note\":\"{}\"}}}}", "x".repeat(2048));
-    let error = last_error_with_limit("frame_over_setting", vec![Action::Send(bad)], Some(1024)).await;
-    assert_one_line(&error, "trades connection lost: read failed: Space limit exceeded: Message too long: 2086 > 1024");
+    let bad = format!(
+        "{{\"type\":\"TXS_DATA\",\"data\":{{\"note\":\"{}\"}}}}",
+        "x".repeat(2048)
+    );
+    let error =
+        last_error_with_limit("frame_over_setting", vec![Action::Send(bad)], Some(1024)).await;
+    assert_one_line(
+        &error,
+        "trades connection lost: read failed: Space limit exceeded: Message too long: 2086 > 1024",
+    );
 }
 
 #[tokio::test]
 async fn deeply_nested_frame() {
-    let bad = format!("{{\"type\":\"TXS_DATA\",\"data\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let bad = format!(
+        "{{\"type\":\"TXS_DATA\",\"data\":{}1{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     let error = last_error_after("deeply_nested", vec![Action::Send(bad)]).await;
-    assert_one_line(&error, "malformed <invalid JSON> frame: recursion limit exceeded at line 1 column 153");
+    assert_one_line(
+        &error,
+        "malformed <invalid JSON> frame: recursion limit exceeded at line 1 column 153",
+    );
 }
 
 #[tokio::test]
@@ -287,7 +334,10 @@ async fn candle_with_high_below_low() {
         "eventType": "ohlcv", "type": "1m", "unixTime": 1_675_329_600, "v": 1.0, "symbol": "WETH", "address": WETH}})
     .to_string();
     let error = last_error_after("high_below_low", vec![Action::Send(bad)]).await;
-    assert_one_line(&error, "malformed PRICE_DATA frame: h must be >= l, got h = 1600 and l = 1700");
+    assert_one_line(
+        &error,
+        "malformed PRICE_DATA frame: h must be >= l, got h = 1600 and l = 1700",
+    );
 }
 
 /// A frame for an address the batch never subscribed is counted and skipped without an
@@ -302,7 +352,10 @@ async fn trade_for_unsubscribed_address() {
         Action::Send("{".into()),
     ];
     let error = last_error_after("unsubscribed", bad_then_error).await;
-    assert!(error.starts_with("malformed <invalid JSON> frame: EOF while parsing"), "{error}");
+    assert!(
+        error.starts_with("malformed <invalid JSON> frame: EOF while parsing"),
+        "{error}"
+    );
 }
 
 /// A binary frame that is not UTF-8, from a server of this test (the scripted server sends
@@ -319,15 +372,21 @@ async fn invalid_utf8_binary_frame() {
     });
     let error = run_batch("invalid_utf8", url, None).await;
     server.abort();
-    assert_one_line(&error, "malformed <invalid JSON> frame: expected value at line 1 column 1");
+    assert_one_line(
+        &error,
+        "malformed <invalid JSON> frame: expected value at line 1 column 1",
+    );
 }
 
 /// Answers the trades subscription with invalid UTF-8 in a binary frame, then the good trade.
+// The handshake callback's error type is tungstenite's HTTP response, which is large.
+#[allow(clippy::result_large_err)]
 async fn serve_invalid_utf8(stream: tokio::net::TcpStream) {
     let answer_protocol = |_: &Request, mut response: Response| {
-        response
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("echo-protocol"));
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("echo-protocol"),
+        );
         Ok(response)
     };
     let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, answer_protocol).await else {

@@ -385,10 +385,9 @@ impl Session {
                 session_id,
                 greeting,
             } => info!(session_id, greeting, "java websocket greeted the client"),
-            Incoming::Other { message_type } => debug!(
-                message_type,
-                "ignoring a message from the java websocket"
-            ),
+            Incoming::Other { message_type } => {
+                debug!(message_type, "ignoring a message from the java websocket")
+            }
             Incoming::NotJson { error } => {
                 debug!(error = %error, len = text.len(), "ignoring a message that is not JSON")
             }

@@ -61,11 +61,19 @@ async fn deliver_probe(ws: &JavaWs, seen: &Seen, n: u32) -> u64 {
     loop {
         let probe = json!({"type": "probe", "n": n});
         if ws.send(&probe).await
-            && seen.received.lock().unwrap().iter().any(|m| m.contains(&format!("\"n\":{n}")))
+            && seen
+                .received
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|m| m.contains(&format!("\"n\":{n}")))
         {
             return ws.connection().session;
         }
-        assert!(tokio::time::Instant::now() < deadline, "probe {n} never reached the server");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "probe {n} never reached the server"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -88,7 +96,10 @@ async fn java_message_over_one_mib() {
         .await
         .expect("the client connects again after the oversized message");
     let session = deliver_probe(&ws, &seen, 1).await;
-    assert!(session >= 2, "the probe goes over a new session, got session {session}");
+    assert!(
+        session >= 2,
+        "the probe goes over a new session, got session {session}"
+    );
 
     shutdown.cancel();
     handle.await.unwrap();

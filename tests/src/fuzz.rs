@@ -156,21 +156,19 @@ fn leaf(words: &'static [&'static str]) -> impl Strategy<Value = Node> {
 
 /// Trees of depth up to 5 whose object keys are mostly `keys`, and whose string values are
 /// mostly `words`.
-pub fn tree(
-    keys: &'static [&'static str],
-    words: &'static [&'static str],
-) -> BoxedStrategy<Node> {
+pub fn tree(keys: &'static [&'static str], words: &'static [&'static str]) -> BoxedStrategy<Node> {
     let key = prop_oneof![
         8 => proptest::sample::select(keys).prop_map(str::to_owned),
         1 => "[a-zA-Z_]{0,12}",
     ];
-    leaf(words).prop_recursive(5, 64, 10, move |inner| {
-        prop_oneof![
-            1 => proptest::collection::vec(inner.clone(), 0..6).prop_map(Node::Array),
-            4 => proptest::collection::vec((key.clone(), inner), 0..10).prop_map(Node::Object),
-        ]
-    })
-    .boxed()
+    leaf(words)
+        .prop_recursive(5, 64, 10, move |inner| {
+            prop_oneof![
+                1 => proptest::collection::vec(inner.clone(), 0..6).prop_map(Node::Array),
+                4 => proptest::collection::vec((key.clone(), inner), 0..10).prop_map(Node::Object),
+            ]
+        })
+        .boxed()
 }
 
 /// An object `{"<type_key>": <one of types>, "data": {...}}`, the frame shape of the feeds.
@@ -188,16 +186,15 @@ pub fn typed_frame(
         0..14,
     )
     .prop_map(Node::Object);
-    (proptest::sample::select(types), data, tree(keys, words)).prop_map(
-        move |(frame_type, data, extra)| {
+    (proptest::sample::select(types), data, tree(keys, words))
+        .prop_map(move |(frame_type, data, extra)| {
             Node::Object(vec![
                 (type_key.to_owned(), Node::Text(frame_type.to_owned())),
                 ("data".to_owned(), data),
                 ("extra".to_owned(), extra),
             ])
-        },
-    )
-    .boxed()
+        })
+        .boxed()
 }
 
 const INSERTED_CHARS: &[char] = &[' ', '"', '{', '}', '[', ']', ',', ':', '\\', '\u{0}', 'é'];
@@ -263,7 +260,11 @@ pub fn bytes_from(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
     )
         .prop_map(|(mut bytes, edits)| {
             for (position, byte, how) in edits {
-                let at = if bytes.is_empty() { 0 } else { position % bytes.len() };
+                let at = if bytes.is_empty() {
+                    0
+                } else {
+                    position % bytes.len()
+                };
                 match how {
                     0 if !bytes.is_empty() => bytes[at] = byte,
                     1 => bytes.truncate(at),

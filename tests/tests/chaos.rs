@@ -25,7 +25,9 @@
 //! alert is in MySQL exactly once, no other alert is there, and the backend stub received each
 //! at least once. One line per fault goes to stderr (`cargo test -- --nocapture` shows it).
 
-use std::collections::{BTreeMap, BTreeSet};
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -33,7 +35,7 @@ use monitor_core::messages::TaskType;
 use monitor_core::rules::{parse_config, ConfigRow, Rules, TokenRules};
 use monitor_tests::recorded::{expected_alerts, load_trades, ExpectedAlert, RecordedTrade};
 use monitor_tests::{
-    free_port, start_service, stop_service, restart_service, wait_for, workspace_dir, NatsServer,
+    free_port, restart_service, start_service, stop_service, wait_for, workspace_dir, NatsServer,
     Process, ProcessBuilder, TestEnv,
 };
 use rand::rngs::StdRng;
@@ -169,8 +171,16 @@ impl Expected {
         let cycle_ms = (last - first + 1 + 59_999).div_euclid(60_000).max(1) * 60_000;
         let origin_ms = first.div_euclid(60_000) * 60_000;
         let cooldown_ms = i64::from(rules.cooldown_sec) * 1000;
-        assert_eq!(cycle_ms % cooldown_ms, 0, "a pass shifts cooldown buckets by whole buckets");
-        assert_eq!(origin_ms % cooldown_ms, 0, "passes start at a cooldown bucket");
+        assert_eq!(
+            cycle_ms % cooldown_ms,
+            0,
+            "a pass shifts cooldown buckets by whole buckets"
+        );
+        assert_eq!(
+            origin_ms % cooldown_ms,
+            0,
+            "passes start at a cooldown bucket"
+        );
 
         let three_passes: Vec<RecordedTrade> = (0..3)
             .flat_map(|pass| trades.iter().map(move |t| shifted(t, pass * cycle_ms)))
@@ -190,16 +200,17 @@ impl Expected {
                 .collect()
         };
         let (first_pass, steady_pass, third) = (of_pass(0), of_pass(1), of_pass(2));
-        let shifted_steady: Vec<ExpectedAlert> = steady_pass
-            .iter()
-            .map(|a| expected.shift(a, 1))
-            .collect();
+        let shifted_steady: Vec<ExpectedAlert> =
+            steady_pass.iter().map(|a| expected.shift(a, 1)).collect();
         assert_eq!(
             ids(&third),
             ids(&shifted_steady),
             "pass 2 of the model is not pass 1 shifted: the replay is not periodic"
         );
-        assert!(!steady_pass.is_empty(), "the seeded rules fire in every pass");
+        assert!(
+            !steady_pass.is_empty(),
+            "the seeded rules fire in every pass"
+        );
         Expected {
             first_pass,
             steady_pass,
@@ -274,7 +285,12 @@ impl Pipeline {
         let feed = env
             .stage("devkit")
             .arg("feed-replay")
-            .args(["--listen", &feed_address, "--csv", csv.to_str().expect("utf-8 path")])
+            .args([
+                "--listen",
+                &feed_address,
+                "--csv",
+                csv.to_str().expect("utf-8 path"),
+            ])
             .args(["--token", WETH, "--symbol", "WETH", "--chain", "ethereum"])
             .args(["--speed", &speed.to_string(), "--loop"])
             .spawn("feed-replay");
@@ -282,10 +298,12 @@ impl Pipeline {
 
         let stub_address = format!("127.0.0.1:{}", free_port());
         let stub_file = env.work_dir().join("backend-stub.jsonl");
-        let stub_builder = env
-            .stage("devkit")
-            .arg("backend-stub")
-            .args(["--listen", &stub_address, "--out", stub_file.to_str().expect("utf-8 path")]);
+        let stub_builder = env.stage("devkit").arg("backend-stub").args([
+            "--listen",
+            &stub_address,
+            "--out",
+            stub_file.to_str().expect("utf-8 path"),
+        ]);
         let stub = stub_builder.spawn("backend-stub");
         wait_for_log(&stub, "listening on").await;
 
@@ -383,14 +401,21 @@ impl Pipeline {
             .fetch_all(self.env.pool())
             .await
             .ok()?;
-        Some(rows.iter().map(|r| (r.get("alert_key"), r.get("id"))).collect())
+        Some(
+            rows.iter()
+                .map(|r| (r.get("alert_key"), r.get("id")))
+                .collect(),
+        )
     }
 
     /// Row ids of the alerts that the backend stub received, with how often.
     fn pushed(&self) -> BTreeMap<i64, usize> {
         let text = std::fs::read_to_string(&self.stub_file).unwrap_or_default();
         let mut pushed = BTreeMap::new();
-        for message in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        for message in text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        {
             if message["type"] == "alert" {
                 if let Some(id) = message["data"]["alertId"].as_i64() {
                     *pushed.entry(id).or_insert(0) += 1;
@@ -426,7 +451,12 @@ impl Counts {
     }
 }
 
-async fn compare(pipeline: &Pipeline, expected: &Expected, task_id: u64, min_pass: i64) -> Option<Counts> {
+async fn compare(
+    pipeline: &Pipeline,
+    expected: &Expected,
+    task_id: u64,
+    min_pass: i64,
+) -> Option<Counts> {
     let rows: BTreeMap<String, i64> = pipeline.rows(task_id).await?.into_iter().collect();
     let newest = rows.keys().filter_map(|id| expected.pass_of_id(id)).max()?;
     if newest < min_pass {
@@ -440,7 +470,11 @@ async fn compare(pipeline: &Pipeline, expected: &Expected, task_id: u64, min_pas
         last_pass,
         expected: wanted.len(),
         in_mysql: wanted.keys().filter(|id| rows.contains_key(*id)).count(),
-        missing: wanted.keys().filter(|id| !rows.contains_key(*id)).cloned().collect(),
+        missing: wanted
+            .keys()
+            .filter(|id| !rows.contains_key(*id))
+            .cloned()
+            .collect(),
         unexpected: rows
             .keys()
             .filter(|id| expected.pass_of_id(id).is_none_or(|p| p <= last_pass))
@@ -476,7 +510,12 @@ async fn run_suite(name: &str, options: Options) {
         options.rounds,
         options.outage.as_secs(),
         options.speed,
-        options.faults().iter().map(|f| f.name()).collect::<Vec<_>>().join(",")
+        options
+            .faults()
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join(",")
     );
 
     let mut schedule: Vec<(u32, Fault)> = (1..=options.rounds)
@@ -494,30 +533,47 @@ async fn run_suite(name: &str, options: Options) {
         previous_task = Some(task_id);
         let model = match &expected {
             Some(model) => model,
-            None => expected.insert(Expected::new(&trades, &task_rules(&pipeline.env, task_id).await)),
+            None => expected.insert(Expected::new(
+                &trades,
+                &task_rules(&pipeline.env, task_id).await,
+            )),
         };
 
         // The fault comes at a random moment after the task's first alert.
         let flowing = wait_for(START_TIMEOUT * 2, Duration::from_millis(250), || async {
-            pipeline.rows(task_id).await.filter(|rows| !rows.is_empty()).map(|_| ())
+            pipeline
+                .rows(task_id)
+                .await
+                .filter(|rows| !rows.is_empty())
+                .map(|_| ())
         })
         .await;
-        assert!(flowing.is_some(), "task {task_id} raised no alert; see {}", pipeline.logs());
+        assert!(
+            flowing.is_some(),
+            "task {task_id} raised no alert; see {}",
+            pipeline.logs()
+        );
         let delay = rng.random_range(Duration::ZERO..=options.max_delay);
         tokio::time::sleep(delay).await;
 
         let fault_pass = newest_pass(&pipeline, model, task_id).await;
         let started = Instant::now();
         pipeline.inject(fault, options.outage).await;
-        let counts = wait_for(options.check_timeout(), Duration::from_millis(500), || async {
-            compare(&pipeline, model, task_id, fault_pass + 2)
-                .await
-                .filter(Counts::complete)
-        })
+        let counts = wait_for(
+            options.check_timeout(),
+            Duration::from_millis(500),
+            || async {
+                compare(&pipeline, model, task_id, fault_pass + 2)
+                    .await
+                    .filter(Counts::complete)
+            },
+        )
         .await;
         let counts = match counts {
             Some(counts) => counts,
-            None => compare(&pipeline, model, task_id, 0).await.unwrap_or_default(),
+            None => compare(&pipeline, model, task_id, 0)
+                .await
+                .unwrap_or_default(),
         };
         eprintln!(
             "chaos: fault={} round={round}/{} task={task_id} after={:.1}s passes=0..={} expected={} in_mysql={} missing={} unexpected={} pushed={} recovered_in={:.1}s",
@@ -601,7 +657,10 @@ async fn task_rules(env: &TestEnv, task_id: u64) -> TokenRules {
         events_config: row.get("events_config"),
         trigger_logic: row.get("trigger_logic"),
     };
-    match parse_config(&config, TaskType::Smart).expect("the seeded config is valid").rules {
+    match parse_config(&config, TaskType::Smart)
+        .expect("the seeded config is valid")
+        .rules
+    {
         Rules::Token(rules) => rules,
         Rules::Block(_) => panic!("the seeded task is a token task"),
     }

@@ -9,6 +9,8 @@
 //! through every stage, the test reads each stage's log, its `/metrics`, and the `--help`
 //! output of each binary run with the same environment, and looks for each secret.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use monitor_tests::{free_port, wait_until, workspace_dir, Process, TestEnv};
@@ -66,20 +68,33 @@ fn assert_no_secret(secrets: &Secrets, place: &str, text: &str) {
 async fn create_db_user(env: &TestEnv, user: &str, password: &str) {
     // MariaDB takes neither the user nor the password of CREATE USER as a bound parameter;
     // both are letters and hex digits built by this test, so they cannot carry SQL.
-    assert!(user.chars().chain(password.chars()).all(|c| c.is_ascii_alphanumeric()));
+    assert!(user
+        .chars()
+        .chain(password.chars())
+        .all(|c| c.is_ascii_alphanumeric()));
     let statements = format!(
         "CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'; \
          GRANT ALL PRIVILEGES ON `{}`.* TO '{user}'@'%'",
         env.db_name()
     );
-    sqlx::raw_sql(&statements).execute(env.pool()).await.expect("create the user");
+    sqlx::raw_sql(&statements)
+        .execute(env.pool())
+        .await
+        .expect("create the user");
 }
 
 async fn start_server(env: &TestEnv, name: &str, args: &[&str]) -> (Process, String) {
     let address = format!("127.0.0.1:{}", free_port());
-    let process = env.stage("devkit").arg(name).args(["--listen", address.as_str()]).args(args).spawn(name);
+    let process = env
+        .stage("devkit")
+        .arg(name)
+        .args(["--listen", address.as_str()])
+        .args(args)
+        .spawn(name);
     assert!(
-        process.wait_for_log("listening on", Duration::from_secs(30)).await,
+        process
+            .wait_for_log("listening on", Duration::from_secs(30))
+            .await,
         "{name} did not start:\n{}",
         process.log()
     );
@@ -89,7 +104,10 @@ async fn start_server(env: &TestEnv, name: &str, args: &[&str]) -> (Process, Str
 /// `GET /metrics` over plain HTTP/1.0.
 async fn metrics(address: &str) -> Option<String> {
     let mut stream = TcpStream::connect(address).await.ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
     let mut body = String::new();
     stream.read_to_string(&mut body).await.ok()?;
     body.starts_with("HTTP/1.").then_some(body)
@@ -102,27 +120,48 @@ async fn secrets_stay_out_of_logs_metrics_and_help() {
     let db_user = format!("u{:08x}", rand::random::<u32>());
     create_db_user(&env, &db_user, &secrets.db).await;
 
-    let seed = env.stage("devkit").arg("seed").output("seed", Duration::from_secs(60)).await;
+    let seed = env
+        .stage("devkit")
+        .arg("seed")
+        .output("seed", Duration::from_secs(60))
+        .await;
     assert!(seed.status.success(), "devkit seed failed: {seed:?}");
     let csv = workspace_dir().join("data/binance-ethusdt-trades-2023-02-02/trades.csv");
     let (_feed, feed_address) = start_server(
         &env,
         "feed-replay",
-        &["--csv", csv.to_str().expect("utf-8 path"), "--token", WETH, "--symbol", "WETH", "--chain", "ethereum", "--speed", "0"],
+        &[
+            "--csv",
+            csv.to_str().expect("utf-8 path"),
+            "--token",
+            WETH,
+            "--symbol",
+            "WETH",
+            "--chain",
+            "ethereum",
+            "--speed",
+            "0",
+        ],
     )
     .await;
     let stub_file = env.work_dir().join("backend-stub.jsonl");
     let (_stub, stub_address) = start_server(
         &env,
         "backend-stub",
-        &["--out", stub_file.to_str().expect("utf-8 path"), "--token", &secrets.ws_token],
+        &[
+            "--out",
+            stub_file.to_str().expect("utf-8 path"),
+            "--token",
+            &secrets.ws_token,
+        ],
     )
     .await;
 
-    let nats_url = env
-        .nats_settings()
-        .url
-        .replacen("nats://", &format!("nats://monitor:{}@", secrets.nats), 1);
+    let nats_url = env.nats_settings().url.replacen(
+        "nats://",
+        &format!("nats://monitor:{}@", secrets.nats),
+        1,
+    );
     let secret_env = [
         ("DB_USER", db_user.clone()),
         ("DB_PASSWORD", secrets.db.clone()),
@@ -150,24 +189,42 @@ async fn secrets_stay_out_of_logs_metrics_and_help() {
     }
 
     // An alert that reached the stub went through every stage with the secret settings.
-    let pushed = wait_until(Duration::from_secs(120), Duration::from_millis(250), || async {
-        std::fs::read_to_string(&stub_file).unwrap_or_default().contains("\"type\":\"alert\"")
-    })
+    let pushed = wait_until(
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        || async {
+            std::fs::read_to_string(&stub_file)
+                .unwrap_or_default()
+                .contains("\"type\":\"alert\"")
+        },
+    )
     .await;
-    assert!(pushed, "no alert reached the backend stub; see {}", env.log_path("ingest").display());
+    assert!(
+        pushed,
+        "no alert reached the backend stub; see {}",
+        env.log_path("ingest").display()
+    );
     // The allocator's Redis login fails (the test Redis has no password); wait for its error.
     let allocator = &stages[0];
     assert!(
-        allocator.wait_for_log("redis unavailable", Duration::from_secs(30)).await,
+        allocator
+            .wait_for_log("redis unavailable", Duration::from_secs(30))
+            .await,
         "the allocator logs its failed Redis login"
     );
 
     for (name, address) in &metrics_addresses {
-        let body = metrics(address).await.unwrap_or_else(|| panic!("{name} serves /metrics on {address}"));
+        let body = metrics(address)
+            .await
+            .unwrap_or_else(|| panic!("{name} serves /metrics on {address}"));
         assert_no_secret(&secrets, &format!("/metrics of {name}"), &body);
     }
     for process in &stages {
-        assert_no_secret(&secrets, &format!("log of {}", process.name()), &process.log());
+        assert_no_secret(
+            &secrets,
+            &format!("log of {}", process.name()),
+            &process.log(),
+        );
     }
     for binary in BINARIES {
         for args in [vec!["--help"], vec!["run", "--help"]] {
@@ -180,8 +237,15 @@ async fn secrets_stay_out_of_logs_metrics_and_help() {
                 .envs(secret_env.clone())
                 .output(&format!("{binary}-help"), Duration::from_secs(30))
                 .await;
-            let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-            assert!(text.contains("Usage"), "{binary} {args:?} printed help:\n{text}");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(
+                text.contains("Usage"),
+                "{binary} {args:?} printed help:\n{text}"
+            );
             assert_no_secret(&secrets, &format!("{binary} {}", args.join(" ")), &text);
         }
     }
@@ -201,7 +265,11 @@ async fn missing_nats_creds_file_stops_each_binary() {
             .output(&format!("{binary}-creds"), Duration::from_secs(30))
             .await;
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{binary} exits with 2: {stderr}");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{binary} exits with 2: {stderr}"
+        );
         assert_eq!(
             stderr.trim_end(),
             format!("error: invalid value \"{path}\" for NATS_CREDS (--nats-creds): failed to open {path}: No such file or directory (os error 2)"),

@@ -20,11 +20,18 @@ const MAX_FIELD_CHARS: usize = 200;
 pub enum Incoming {
     Pong,
     /// The greeting of a new session, fields cut to 200 characters.
-    Connected { session_id: String, greeting: String },
+    Connected {
+        session_id: String,
+        greeting: String,
+    },
     /// A JSON message of another type, or without a string `type` (then empty).
-    Other { message_type: String },
+    Other {
+        message_type: String,
+    },
     /// Text that is not JSON; carries the parser's one-line error.
-    NotJson { error: String },
+    NotJson {
+        error: String,
+    },
 }
 
 /// Classifies the text of one frame.
@@ -80,6 +87,9 @@ mod tests {
                 message_type: String::new()
             }
         );
-        assert!(matches!(parse_incoming("{\"type\":"), Incoming::NotJson { .. }));
+        assert!(matches!(
+            parse_incoming("{\"type\":"),
+            Incoming::NotJson { .. }
+        ));
     }
 }
