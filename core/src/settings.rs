@@ -205,7 +205,9 @@ impl NatsSettings {
             Some(UrlAuth::Token(token)) => options = options.token(token),
             None => {}
         }
-        options.connect(urls.as_str()).await
+        // A list, not the joined text: the client parses one string as a single server.
+        let servers: Vec<&str> = urls.split(',').collect();
+        options.connect(servers).await
     }
 }
 
