@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use monitor_core::telemetry::{self, LogFormat};
 use monitor_devkit::backend_stub::{run_backend_stub, BackendStub, BackendStubSettings};
 use monitor_devkit::chain_replay::{ChainReplay, ChainReplayCommand};
+use monitor_devkit::feed_replay::record::{record, RecordSettings};
 use monitor_devkit::feed_replay::{FeedReplay, FeedReplaySettings};
 use monitor_devkit::loadgen::{self, LoadgenCommand};
 use monitor_devkit::seed::{seed, SeedSettings};
@@ -59,6 +60,9 @@ struct FeedReplayCommand {
 enum FeedReplayAction {
     /// Serve the replay (the default when no action is given).
     Serve(FeedReplaySettings),
+    /// Record the frames of a real Birdeye connection (both channels) into a file that
+    /// `feed-replay --recording FILE` serves again, and print the frame counts.
+    Record(RecordSettings),
 }
 
 #[tokio::main]
@@ -71,6 +75,17 @@ async fn main() -> anyhow::Result<()> {
         Command::FeedReplay(command) => {
             let settings = match command.action {
                 Some(FeedReplayAction::Serve(settings)) => settings,
+                Some(FeedReplayAction::Record(settings)) => {
+                    let shutdown = monitor_core::shutdown::on_signals();
+                    let summary = record(&settings, shutdown).await?;
+                    println!(
+                        "recorded {} price frames and {} trade frames to {}",
+                        summary.price_frames,
+                        summary.txs_frames,
+                        settings.out.display()
+                    );
+                    return Ok(());
+                }
                 None => command.settings,
             };
             feed_replay(settings, monitor_core::shutdown::on_signals()).await

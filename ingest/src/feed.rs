@@ -35,6 +35,8 @@ type ConnectFuture = Pin<Box<dyn Future<Output = Result<Socket, FeedError>> + Se
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to send one message (subscriptions, pings, close).
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Initial read buffer of a connection.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// Stall timeout of [`FeedConnection::new`].
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(90);
 /// Shortest ping interval, whatever the stall timeout.
@@ -365,7 +367,11 @@ async fn connect(
         HeaderValue::from_static(birdeye::SUB_PROTOCOL),
     );
     headers.insert(ORIGIN, HeaderValue::from_static(birdeye::ORIGIN));
+    // A batch keeps two connections, so the 128 KiB default read buffer would cost about
+    // 25 MiB for 100 batches; Birdeye frames are a few kilobytes and the buffer grows when a
+    // larger one arrives.
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes));
 

@@ -10,9 +10,9 @@
 //!
 //! Guarantees: at most `BIRDEYE_RPS` requests per second leave this instance. An HTTP 429
 //! pauses every poll for the server's `Retry-After` or an exponential backoff (1 s doubling
-//! up to 60 s), then retries the same target; the requests after it stay spaced by at least
+//! up to 60 s), then retries the same target. The requests after it stay spaced by at least
 //! that delay and speed up by a tenth per successful poll until they are back at
-//! `BIRDEYE_RPS`, so a poll's two requests fit under a server limit lower than the setting.
+//! `BIRDEYE_RPS`. So both requests of a poll fit under a server limit lower than the setting.
 //! Other failures are logged (rate limited) and the poller moves on to the next target. A snapshot that a busy batch cannot take at once
 //! is dropped and counted; the next round sends a newer one.
 
@@ -38,8 +38,8 @@ const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Largest `limit` the holder list endpoint accepts.
 pub const MAX_TOP_N: u32 = 100;
-/// Pause between rounds when every target was visited faster than the rate allows anyway;
-/// it keeps a handful of targets from being polled many times a second.
+/// Shortest time between the starts of two rounds over every target, so that a handful of
+/// targets is not polled many times a second.
 const MIN_ROUND: Duration = Duration::from_secs(5);
 
 /// Holder figures of one token at one time.
@@ -106,8 +106,8 @@ struct Target {
 }
 
 impl Registry {
-    /// Returns the target at the cursor and moves the cursor past it; `round_done` is true
-    /// when the cursor wrapped around to the first batch.
+    /// Returns the target at the cursor and moves the cursor past it. The flag is true when
+    /// the target is the first of the first batch, so a new round starts.
     fn next_target(&mut self) -> Option<(Target, bool)> {
         let (batch_id, position) = self.cursor;
         let (id, registered, position) = self
@@ -176,7 +176,7 @@ impl HolderPolls {
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
-        // The registry holds plain data that stays consistent even after a panic.
+        // The registry is plain data that stays consistent even after a panic.
         self.registry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -132,6 +132,11 @@ impl LogLimiter {
         }
     }
 
+    /// Returns whether the last call to [`LogLimiter::allow`] let its line through.
+    fn logged_last(&self) -> bool {
+        self.suppressed == 0
+    }
+
     /// Returns `Some(lines suppressed since the last one logged)` when this line may be logged.
     fn allow(&mut self) -> Option<u64> {
         if self.window_start.elapsed() >= Duration::from_secs(60) {
@@ -168,6 +173,8 @@ pub struct BatchRunner {
     publish_failing: bool,
     status_failing: bool,
     malformed_log: LogLimiter,
+    /// Catching up after an outage fills and drains the buffer many times a second.
+    pause_log: LogLimiter,
     too_old_log: LogLimiter,
 }
 
@@ -248,6 +255,7 @@ impl BatchRunner {
             publish_failing: false,
             status_failing: false,
             malformed_log: LogLimiter::new(10),
+            pause_log: LogLimiter::new(10),
             too_old_log: LogLimiter::new(10),
         }
     }
@@ -610,17 +618,24 @@ impl BatchRunner {
     /// empty, so that a slow NATS does not toggle the reads on every acknowledgement.
     fn check_backpressure(&mut self) {
         if !self.reads_paused && self.frames.is_full() {
-            warn!(
-                buffered = self.frames.len(),
-                "event buffer full, feed reads paused until NATS acknowledges"
-            );
             self.reads_paused = true;
+            self.counters.read_pauses += 1;
+            if let Some(suppressed) = self.pause_log.allow() {
+                warn!(
+                    buffered = self.frames.len(),
+                    pauses_total = self.counters.read_pauses,
+                    suppressed,
+                    "event buffer full, feed reads paused until NATS acknowledges"
+                );
+            }
         } else if self.reads_paused && self.frames.is_half_empty() {
-            info!(
-                buffered = self.frames.len(),
-                "event buffer half empty, feed reads resumed"
-            );
             self.reads_paused = false;
+            if self.pause_log.logged_last() {
+                info!(
+                    buffered = self.frames.len(),
+                    "event buffer half empty, feed reads resumed"
+                );
+            }
         }
     }
 

@@ -42,6 +42,8 @@ pub struct BatchCounters {
     /// Times a feed connection was down and came back, and their summed length.
     pub gaps: u64,
     pub gap_ms: u64,
+    /// Times the feed reads paused because the event buffer was full.
+    pub read_pauses: u64,
 }
 
 impl BatchCounters {

@@ -60,6 +60,17 @@ impl Geometry {
         time_ms.div_euclid(1000 * i64::from(self.bucket_sec))
     }
 
+    /// Offset of `time_ms` from the start of its bucket `index`, in milliseconds.
+    fn offset_ms(&self, index: i64, time_ms: i64) -> u32 {
+        let offset = time_ms - index * 1000 * i64::from(self.bucket_sec);
+        u32::try_from(offset).unwrap_or(u32::MAX)
+    }
+
+    /// Source time of an offset in bucket `index`, in milliseconds.
+    fn time_ms(&self, index: i64, offset_ms: u32) -> i64 {
+        index * 1000 * i64::from(self.bucket_sec) + i64::from(offset_ms)
+    }
+
     /// First bucket index covered by the window ending at `newest_ms`.
     pub fn first_covered(&self, newest_ms: i64) -> i64 {
         self.index(newest_ms) - i64::from(self.buckets) + 1
@@ -99,19 +110,38 @@ impl Placement {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct TradeBucket {
-    index: i64,
-    volume_usd: f64,
-    buy_usd: f64,
-    sell_usd: f64,
-    trades: u32,
+/// Tag of an unused slot. Tags are the low 32 bits of a bucket index, which tell apart the
+/// indices that can share a slot (they differ by less than a window). The first index with
+/// all 32 low bits set is after the year 2106 for every bucket width.
+const EMPTY_TAG: u32 = u32::MAX;
+
+fn tag_of(index: i64) -> u32 {
+    // Truncation is the point: see `EMPTY_TAG`.
+    index as u32
 }
 
+/// A bucket tagged with the bucket index it holds.
+trait Tagged: Copy {
+    const EMPTY: Self;
+    fn tag(&self) -> u32;
+}
+
+/// Trade sums of one bucket; the volume is `buy_usd + sell_usd`. Buckets are kept small
+/// (24 bytes) because 10,000 targets with one 300 s window hold 600,000 of them.
+#[derive(Debug, Clone, Copy)]
+struct TradeBucket {
+    tag: u32,
+    trades: u32,
+    buy_usd: f64,
+    sell_usd: f64,
+}
+
+/// Price extremes of one bucket and its earliest candle, whose time is kept as an offset
+/// from the bucket's start (a bucket is at most `ceil(MAX_WINDOW_SEC / 64)` seconds wide).
 #[derive(Debug, Clone, Copy)]
 struct PriceBucket {
-    index: i64,
-    first_time_ms: i64,
+    tag: u32,
+    first_offset_ms: u32,
     first_open: f64,
     high: f64,
     low: f64,
@@ -119,9 +149,48 @@ struct PriceBucket {
 
 #[derive(Debug, Clone, Copy)]
 struct HolderBucket {
-    index: i64,
-    first_time_ms: i64,
+    tag: u32,
+    first_offset_ms: u32,
     first_holders: u64,
+}
+
+impl Tagged for TradeBucket {
+    const EMPTY: Self = TradeBucket {
+        tag: EMPTY_TAG,
+        trades: 0,
+        buy_usd: 0.0,
+        sell_usd: 0.0,
+    };
+
+    fn tag(&self) -> u32 {
+        self.tag
+    }
+}
+
+impl Tagged for PriceBucket {
+    const EMPTY: Self = PriceBucket {
+        tag: EMPTY_TAG,
+        first_offset_ms: 0,
+        first_open: 0.0,
+        high: 0.0,
+        low: 0.0,
+    };
+
+    fn tag(&self) -> u32 {
+        self.tag
+    }
+}
+
+impl Tagged for HolderBucket {
+    const EMPTY: Self = HolderBucket {
+        tag: EMPTY_TAG,
+        first_offset_ms: 0,
+        first_holders: 0,
+    };
+
+    fn tag(&self) -> u32 {
+        self.tag
+    }
 }
 
 /// Buckets of one window length, stored in rings indexed by `bucket index mod buckets`: one
@@ -131,15 +200,15 @@ struct HolderBucket {
 #[derive(Debug, Clone)]
 struct Window {
     geometry: Geometry,
-    trades: Vec<Option<TradeBucket>>,
-    prices: Vec<Option<PriceBucket>>,
-    holders: Vec<Option<HolderBucket>>,
+    trades: Vec<TradeBucket>,
+    prices: Vec<PriceBucket>,
+    holders: Vec<HolderBucket>,
 }
 
 /// Returns the ring, allocating its slots on first use.
-fn ring<T: Copy>(ring: &mut Vec<Option<T>>, slots: usize) -> &mut Vec<Option<T>> {
+fn ring<T: Tagged>(ring: &mut Vec<T>, slots: usize) -> &mut Vec<T> {
     if ring.is_empty() {
-        *ring = vec![None; slots];
+        *ring = vec![T::EMPTY; slots];
     }
     ring
 }
@@ -171,17 +240,13 @@ impl Window {
         }
         let slot = self.slot(index);
         let slots = self.slots();
-        let bucket = match &mut ring(&mut self.trades, slots)[slot] {
-            Some(bucket) if bucket.index == index => bucket,
-            other => other.insert(TradeBucket {
-                index,
-                volume_usd: 0.0,
-                buy_usd: 0.0,
-                sell_usd: 0.0,
-                trades: 0,
-            }),
-        };
-        bucket.volume_usd += volume_usd;
+        let bucket = &mut ring(&mut self.trades, slots)[slot];
+        if bucket.tag != tag_of(index) {
+            *bucket = TradeBucket {
+                tag: tag_of(index),
+                ..TradeBucket::EMPTY
+            };
+        }
         match side {
             Side::Buy => bucket.buy_usd += volume_usd,
             Side::Sell => bucket.sell_usd += volume_usd,
@@ -199,25 +264,24 @@ impl Window {
         }
         let slot = self.slot(index);
         let slots = self.slots();
-        match &mut ring(&mut self.prices, slots)[slot] {
-            Some(bucket) if bucket.index == index => {
-                // Strictly earlier only: at equal times the first arrival stays the start.
-                if time_ms < bucket.first_time_ms {
-                    bucket.first_time_ms = time_ms;
-                    bucket.first_open = open;
-                }
-                bucket.high = bucket.high.max(high);
-                bucket.low = bucket.low.min(low);
+        let offset_ms = self.geometry.offset_ms(index, time_ms);
+        let bucket = &mut ring(&mut self.prices, slots)[slot];
+        if bucket.tag == tag_of(index) {
+            // Strictly earlier only: at equal times the first arrival stays the start.
+            if offset_ms < bucket.first_offset_ms {
+                bucket.first_offset_ms = offset_ms;
+                bucket.first_open = open;
             }
-            other => {
-                *other = Some(PriceBucket {
-                    index,
-                    first_time_ms: time_ms,
-                    first_open: open,
-                    high,
-                    low,
-                });
-            }
+            bucket.high = bucket.high.max(high);
+            bucket.low = bucket.low.min(low);
+        } else {
+            *bucket = PriceBucket {
+                tag: tag_of(index),
+                first_offset_ms: offset_ms,
+                first_open: open,
+                high,
+                low,
+            };
         }
         true
     }
@@ -231,31 +295,29 @@ impl Window {
         }
         let slot = self.slot(index);
         let slots = self.slots();
-        match &mut ring(&mut self.holders, slots)[slot] {
+        let offset_ms = self.geometry.offset_ms(index, time_ms);
+        let bucket = &mut ring(&mut self.holders, slots)[slot];
+        if bucket.tag == tag_of(index) {
             // Strictly earlier only: at equal times the first arrival stays the start.
-            Some(bucket) if bucket.index == index => {
-                if time_ms < bucket.first_time_ms {
-                    bucket.first_time_ms = time_ms;
-                    bucket.first_holders = holders;
-                }
+            if offset_ms < bucket.first_offset_ms {
+                bucket.first_offset_ms = offset_ms;
+                bucket.first_holders = holders;
             }
-            other => {
-                *other = Some(HolderBucket {
-                    index,
-                    first_time_ms: time_ms,
-                    first_holders: holders,
-                });
-            }
+        } else {
+            *bucket = HolderBucket {
+                tag: tag_of(index),
+                first_offset_ms: offset_ms,
+                first_holders: holders,
+            };
         }
         true
     }
 
     /// Returns the bucket of `index` in `ring`, if the ring holds that index.
-    fn bucket<T: Copy>(&self, ring: &[Option<T>], index: i64, tag: impl Fn(&T) -> i64) -> Option<T> {
+    fn bucket<T: Tagged>(&self, ring: &[T], index: i64) -> Option<T> {
         ring.get(self.slot(index))
             .copied()
-            .flatten()
-            .filter(|b| tag(b) == index)
+            .filter(|b| b.tag() == tag_of(index))
     }
 
     /// Figures of the window: each channel's part ends at that channel's newest time.
@@ -267,8 +329,8 @@ impl Window {
         };
         if let Some(newest) = newest.trade_ms {
             for index in self.geometry.first_covered(newest)..=self.geometry.index(newest) {
-                if let Some(bucket) = self.bucket(&self.trades, index, |b| b.index) {
-                    stats.volume_usd += bucket.volume_usd;
+                if let Some(bucket) = self.bucket(&self.trades, index) {
+                    stats.volume_usd += bucket.buy_usd + bucket.sell_usd;
                     stats.buy_usd += bucket.buy_usd;
                     stats.sell_usd += bucket.sell_usd;
                     stats.trades += bucket.trades;
@@ -277,25 +339,26 @@ impl Window {
         }
         if let Some(newest) = newest.price_ms {
             for index in self.geometry.first_covered(newest)..=self.geometry.index(newest) {
-                if let Some(bucket) = self.bucket(&self.prices, index, |b| b.index) {
-                    merge_price(&mut stats, &bucket);
+                if let Some(bucket) = self.bucket(&self.prices, index) {
+                    let first_time_ms = self.geometry.time_ms(index, bucket.first_offset_ms);
+                    merge_price(&mut stats, &bucket, first_time_ms);
                 }
             }
         }
         if let Some(newest) = newest.holders_ms {
             // The first bucket found in index order has the earliest time.
             stats.start_holders = (self.geometry.first_covered(newest)..=self.geometry.index(newest))
-                .find_map(|index| self.bucket(&self.holders, index, |b| b.index))
+                .find_map(|index| self.bucket(&self.holders, index))
                 .map(|bucket| bucket.first_holders);
         }
         stats
     }
 }
 
-fn merge_price(stats: &mut WindowStats, bucket: &PriceBucket) {
+fn merge_price(stats: &mut WindowStats, bucket: &PriceBucket, first_time_ms: i64) {
     // Buckets are visited in index order, so the first one seen has the earliest time.
     if stats.start_time_ms.is_none() {
-        stats.start_time_ms = Some(bucket.first_time_ms);
+        stats.start_time_ms = Some(first_time_ms);
         stats.start_price = Some(bucket.first_open);
     }
     stats.high = Some(stats.high.map_or(bucket.high, |h| h.max(bucket.high)));

@@ -15,6 +15,7 @@ mod connection;
 pub mod frames;
 pub mod handshake;
 pub mod query;
+pub mod record;
 pub mod replay;
 pub mod rest;
 
@@ -127,6 +128,13 @@ pub struct FeedReplaySettings {
     #[arg(long, conflicts_with = "live")]
     pub synthetic_tokens: Option<u32>,
 
+    /// Serve the frames of a file written by `devkit feed-replay record` instead of the
+    /// trades CSV: a client subscribing on a channel to any recorded address gets that
+    /// channel's recorded frames as they were received, at the recorded pace divided by
+    /// --speed. The frames are not filtered by the subscribed addresses.
+    #[arg(long, conflicts_with_all = ["synthetic_tokens", "live", "looping"])]
+    pub recording: Option<PathBuf>,
+
     /// Answer REST requests beyond this many per second with HTTP 429 and `Retry-After: 1`;
     /// unset answers all.
     #[arg(long)]
@@ -171,6 +179,8 @@ pub enum FeedReplayError {
     ZeroPingInterval,
     #[error("--live needs a speed above 0, got {0}")]
     LiveWithoutPace(f64),
+    #[error(transparent)]
+    Recording(#[from] record::RecordError),
 }
 
 /// A loaded replay, ready to serve.
@@ -193,9 +203,14 @@ pub struct FeedReplay {
 impl FeedReplay {
     /// Loads the trades and checks the settings.
     pub fn load(settings: &FeedReplaySettings) -> Result<FeedReplay, FeedReplayError> {
-        let addresses: Vec<String> = match settings.synthetic_tokens {
-            Some(count) => (0..count).map(synthetic_token).collect(),
-            None => settings.token.clone(),
+        let recording = match &settings.recording {
+            Some(path) => Some(record::Recording::load(path)?),
+            None => None,
+        };
+        let addresses: Vec<String> = match (&recording, settings.synthetic_tokens) {
+            (Some(recording), _) => recording.header.addresses.clone(),
+            (None, Some(count)) => (0..count).map(synthetic_token).collect(),
+            (None, None) => settings.token.clone(),
         };
         for token in &addresses {
             check_token(token, settings.chain)?;
@@ -207,7 +222,12 @@ impl FeedReplay {
             return Err(FeedReplayError::LiveWithoutPace(settings.speed));
         }
 
-        let trades = load_csv(&settings.csv)?
+        // A recording replaces the trades file.
+        let rows = match &recording {
+            Some(_) => Vec::new(),
+            None => load_csv(&settings.csv)?,
+        };
+        let trades = rows
             .into_iter()
             .map(|trade| {
                 let error = FeedReplayError::AmountTooLarge {
@@ -248,6 +268,7 @@ impl FeedReplay {
             speed: settings.speed,
             looping: settings.looping,
             txs_shape: settings.txs_shape,
+            recording,
         };
         Ok(FeedReplay {
             plan: Arc::new(plan),
@@ -286,6 +307,11 @@ impl FeedReplay {
             .collect();
         matched.sort_unstable();
         matched.dedup();
+        if self.plan.recording.is_some() {
+            // A recording is one stream per channel, whichever recorded tokens it names.
+            matched.truncate(1);
+            matched.iter_mut().for_each(|token| *token = 0);
+        }
         matched
     }
 

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::frames::{price_frame, txs_frame, Candle, ReplayTrade, TokenInfo, TxsShape};
 use super::query::Channel;
+use super::record::Recording;
 
 /// Trades, token and pacing shared by every replay of a server.
 #[derive(Debug)]
@@ -25,6 +26,8 @@ pub struct ReplayPlan {
     pub speed: f64,
     pub looping: bool,
     pub txs_shape: TxsShape,
+    /// Recorded frames served in place of the trades (`--recording`).
+    pub recording: Option<Recording>,
 }
 
 impl ReplayPlan {
@@ -96,7 +99,10 @@ impl ChannelReplay {
 
     /// Returns whether every trade was sent and the replay does not loop.
     pub fn is_finished(&self) -> bool {
-        self.position >= self.plan.trades.len()
+        match &self.plan.recording {
+            Some(recording) => self.position >= recording.frames(self.channel).len(),
+            None => self.position >= self.plan.trades.len(),
+        }
     }
 
     /// Replayed source time of the next trade, in milliseconds.
@@ -110,18 +116,35 @@ impl ChannelReplay {
 
     /// When the next frame is due; `None` once the replay is finished.
     pub fn due(&self) -> Option<Instant> {
+        if let Some(recording) = &self.plan.recording {
+            let frame = recording.frames(self.channel).get(self.position)?;
+            return Some(self.after(frame.offset_ms as f64));
+        }
         let time_ms = self.next_time_ms()?;
         if self.plan.speed == 0.0 {
             return Some(self.started);
         }
         let offset_ms = (time_ms - self.plan.first_time_ms()).max(0) as f64;
-        let delay = Duration::try_from_secs_f64(offset_ms / 1000.0 / self.plan.speed)
+        Some(self.after(offset_ms))
+    }
+
+    /// The instant `offset_ms` of recorded time after the start, at the replay's speed.
+    fn after(&self, offset_ms: f64) -> Instant {
+        if self.plan.speed == 0.0 {
+            return self.started;
+        }
+        let delay = Duration::try_from_secs_f64(offset_ms.max(0.0) / 1000.0 / self.plan.speed)
             .unwrap_or(Duration::MAX);
-        Some(self.started.checked_add(delay).unwrap_or_else(far_future))
+        self.started.checked_add(delay).unwrap_or_else(far_future)
     }
 
     /// Builds the next frame and moves past it; `None` once the replay is finished.
     pub fn next_frame(&mut self) -> Option<String> {
+        if let Some(recording) = &self.plan.recording {
+            let text = recording.frames(self.channel).get(self.position)?.text.clone();
+            self.position += 1;
+            return Some(text);
+        }
         let time_ms = self.next_time_ms()?;
         let plan = Arc::clone(&self.plan);
         let item = &plan.trades[self.position];
@@ -203,6 +226,7 @@ mod tests {
             speed,
             looping,
             txs_shape: TxsShape::Simple,
+            recording: None,
         })
     }
 

@@ -464,3 +464,11 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn buckets_stay_small() {
+    // The memory of 10,000 targets is mostly these buckets, 60 of each per 300 s window.
+    assert_eq!(std::mem::size_of::<TradeBucket>(), 24);
+    assert_eq!(std::mem::size_of::<PriceBucket>(), 32);
+    assert_eq!(std::mem::size_of::<HolderBucket>(), 16);
+}
