@@ -1,38 +1,19 @@
-//! The Solana adapter (sol): one runner per block task.
+//! The Solana adapter (sol): one runner per block task, on its own PubSub WebSocket.
+//!
+//! A [`SolanaRunner`] subscribes to slots (`slotSubscribe`) for block progress and interval
+//! alerts, and to the logs of each program id of `chain_specific.sol.program_ids`
+//! (`logsSubscribe` with `mentions`, one subscription per program) at the commitment of
+//! `SOLANA_COMMITMENT` (`confirmed` by default). It produces `Block` events per slot,
+//! `ProgramLog` events with the transaction's signature and log lines, and `Transaction`
+//! events for SOL transfers that reach the task's USD threshold, read from the balances of
+//! each slot's block (`getBlock` over `SOLANA_RPC_URL`, [`transfers`]).
+//!
+//! NOTE: program logs sent while the socket was down are not fetched again after a
+//! reconnect (PubSub has no history), and forks are not followed: alerts of a slot that
+//! does not reach the commitment are not retracted.
 
-use monitor_core::messages::BatchStatus;
+mod rpc;
+mod runner;
+pub mod transfers;
 
-use crate::block_task::output::TaskOutput;
-use crate::block_task::RunnerHandles;
-
-/// The runner of one Solana block task.
-pub struct SolanaRunner {
-    handles: RunnerHandles,
-}
-
-impl SolanaRunner {
-    pub fn new(handles: RunnerHandles) -> Self {
-        SolanaRunner { handles }
-    }
-
-    /// Reports that this build cannot follow Solana and waits to be stopped.
-    // TODO: follow slots, program logs and large transfers over SOLANA_WS_URL and
-    // SOLANA_RPC_URL; until then a sol block task reports an error status.
-    pub async fn run(self) {
-        let RunnerHandles {
-            context,
-            mut config_rx,
-            stop,
-            next_seq,
-        } = self.handles;
-        let config = config_rx.borrow_and_update().clone();
-        let mut output = TaskOutput::new(&context, &config, next_seq);
-        output.set_status(
-            BatchStatus::Error,
-            Some("Solana block tasks are not supported by this ingest build".into()),
-        );
-        output.start_publishes();
-        stop.cancelled().await;
-        output.drain(Some(stop.reason())).await;
-    }
-}
+pub use runner::SolanaRunner;

@@ -144,7 +144,7 @@ impl EvmRunner {
         }
     }
 
-    /// Runs until stopped, then publishes what it holds and reports `stopped`.
+    /// Runs until stopped, then publishes the buffered events and reports `stopped`.
     #[tracing::instrument(name = "block_task", skip_all, fields(task_id = self.config.task_id, chain = %self.config.chain))]
     pub async fn run(mut self) {
         info!(rules = ?self.config.rules, "evm block task runner started");

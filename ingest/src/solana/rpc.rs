@@ -1,0 +1,166 @@
+//! `getBlock` over Solana's HTTP JSON-RPC, with the waits a fresh slot needs.
+//!
+//! A slot notification comes before the block reaches the requested commitment, so a node
+//! returns "block not available" (-32004) for a while, and the request is repeated every
+//! [`NOT_AVAILABLE_RETRY`] up to [`NOT_AVAILABLE_LIMIT`]. A slot without a block (skipped,
+//! -32007, or pruned, -32009) yields `None`.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use url::Url;
+
+/// Time allowed for one HTTP request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Wait between requests for a block that is not available yet.
+pub const NOT_AVAILABLE_RETRY: Duration = Duration::from_millis(500);
+/// Total time a block may stay unavailable before the slot is reported as not fetched.
+pub const NOT_AVAILABLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Error codes of Solana nodes.
+const BLOCK_NOT_AVAILABLE: i64 = -32004;
+const SLOT_SKIPPED: i64 = -32007;
+const LONG_TERM_STORAGE_SLOT_SKIPPED: i64 = -32009;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GetBlockError {
+    #[error("getBlock {slot} failed: {source}")]
+    Http { slot: u64, source: reqwest::Error },
+    #[error("getBlock {slot} failed with code {code}: {message}")]
+    Server {
+        slot: u64,
+        code: i64,
+        message: String,
+    },
+    #[error("getBlock {slot}: the block was still not available after {NOT_AVAILABLE_LIMIT:?}")]
+    NotAvailable { slot: u64 },
+}
+
+/// A Solana HTTP JSON-RPC endpoint.
+#[derive(Clone)]
+pub struct SolanaRpc {
+    client: reqwest::Client,
+    url: Url,
+    commitment: String,
+}
+
+impl SolanaRpc {
+    /// `commitment` is the subscriptions' one; `getBlock` does not accept `processed`, so that
+    /// becomes `confirmed`.
+    pub fn new(url: Url, commitment: &str) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()?;
+        let commitment = match commitment {
+            "processed" => "confirmed",
+            other => other,
+        };
+        Ok(SolanaRpc {
+            client,
+            url,
+            commitment: commitment.to_owned(),
+        })
+    }
+
+    /// Fetches the block of `slot` with full transactions; `None` when the slot has none.
+    pub async fn block(&self, slot: u64) -> Result<Option<Value>, GetBlockError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.request_block(slot).await? {
+                Reply::Block(block) => return Ok(Some(block)),
+                Reply::NoBlock => return Ok(None),
+                Reply::NotYet if started.elapsed() < NOT_AVAILABLE_LIMIT => {
+                    tokio::time::sleep(NOT_AVAILABLE_RETRY).await;
+                }
+                Reply::NotYet => return Err(GetBlockError::NotAvailable { slot }),
+            }
+        }
+    }
+
+    async fn request_block(&self, slot: u64) -> Result<Reply, GetBlockError> {
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": slot,
+            "method": "getBlock",
+            "params": [slot, {
+                "encoding": "jsonParsed",
+                "transactionDetails": "full",
+                "maxSupportedTransactionVersion": 0,
+                "rewards": false,
+                "commitment": self.commitment,
+            }],
+        });
+        let http = |source| GetBlockError::Http { slot, source };
+        let response: Value = self
+            .client
+            .post(self.url.clone())
+            .json(&body)
+            .send()
+            .await
+            .map_err(http)?
+            .error_for_status()
+            .map_err(http)?
+            .json()
+            .await
+            .map_err(http)?;
+        reply(slot, response)
+    }
+}
+
+enum Reply {
+    Block(Value),
+    NoBlock,
+    NotYet,
+}
+
+fn reply(slot: u64, mut response: Value) -> Result<Reply, GetBlockError> {
+    if let Some(error) = response.get("error").filter(|e| !e.is_null()) {
+        let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
+        return match code {
+            BLOCK_NOT_AVAILABLE => Ok(Reply::NotYet),
+            SLOT_SKIPPED | LONG_TERM_STORAGE_SLOT_SKIPPED => Ok(Reply::NoBlock),
+            _ => Err(GetBlockError::Server {
+                slot,
+                code,
+                message: error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no message")
+                    .to_owned(),
+            }),
+        };
+    }
+    match response.get_mut("result").map(Value::take) {
+        Some(Value::Null) | None => Ok(Reply::NoBlock),
+        Some(block) => Ok(Reply::Block(block)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_decide_the_reply() {
+        let error =
+            |code: i64| json!({"jsonrpc": "2.0", "id": 1, "error": {"code": code, "message": "x"}});
+
+        assert!(matches!(reply(5, error(-32004)), Ok(Reply::NotYet)));
+        assert!(matches!(reply(5, error(-32007)), Ok(Reply::NoBlock)));
+        assert!(matches!(reply(5, error(-32009)), Ok(Reply::NoBlock)));
+        let failure = reply(5, error(-32602)).err().unwrap();
+        assert_eq!(failure.to_string(), "getBlock 5 failed with code -32602: x");
+    }
+
+    #[test]
+    fn result_is_the_block() {
+        let block = json!({"blockTime": 7, "transactions": []});
+
+        let parsed = reply(
+            5,
+            json!({"jsonrpc": "2.0", "id": 1, "result": block.clone()}),
+        );
+
+        assert!(matches!(parsed, Ok(Reply::Block(b)) if b == block));
+    }
+}
