@@ -1,7 +1,8 @@
 //! Crash suite: the whole pipeline under a steady replay of real trades, with one fault at a
 //! time, checked against the alerts the same input produces without faults.
 //!
-//! The four stages run as processes on a private nats-server, with `devkit feed-replay
+//! The four stages run as processes on a private nats-server and a private MariaDB, with
+//! `devkit feed-replay
 //! --loop` serving the 1,000 recorded ETH/USDT trades and `devkit backend-stub` playing the
 //! Java side. Each fault gets a task of its own (`devkit seed`), because feed-replay starts a
 //! connection's replay at the first row: after ingest restarts, the task's replay starts
@@ -9,11 +10,10 @@
 //! run. The previous task is stopped when the next one starts, so the load stays one task.
 //!
 //! Faults: SIGKILL of ingest, evaluate, notify and allocator (each restarted at once), a
-//! restart of the private nats-server, Redis stopped for the outage time, the backend stub
-//! stopped for the outage time, and (only with `CHAOS_RESTART_MYSQL=1`, which `scripts/chaos`
-//! sets on its own services) a restart of MariaDB. The harness has no private MariaDB, so the
-//! always-on test leaves the shared one alone. Redis is the shared test Redis
-//! (`monitor_tests::stop_service`), which only the tests of this test binary use meanwhile.
+//! restart of the private nats-server, a restart of the private MariaDB, Redis stopped for the
+//! outage time and the backend stub stopped for the outage time. Redis is the shared test
+//! Redis (`monitor_tests::stop_service`), which only the tests of this test binary use
+//! meanwhile.
 //!
 //! Expected alerts come from the independent model `monitor_tests::recorded`. feed-replay
 //! shifts each pass by the recorded span rounded up to whole minutes (4 minutes for this file),
@@ -35,14 +35,14 @@ use monitor_core::messages::TaskType;
 use monitor_core::rules::{parse_config, ConfigRow, Rules, TokenRules};
 use monitor_tests::recorded::{expected_alerts, load_trades, ExpectedAlert, RecordedTrade};
 use monitor_tests::{
-    free_port, restart_service, start_service, stop_service, wait_for, workspace_dir, NatsServer,
-    Process, ProcessBuilder, TestEnv,
+    free_port, start_service, stop_service, wait_for, workspace_dir, MariaDb, NatsServer, Process,
+    ProcessBuilder, TestEnv,
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use sqlx::Row;
+use sqlx::{MySqlPool, Row};
 
 const WETH: &str = "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2";
 const STAGES: [&str; 4] = ["allocator", "evaluate", "notify", "ingest"];
@@ -87,25 +87,23 @@ struct Options {
     max_delay: Duration,
     /// feed-replay `--speed`.
     speed: u32,
-    restart_mysql: bool,
     seed: u64,
 }
 
 impl Options {
-    /// The always-on variant: each fault once, 10 s outages, no MariaDB restart.
+    /// Returns the always-on variant: each fault once, 10 s outages.
     fn short() -> Options {
         Options {
             rounds: 1,
             outage: Duration::from_secs(10),
             max_delay: Duration::from_secs(6),
             speed: 20,
-            restart_mysql: false,
             seed: rand::random(),
         }
     }
 
-    /// The long variant that `scripts/chaos` runs: `CHAOS_ROUNDS` (10), `CHAOS_OUTAGE_SECS`
-    /// (60), `CHAOS_SPEED` (20), `CHAOS_RESTART_MYSQL` (0), `CHAOS_SEED` (random).
+    /// Reads the long variant that `scripts/chaos` runs: `CHAOS_ROUNDS` (10),
+    /// `CHAOS_OUTAGE_SECS` (60), `CHAOS_SPEED` (20), `CHAOS_SEED` (random).
     fn from_env() -> Options {
         let number = |name: &str, default: u64| -> u64 {
             match std::env::var(name) {
@@ -120,13 +118,12 @@ impl Options {
             outage: Duration::from_secs(number("CHAOS_OUTAGE_SECS", 60)),
             max_delay: Duration::from_secs(20),
             speed: number("CHAOS_SPEED", 20) as u32,
-            restart_mysql: number("CHAOS_RESTART_MYSQL", 0) == 1,
             seed: number("CHAOS_SEED", rand::random()),
         }
     }
 
     fn faults(&self) -> Vec<Fault> {
-        let mut faults = vec![
+        vec![
             Fault::KillIngest,
             Fault::KillEvaluate,
             Fault::KillNotify,
@@ -134,11 +131,8 @@ impl Options {
             Fault::RestartNats,
             Fault::StopRedis,
             Fault::StopBackendStub,
-        ];
-        if self.restart_mysql {
-            faults.push(Fault::RestartMysql);
-        }
-        faults
+            Fault::RestartMysql,
+        ]
     }
 
     /// Bound of one check: catching up with the fault, two more passes, and slack for lease
@@ -269,6 +263,9 @@ fn ids(alerts: &[ExpectedAlert]) -> Vec<String> {
 struct Pipeline {
     env: TestEnv,
     nats: NatsServer,
+    mariadb: MariaDb,
+    /// A pool on the private MariaDB, which reconnects after its restarts.
+    pool: MySqlPool,
     builders: BTreeMap<&'static str, ProcessBuilder>,
     stages: BTreeMap<&'static str, Process>,
     stub_builder: ProcessBuilder,
@@ -280,6 +277,10 @@ struct Pipeline {
 impl Pipeline {
     async fn start(env: TestEnv, speed: u32) -> Pipeline {
         let nats = NatsServer::start(&env).await;
+        let mariadb = MariaDb::start(&env).await;
+        let pool = monitor_core::db::migrate(&mariadb.settings(&env))
+            .await
+            .expect("the test database is created on the private MariaDB");
         let csv = trades_csv();
         let feed_address = format!("127.0.0.1:{}", free_port());
         let feed = env
@@ -313,6 +314,7 @@ impl Pipeline {
                 let builder = env
                     .stage(name)
                     .arg("run")
+                    .envs(mariadb.stage_env())
                     .env("NATS_URL", nats.url())
                     .env("CONFIG_POLL_INTERVAL", "1")
                     .env("WS_URL", format!("ws://{stub_address}/websocket/monitor"))
@@ -328,6 +330,8 @@ impl Pipeline {
         Pipeline {
             env,
             nats,
+            mariadb,
+            pool,
             builders,
             stages,
             stub_builder,
@@ -342,6 +346,7 @@ impl Pipeline {
         let output = self
             .env
             .stage("devkit")
+            .envs(self.mariadb.stage_env())
             .args(["seed", "--task-name", name])
             .output("seed", Duration::from_secs(60))
             .await;
@@ -355,7 +360,7 @@ impl Pipeline {
         if let Some(previous) = previous {
             sqlx::query("UPDATE monitor_task_v2 SET status = 0 WHERE id = ?")
                 .bind(previous)
-                .execute(self.env.pool())
+                .execute(&self.pool)
                 .await
                 .expect("the previous task can be stopped");
         }
@@ -376,7 +381,10 @@ impl Pipeline {
             Fault::KillNotify => self.restart_stage("notify").await,
             Fault::KillAllocator => self.restart_stage("allocator").await,
             Fault::RestartNats => self.nats.restart().await,
-            Fault::RestartMysql => restart_service("mysql").await,
+            Fault::RestartMysql => {
+                self.mariadb.stop().await;
+                self.mariadb.start_again().await;
+            }
             Fault::StopRedis => {
                 stop_service("redis").await;
                 tokio::time::sleep(outage).await;
@@ -398,7 +406,7 @@ impl Pipeline {
     async fn rows(&self, task_id: u64) -> Option<Vec<(String, i64)>> {
         let rows = sqlx::query("SELECT id, alert_key FROM monitor_alert_log_v2 WHERE task_id = ?")
             .bind(task_id)
-            .fetch_all(self.env.pool())
+            .fetch_all(&self.pool)
             .await
             .ok()?;
         Some(
@@ -535,7 +543,7 @@ async fn run_suite(name: &str, options: Options) {
             Some(model) => model,
             None => expected.insert(Expected::new(
                 &trades,
-                &task_rules(&pipeline.env, task_id).await,
+                &task_rules(&pipeline.pool, task_id).await,
             )),
         };
 
@@ -632,7 +640,7 @@ async fn wait_for_log(process: &Process, text: &str) {
 }
 
 /// Reads a task's config from MySQL and parses it as the allocator does.
-async fn task_rules(env: &TestEnv, task_id: u64) -> TokenRules {
+async fn task_rules(pool: &MySqlPool, task_id: u64) -> TokenRules {
     let row = sqlx::query(
         "SELECT c.id, c.version, c.config_name, \
                 CAST(c.min_transaction_usd AS DOUBLE) AS min_transaction_usd, \
@@ -643,7 +651,7 @@ async fn task_rules(env: &TestEnv, task_id: u64) -> TokenRules {
          WHERE tc.task_id = ?",
     )
     .bind(task_id)
-    .fetch_one(env.pool())
+    .fetch_one(pool)
     .await
     .expect("the seeded task has a config");
     let config = ConfigRow {
