@@ -315,3 +315,129 @@ fn check_websocket(stub_file: &PathBuf, rows: &BTreeMap<String, AlertRow>) {
         );
     }
 }
+
+/// Lowest and highest price of the recorded Binance ETH/USDT trades that `devkit
+/// feed-replay` sends as WETH candles.
+fn recorded_price_range() -> (f64, f64) {
+    let path = workspace_dir().join("data/binance-ethusdt-trades-2023-02-02/trades.csv");
+    let text = std::fs::read_to_string(&path).expect("the recorded trades exist");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = header.iter().position(|h| *h == "price").unwrap();
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split(',').nth(column).unwrap().parse::<f64>().unwrap())
+        .fold((f64::MAX, f64::MIN), |(low, high), p| {
+            (low.min(p), high.max(p))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_eth_blocks_priced_from_birdeye_feed() {
+    let env = TestEnv::new("block_eth_feed_price").await;
+    let (low, high) = recorded_price_range();
+    let large_at = |price: f64| -> Vec<String> {
+        read_lines("transactions.json")
+            .iter()
+            .filter(|(line, _)| {
+                raw_integer(line, "value") as f64 / 1e18 * price >= THRESHOLD_USD as f64
+            })
+            .map(|(_, tx)| tx["hash"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let large = large_at(low);
+    assert_eq!(
+        large,
+        large_at(high),
+        "the threshold gives the same transactions at any recorded price"
+    );
+    let rules =
+        json!({"monitor_large_transactions": true, "transaction_amount_threshold": THRESHOLD_USD});
+    let task_id = insert_block_task(&env, "eth", &rules).await;
+
+    let dir = recording_dir();
+    let (_node, node_address) = start_devkit_server(
+        &env,
+        "chain-replay eth",
+        &["--dir", dir.to_str().unwrap(), "--speed", "0"],
+    )
+    .await;
+    let trades = workspace_dir().join("data/binance-ethusdt-trades-2023-02-02/trades.csv");
+    let (_feed, feed_address) = start_devkit_server(
+        &env,
+        "feed-replay",
+        &[
+            "--csv",
+            trades.to_str().unwrap(),
+            "--chain",
+            "ethereum",
+            "--speed",
+            "0",
+        ],
+    )
+    .await;
+    let node_url = format!("ws://{node_address}");
+    let feed_url = format!("ws://{feed_address}");
+    let _pipeline = start_pipeline(
+        &env,
+        &[
+            ("EVM_WS_URL_ETH", node_url.as_str()),
+            ("BIRDEYE_WS_URL", feed_url.as_str()),
+            ("BIRDEYE_API_KEY", "test-key"),
+            // No request may leave the machine: the REST API is polled only for token tasks.
+            ("BIRDEYE_API_URL", "http://127.0.0.1:9"),
+        ],
+    )
+    .await;
+
+    let times: BTreeMap<String, u64> = read_lines("transactions.json")
+        .into_iter()
+        .map(|(_, tx)| {
+            (
+                tx["hash"].as_str().unwrap().to_owned(),
+                tx["block_timestamp"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let ids: Vec<String> = large
+        .iter()
+        .map(|hash| {
+            block_alert_id(
+                task_id,
+                hash,
+                "large_transaction",
+                times[hash],
+                COOLDOWN_SEC,
+            )
+        })
+        .collect();
+    let rows = wait_for_alerts(&env, task_id, &ids).await;
+    let mut wanted = ids.clone();
+    wanted.sort();
+    assert_eq!(
+        rows.keys().cloned().collect::<Vec<_>>(),
+        wanted,
+        "large transactions at the feed's price"
+    );
+    for row in rows.values() {
+        let extra = &row.data["extra"];
+        let price = extra["native_price_usd"].as_f64().unwrap();
+        let native = extra["value_native"].as_f64().unwrap();
+        let observed = row.data["observed"].as_f64().unwrap();
+        assert_eq!(
+            extra["price_source"], "birdeye",
+            "price source of {}",
+            row.alert_key
+        );
+        assert!(
+            (low..=high).contains(&price),
+            "price {price} of {} is a recorded WETH price",
+            row.alert_key
+        );
+        assert!(
+            (observed - native * price).abs() < 1e-6,
+            "USD value of {} is value times price",
+            row.alert_key
+        );
+    }
+}
