@@ -1,6 +1,8 @@
 //! The stages on a three-node NATS cluster with `NATS_REPLICAS=3`, as `compose.cluster.yaml`
 //! runs them, here with three nats-server processes on loopback ports.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod ops_support;
 
 use std::time::Duration;

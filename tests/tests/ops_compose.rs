@@ -8,6 +8,8 @@
 //! setting some binary reads, the start order and health checks hold together, and
 //! `nats-server -t` accepts the NATS configurations.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 

@@ -2,6 +2,8 @@
 //! kept out of logs and `--help`, one-line errors for malformed settings, and every setting
 //! documented in both READMEs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod ops_support;
 
 use std::collections::BTreeSet;

@@ -1,6 +1,8 @@
 //! `/metrics` and `/healthz` of the four long-running binaries, scraped over HTTP while they run
 //! as processes with `METRICS_ADDR` on a free port.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod ops_support;
 
 use std::collections::BTreeMap;

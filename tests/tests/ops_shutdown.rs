@@ -1,6 +1,8 @@
 //! Shutdown of the stages under load: SIGTERM drains and exits 0 within 10 s, nothing is lost
 //! across the restart, and a second signal during a drain exits at once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod ops_support;
 
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! rows and the stub's record, the model's expected alert ids, and a plain HTTP GET for the
 //! metrics endpoints.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
