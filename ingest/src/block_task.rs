@@ -54,7 +54,7 @@ pub struct BlockContext {
     pub prices: Arc<NativePrices>,
 }
 
-/// What a block task runner runs: the task and its validated rules.
+/// The block task that a runner runs, with its validated rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlockTaskConfig {
     pub task_id: u64,
@@ -131,7 +131,7 @@ impl StopRequest {
     }
 }
 
-/// What a runner receives from the manager.
+/// The handles a runner receives from the manager.
 pub struct RunnerHandles {
     pub context: Arc<BlockContext>,
     pub config_rx: watch::Receiver<BlockTaskConfig>,

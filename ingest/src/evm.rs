@@ -7,9 +7,9 @@
 //! transactions whose USD value reaches the task's threshold (bodies fetched with
 //! `eth_getBlockByHash`), and `Log` events (ERC-20 `Transfer` and `Approval` decoded).
 //!
-//! The chain is followed by hash ([`chain::ChainView`]): a head whose parent is not the last
+//! The chain is followed by hash ([`chain::ChainView`]). A head whose parent is not the last
 //! block is followed back until it joins, and the events of the blocks it replaced are sent
-//! again as removed; after a reconnect or a missed head the blocks in between are fetched by
+//! again as removed. After a reconnect or a missed head the blocks in between are fetched by
 //! number and their logs with `eth_getLogs` in chunks, so no block is skipped. Events wait in
 //! [`crate::block_task::confirm::Confirmations`] until the task's `confirmations` pass.
 

@@ -2,7 +2,7 @@
 //!
 //! The tracker keeps every event a block task reported for the blocks of its reorg window,
 //! keyed by block number and hash. It consumes the progress of the chain (the number of each
-//! new canonical block) and the blocks a reorg replaced; it produces copies of earlier events
+//! new canonical block) and the blocks a reorg replaced. It produces copies of earlier events
 //! with [`ChainStatus::Confirmed`] once their block is `confirmations` deep, and with
 //! [`ChainStatus::Removed`] when their block left the canonical chain. Each copy keeps the
 //! source time of the first report, so evaluate gives it the same alert id.
@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use monitor_core::messages::{ChainStatus, Event, EventKind};
 
-/// What identifies a tracked event within its block.
+/// The identity of a tracked event within its block.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKey {
     Block,
@@ -132,7 +132,7 @@ impl Confirmations {
 
     /// Records that block `head` joined the canonical chain. Returns the confirmed copies of
     /// the events whose block is now `depth` blocks deep (none when `depth` is 0, because
-    /// those alerts are confirmed from the start) and forgets blocks older than the window.
+    /// those alerts are confirmed from the start) and drops blocks older than the window.
     pub fn on_head(&mut self, head: u64) -> Vec<Event> {
         let mut confirmed = Vec::new();
         if self.depth > 0 {
@@ -150,7 +150,7 @@ impl Confirmations {
     }
 
     /// Records that the block `number`/`hash` left the canonical chain. Returns the removed
-    /// copies of its events and forgets them.
+    /// copies of its events and drops them.
     pub fn on_block_removed(&mut self, number: u64, hash: &str) -> Vec<Event> {
         let Some(entries) = self.blocks.get_mut(&number) else {
             return Vec::new();

@@ -64,7 +64,7 @@ pub struct Notification {
     pub result: Value,
 }
 
-/// What the socket task passes to the owner.
+/// A message from the socket task to the owner.
 #[derive(Debug)]
 enum Incoming {
     Notification(Notification),

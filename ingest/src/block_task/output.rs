@@ -1,11 +1,11 @@
 //! Everything a block task sends to NATS: event frames, heartbeats and status changes.
 //!
 //! A [`TaskOutput`] is owned by one chain runner. It consumes the runner's events, errors and
-//! progress (the last block or slot) and produces frames on
+//! progress (the last block or slot). It produces frames on
 //! `Subjects::chain_events(chain, task_id)` and [`StatusMessage`]s on
-//! `Subjects::task_status(task_id)`: a heartbeat every `HEARTBEAT_INTERVAL` with the last
-//! block, and a status change (`running`, `error`, `stopped`) whenever the task's connection
-//! state changes. On stop, [`TaskOutput::drain`] publishes what is buffered for at most
+//! `Subjects::task_status(task_id)`. The status messages are a heartbeat every
+//! `HEARTBEAT_INTERVAL` with the last block, and a status change (`running`, `error`,
+//! `stopped`) whenever the task's connection state changes. On stop, [`TaskOutput::drain`] publishes what is buffered for at most
 //! [`DRAIN_TIMEOUT`] and then the `stopped` status.
 
 use std::sync::atomic::AtomicU64;

@@ -2,8 +2,8 @@
 //! into USD for `large_transaction`.
 //!
 //! With a market feed configured (`BIRDEYE_API_KEY` set), one Birdeye price subscription per
-//! chain and process follows the wrapped native token (WETH, WBNB, wrapped SOL); every block
-//! task of the chain reads its latest candle close. Until the feed sends a price, or without a
+//! chain and process follows the wrapped native token (WETH, WBNB, wrapped SOL), and every
+//! block task of the chain reads its latest candle close. Until the feed sends a price, or without a
 //! feed, the setting `NATIVE_PRICE_USD_<CHAIN>` is used. Each quote names its source, and the
 //! alert carries it.
 
@@ -89,7 +89,7 @@ impl NativePrices {
     }
 }
 
-/// The native price as one block task sees it.
+/// The native price source of one block task.
 #[derive(Debug, Clone)]
 pub struct NativePrice {
     fixed: Option<(f64, &'static str)>,
@@ -97,7 +97,7 @@ pub struct NativePrice {
 }
 
 impl NativePrice {
-    /// A price from a setting only (tests, and tasks without a feed).
+    /// Creates a price source with a setting only (tests, and tasks without a feed).
     pub fn fixed(usd: f64, variable: &'static str) -> Self {
         NativePrice {
             fixed: Some((usd, variable)),

@@ -3,10 +3,12 @@
 //! Consumes [`Event`]s in the order the task's adapter produced them and produces
 //! [`EventFrame`]s without a batch on `Subjects::chain_events(chain, task_id)`, each with
 //! `Nats-Msg-Id` = [`EventFrame::msg_id`] (`<producer>:task<task_id>:<seq>`). It follows the
-//! batch publisher's rules ([`crate::publish`]): one frame in flight at a time, so frames
-//! stay in order; events that arrive meanwhile are coalesced into the next frame (at most
-//! [`MAX_EVENTS_PER_FRAME`]); a failed publish is retried with the same msg id; the owner
-//! stops reading its chain socket while the buffer is full.
+//! batch publisher's rules ([`crate::publish`]):
+//! - one frame is in flight at a time, so frames stay in order;
+//! - events that arrive meanwhile are coalesced into the next frame (at most
+//!   [`MAX_EVENTS_PER_FRAME`]);
+//! - a failed publish is retried with the same msg id;
+//! - the owner stops reading its chain socket while the buffer is full.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

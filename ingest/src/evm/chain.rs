@@ -4,14 +4,14 @@
 //! [`ChainView::place`] says how it joins the chain: it extends the last block, it is
 //! already known, blocks are missing before it (a gap, after a reconnect or a missed
 //! notification), or its parent is not the block this view holds at that height (a reorg,
-//! to be followed back by parent hash until [`ChainView::links`] holds). [`ChainView::truncate_from`]
+//! to be followed back by parent hash until [`ChainView::links`] is true). [`ChainView::truncate_from`]
 //! then drops the replaced blocks, which the caller retracts.
 
 use std::collections::BTreeMap;
 
 use super::types::Header;
 
-/// How a new head joins the chain view.
+/// The place of a new head relative to the chain view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
     /// The view is empty or the head's parent is the last block.
@@ -88,7 +88,7 @@ impl ChainView {
         removed.into_values().collect()
     }
 
-    /// Appends a processed block and forgets the oldest beyond the capacity.
+    /// Appends a processed block and drops the oldest beyond the capacity.
     pub fn push(&mut self, header: Header) {
         self.blocks.insert(header.number, header);
         while self.blocks.len() > self.capacity {

@@ -9,8 +9,8 @@ use super::abi::{decode_erc20, wei_to_native};
 use super::types::{Header, RawLog, RawTransaction};
 use crate::block_task::price::Quote;
 
-/// The event of a new block; `interval_sec` is the time since its parent, when the task saw
-/// the parent.
+/// Builds the event of a new block. `interval_sec` is the time since its parent, when the task
+/// saw the parent.
 pub fn block_event(header: &Header, interval_sec: Option<f64>, now_ms: i64) -> Event {
     event(
         header.timestamp as i64 * 1000,
@@ -29,7 +29,7 @@ pub fn value_usd(tx: &RawTransaction, quote: &Quote) -> f64 {
     wei_to_native(tx.value_wei) * quote.usd
 }
 
-/// The event of a transaction, mined (`block_number` set) or pending.
+/// Builds the event of a transaction, mined (`block_number` set) or pending.
 pub fn transaction_event(
     tx: &RawTransaction,
     block_number: Option<u64>,
@@ -55,7 +55,7 @@ pub fn transaction_event(
     )
 }
 
-/// The event of a log, ERC-20 `Transfer` and `Approval` decoded. `block_timestamp` is the
+/// Builds the event of a log, with ERC-20 `Transfer` and `Approval` decoded. `block_timestamp` is the
 /// time of the log's block in seconds.
 pub fn log_event(log: &RawLog, block_timestamp: u64, now_ms: i64) -> Event {
     let status = if log.removed {

@@ -1,8 +1,8 @@
 //! The runner of one EVM block task: its node connection, subscriptions and chain state.
 //!
 //! The loop reads notifications only while the event buffer has room and, for a task that
-//! prices transactions, while a native price is known; otherwise the node's socket pushes
-//! back. Handling a head may take several requests (block bodies, missed blocks, parents of a
+//! prices transactions, while a native price is known. Otherwise it stops reading, so the
+//! node's socket pushes back. Handling a head may take several requests (block bodies, missed blocks, parents of a
 //! fork, logs of a gap); they run one after another inside the handler, and notifications that
 //! arrive meanwhile wait in the socket's backlog. A failed request ends the session: the
 //! runner reconnects with backoff and the first head of the next session fills the gap.
@@ -48,7 +48,7 @@ const BLOCK_TIMES_KEPT: usize = 1024;
 /// Minimum time between two warnings about malformed notifications.
 const MALFORMED_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Why a session ended.
+/// The reason a session ended.
 enum SessionEnd {
     Stop,
     /// The task's subscriptions changed: connect again with the new ones.
@@ -188,6 +188,8 @@ impl EvmRunner {
     }
 
     /// Reports the missing endpoint and keeps heartbeats going until stopped.
+    // NOTE: the task's lease stays with this instance meanwhile, so every ingest instance
+    // needs the same endpoints: another instance with the endpoint does not take the task over.
     async fn idle_without_endpoint(&mut self) {
         let variable = ChainSettings::ws_url_variable(self.config.chain);
         let message = format!(
@@ -431,7 +433,7 @@ impl EvmRunner {
     }
 
     /// Fetches parents by hash until the segment joins the chain view; false when the fork
-    /// cannot be followed (the node no longer knows a parent).
+    /// cannot be followed because the node no longer has a parent.
     async fn follow_fork_back(
         &mut self,
         rpc: &mut RpcSocket,
@@ -645,7 +647,7 @@ impl EvmRunner {
     }
 
     /// Returns the time of a log's block: from the log, the chain view, the remembered times,
-    /// or the node. A block the node no longer knows gets the current time.
+    /// or the node. A block the node no longer has gets the current time.
     async fn block_time(&mut self, rpc: &mut RpcSocket, log: &RawLog) -> Result<u64, RpcError> {
         if let Some(timestamp) = log.block_timestamp {
             return Ok(timestamp);
@@ -728,7 +730,7 @@ impl EvmRunner {
         Ok(())
     }
 
-    /// A followed pending transaction was mined in block `number`: it is confirmed now
+    /// Marks a followed pending transaction as mined in block `number`. It is confirmed now
     /// (without `confirmations`) or once buried, and retracted if that block is replaced.
     fn on_mined_pending(&mut self, hash: &str, number: u64, block_hash: &str) {
         let Some(first) = self.pending.take(hash) else {
@@ -747,7 +749,7 @@ impl EvmRunner {
         }
     }
 
-    /// Looks up followed pending transactions: one the node no longer knows was dropped.
+    /// Looks up followed pending transactions. One the node no longer returns was dropped.
     async fn check_pending(&mut self, rpc: &mut RpcSocket, head: u64) -> Result<(), RpcError> {
         if self.pending.is_empty() {
             return Ok(());
@@ -822,8 +824,9 @@ fn watches_pending(config: &BlockTaskConfig) -> bool {
         && config.rules.large_transactions.is_some()
 }
 
-/// The `logs` subscription filter of the task's contract events rule: its addresses and the
-/// topic0 of each signature (empty lists leave that part open). `None` without the rule.
+/// Builds the `logs` subscription filter of the task's contract events rule: its addresses
+/// and the topic0 of each signature (empty lists leave that part open). `None` without the
+/// rule.
 pub fn logs_filter(rules: &BlockRules) -> Option<Map<String, Value>> {
     let rule = rules.contract_events.as_ref()?;
     let mut filter = Map::new();

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-/// A value of a node's answer that this adapter cannot read.
+/// A value of a node's response that this adapter cannot read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what}: {problem}")]
 pub struct ParseError {
