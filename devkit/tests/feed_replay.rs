@@ -64,6 +64,9 @@ fn settings() -> FeedReplaySettings {
         api_key: None,
         ping_interval: Duration::from_secs(15),
         close_after: None,
+        synthetic_tokens: None,
+        recording: None,
+        rest_rps: None,
     }
 }
 
