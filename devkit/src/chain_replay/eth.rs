@@ -372,7 +372,7 @@ fn log_json(log: &Value) -> Value {
     })
 }
 
-fn param_str<'a>(params: &'a Value, index: usize) -> Result<&'a str, RpcFailure> {
+fn param_str(params: &Value, index: usize) -> Result<&str, RpcFailure> {
     params
         .get(index)
         .and_then(Value::as_str)
