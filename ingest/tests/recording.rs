@@ -87,8 +87,9 @@ async fn recorded_connection_replays_same_events() {
         .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "record failed: {stdout} {}", String::from_utf8_lossy(&output.stderr));
+    // Every frame received is recorded: WELCOME and the 1000 data frames of each channel.
     assert!(
-        stdout.contains("recorded 1000 price frames and 1000 trade frames"),
+        stdout.contains("recorded 1001 price frames and 1001 trade frames"),
         "{stdout}"
     );
     let text = std::fs::read_to_string(&out).unwrap();
