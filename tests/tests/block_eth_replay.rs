@@ -15,12 +15,13 @@ mod block_support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use block_support::{
-    block_alert_id, insert_block_task, start_devkit_server, start_pipeline, stub_messages_of,
-    wait_for_alerts, wait_for_heartbeat, AlertRow,
+    alert_rows, block_alert_id, by_key, insert_block_task, start_devkit_server, start_pipeline,
+    stub_messages_of, wait_for_alerts, wait_for_heartbeat, AlertRow, ALERT_TIMEOUT,
 };
-use monitor_tests::{workspace_dir, TestEnv};
+use monitor_tests::{wait_until, workspace_dir, TestEnv};
 use serde_json::{json, Value};
 
 const USDT: &str = "0xdac17f958d2ee523a2206206994597c13d831ec7";
@@ -438,6 +439,102 @@ async fn recorded_eth_blocks_priced_from_birdeye_feed() {
             (observed - native * price).abs() < 1e-6,
             "USD value of {} is value times price",
             row.alert_key
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_logs_retract_their_alerts() {
+    let env = TestEnv::new("block_eth_removed_logs").await;
+    let transfers: Vec<Expected> = expected_alerts()
+        .into_iter()
+        .filter(|e| e.alert_type == "contract_event")
+        .collect();
+    let last_block_time = read_lines("blocks.json")
+        .iter()
+        .map(|(_, b)| b["timestamp"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let rules = json!({
+        "monitor_contract_events": true,
+        "contract_addresses": [USDT, USDC],
+        "event_signatures": ["Transfer(address,address,uint256)"]
+    });
+    let task_id = insert_block_task(&env, "eth", &rules).await;
+    let dir = recording_dir();
+    let (_node, node_address) = start_devkit_server(
+        &env,
+        "chain-replay eth",
+        &[
+            "--dir",
+            dir.to_str().unwrap(),
+            "--speed",
+            "0",
+            "--remove-last-block",
+        ],
+    )
+    .await;
+    let node_url = format!("ws://{node_address}");
+    let pipeline = start_pipeline(&env, &[("EVM_WS_URL_ETH", node_url.as_str())]).await;
+
+    let ids: Vec<String> = transfers
+        .iter()
+        .map(|e| block_alert_id(task_id, &e.subject, e.alert_type, e.time_sec, COOLDOWN_SEC))
+        .collect();
+    let removed = |alert: &Expected| alert.time_sec == last_block_time;
+    assert!(
+        transfers.iter().any(removed) && !transfers.iter().all(removed),
+        "both blocks have transfers"
+    );
+    let settled = wait_until(ALERT_TIMEOUT, Duration::from_millis(250), || async {
+        let rows = by_key(&alert_rows(&env, task_id).await);
+        transfers.iter().zip(&ids).all(|(alert, id)| {
+            let state = if removed(alert) {
+                "retracted"
+            } else {
+                "confirmed"
+            };
+            rows.get(id)
+                .is_some_and(|r| r.state == state && r.notify_status == "pushed")
+        })
+    })
+    .await;
+    let rows = by_key(&alert_rows(&env, task_id).await);
+    assert!(settled, "not every alert reached its state: {rows:?}");
+    assert_eq!(
+        rows.len(),
+        ids.len(),
+        "one row per Transfer, retracted or not"
+    );
+
+    let retractions_of = |row_id: i64| {
+        stub_messages_of(&pipeline.stub_file, "alert_update")
+            .iter()
+            .filter(|m| m["data"]["alertId"] == row_id && m["data"]["state"] == "retracted")
+            .count()
+    };
+    let retracted_rows: Vec<i64> = transfers
+        .iter()
+        .zip(&ids)
+        .filter(|(alert, _)| removed(alert))
+        .map(|(_, id)| rows[id].id)
+        .collect();
+    let pushed = wait_until(ALERT_TIMEOUT, Duration::from_millis(250), || async {
+        retracted_rows
+            .iter()
+            .all(|row_id| retractions_of(*row_id) >= 1)
+    })
+    .await;
+    assert!(
+        pushed,
+        "every retraction reached the Java side as alert_update"
+    );
+    for (alert, id) in transfers.iter().zip(&ids) {
+        let expected = usize::from(removed(alert));
+        assert_eq!(
+            retractions_of(rows[id].id),
+            expected,
+            "alert_update retracted of {id}"
         );
     }
 }

@@ -167,8 +167,8 @@ impl Session {
 
     fn dispatch(&mut self, method: &str, params: &Value) -> Result<Value, RpcFailure> {
         match (method, &self.server.recording) {
-            ("eth_subscribe", Recording::Eth(_)) => self.eth_subscribe(params),
-            ("eth_unsubscribe", Recording::Eth(_)) => Ok(self.unsubscribe(params)),
+            ("eth_subscribe", Recording::Eth { .. }) => self.eth_subscribe(params),
+            ("eth_unsubscribe", Recording::Eth { .. }) => Ok(self.unsubscribe(params)),
             ("slotSubscribe", Recording::Sol { .. }) => {
                 let id = self.new_id(false);
                 self.subscriptions
@@ -277,7 +277,21 @@ impl Session {
     fn step_notifications(&self, index: usize) -> Vec<Value> {
         let mut out = Vec::new();
         match &self.server.recording {
-            Recording::Eth(recording) => {
+            Recording::Eth { recording, .. } if index >= recording.blocks.len() => {
+                // The removal step: the last block's logs again, marked removed.
+                let last = recording.blocks.len() - 1;
+                for subscription in &self.subscriptions {
+                    if let Subscription::Logs { id, filter } = subscription {
+                        out.extend(recording.logs_matching(last, filter).into_iter().map(
+                            |mut log| {
+                                log["removed"] = json!(true);
+                                eth_notification(id, log)
+                            },
+                        ));
+                    }
+                }
+            }
+            Recording::Eth { recording, .. } => {
                 for subscription in &self.subscriptions {
                     match subscription {
                         Subscription::Heads { id } => {

@@ -6,8 +6,10 @@
 //! and `logsSubscribe` with `mentions`. JSON-RPC over HTTP POST serves Solana `getBlock` and
 //! every other method that is not a subscription. A connection's replay starts when it
 //! subscribes to heads or slots and sends one block (or slot) per step, paced by the recorded
-//! block times divided by `--speed` (eth) or by `--slot-interval` (sol). Every connection
-//! replays the recording from its start, so each client gets the same notifications.
+//! block times divided by `--speed` (eth) or by `--slot-interval` (sol). With
+//! `--remove-last-block` a last eth step sends the last block's logs again as removed. Every
+//! connection replays the recording from its start, so each client gets the same
+//! notifications.
 
 mod connection;
 pub mod eth;
@@ -63,6 +65,11 @@ pub struct EthReplaySettings {
     /// fast as the client reads.
     #[arg(long, default_value_t = 1.0, value_parser = parse_speed)]
     pub speed: f64,
+
+    /// After the last block, send its logs again with `removed: true`, as a node does when a
+    /// reorg drops a block, one block interval later.
+    #[arg(long)]
+    pub remove_last_block: bool,
 }
 
 /// Settings of `devkit chain-replay sol`.
@@ -157,7 +164,11 @@ pub fn response(id: &Value, result: Result<Value, RpcFailure>) -> Value {
 /// The recording of a replay, with the Solana slot count.
 #[derive(Debug, Clone)]
 pub enum Recording {
-    Eth(eth::EthRecording),
+    Eth {
+        recording: eth::EthRecording,
+        /// Whether a last step sends the last block's logs again as removed.
+        remove_last_block: bool,
+    },
     Sol {
         recording: sol::SolRecording,
         slots: u64,
@@ -180,7 +191,10 @@ impl ChainReplay {
                 let recording = eth::EthRecording::load(&settings.dir)?;
                 tracing::info!(dir = %settings.dir.display(), blocks = recording.blocks.len(), "chain-replay eth recording loaded");
                 Ok(ChainReplay {
-                    recording: Recording::Eth(recording),
+                    recording: Recording::Eth {
+                        recording,
+                        remove_last_block: settings.remove_last_block,
+                    },
                     speed: settings.speed,
                     slot_interval: Duration::ZERO,
                 })
@@ -203,7 +217,10 @@ impl ChainReplay {
     /// Number of replay steps: blocks (eth) or slots (sol).
     pub fn steps(&self) -> usize {
         match &self.recording {
-            Recording::Eth(recording) => recording.blocks.len(),
+            Recording::Eth {
+                recording,
+                remove_last_block,
+            } => recording.blocks.len() + usize::from(*remove_last_block),
             Recording::Sol { slots, .. } => *slots as usize,
         }
     }
@@ -214,10 +231,12 @@ impl ChainReplay {
             return Duration::ZERO;
         }
         match &self.recording {
-            Recording::Eth(recording) => {
+            Recording::Eth { recording, .. } => {
                 if self.speed == 0.0 {
                     return Duration::ZERO;
                 }
+                // The removal step after the last block waits as long as the last block did.
+                let index = index.min(recording.blocks.len() - 1);
                 let gap = recording.blocks[index]
                     .timestamp
                     .saturating_sub(recording.blocks[index - 1].timestamp);
@@ -230,7 +249,7 @@ impl ChainReplay {
     /// Returns the result of a JSON-RPC method that is not a subscription.
     pub fn call(&self, method: &str, params: &Value) -> Result<Value, RpcFailure> {
         match &self.recording {
-            Recording::Eth(recording) => recording.call(method, params),
+            Recording::Eth { recording, .. } => recording.call(method, params),
             Recording::Sol { recording, .. } => recording.call(method, params),
         }
     }
