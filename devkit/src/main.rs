@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve recorded trades over Birdeye's WebSocket protocol (TXS_DATA and 1m PRICE_DATA).
-    FeedReplay(FeedReplayCommand),
+    FeedReplay(Box<FeedReplayCommand>),
     /// Serve recorded mainnet blocks as a node: eth (eth_subscribe) or sol (PubSub and getBlock).
     #[command(subcommand)]
     ChainReplay(ChainReplayCommand),
@@ -73,7 +73,8 @@ async fn main() -> anyhow::Result<()> {
 
     match cli.command {
         Command::FeedReplay(command) => {
-            let settings = match command.action {
+            let FeedReplayCommand { action, settings } = *command;
+            let settings = match action {
                 Some(FeedReplayAction::Serve(settings)) => settings,
                 Some(FeedReplayAction::Record(settings)) => {
                     let shutdown = monitor_core::shutdown::on_signals();
@@ -86,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
                     );
                     return Ok(());
                 }
-                None => command.settings,
+                None => settings,
             };
             feed_replay(settings, monitor_core::shutdown::on_signals()).await
         }

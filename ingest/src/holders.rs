@@ -121,7 +121,11 @@ impl Registry {
                 let (id, r) = self.batches.iter().find(|(_, r)| !r.addresses.is_empty())?;
                 Some((*id, r, 0))
             })?;
-        let first = self.batches.iter().find(|(_, r)| !r.addresses.is_empty())?.0;
+        let first = self
+            .batches
+            .iter()
+            .find(|(_, r)| !r.addresses.is_empty())?
+            .0;
         let wrapped = id == *first && position == 0;
         let target = Target {
             batch_id: id,
@@ -172,7 +176,11 @@ impl HolderPolls {
 
     /// Number of targets registered, over every batch.
     pub fn target_count(&self) -> usize {
-        self.lock().batches.values().map(|r| r.addresses.len()).sum()
+        self.lock()
+            .batches
+            .values()
+            .map(|r| r.addresses.len())
+            .sum()
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -192,7 +200,11 @@ impl HolderPolls {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 registry.dropped += 1;
-                debug!(batch_id, dropped_total = registry.dropped, "batch busy, holder snapshot dropped");
+                debug!(
+                    batch_id,
+                    dropped_total = registry.dropped,
+                    "batch busy, holder snapshot dropped"
+                );
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -288,9 +300,7 @@ impl HolderPoller {
                     self.polls.deliver(target.batch_id, snapshot);
                 }
                 Err(HolderError::RateLimited { retry_after }) => {
-                    let delay = self
-                        .rate
-                        .slow_down(retry_after.unwrap_or(BACKOFF_INITIAL));
+                    let delay = self.rate.slow_down(retry_after.unwrap_or(BACKOFF_INITIAL));
                     warn!(address = %target.address, retry_in_ms = delay.as_millis() as u64, "holder API rate limited, backing off");
                     retry = Some(target);
                 }
@@ -320,7 +330,7 @@ impl HolderPoller {
     fn log_failure(&mut self, target: &Target, error: &HolderError) {
         self.failures_logged += 1;
         // Every failure for the first ten, then one in a hundred.
-        if self.failures_logged <= 10 || self.failures_logged % 100 == 0 {
+        if self.failures_logged <= 10 || self.failures_logged.is_multiple_of(100) {
             warn!(
                 batch_id = target.batch_id,
                 address = %target.address,
@@ -371,7 +381,10 @@ impl HolderPoller {
         query: &[(&str, &str)],
     ) -> Result<Value, HolderError> {
         let mut url = self.api_url.clone();
-        url.set_path(&format!("{}{path}", self.api_url.path().trim_end_matches('/')));
+        url.set_path(&format!(
+            "{}{path}",
+            self.api_url.path().trim_end_matches('/')
+        ));
         url.query_pairs_mut()
             .append_pair("address", &target.address)
             .extend_pairs(query);
@@ -437,7 +450,11 @@ struct Overview {
 
 impl Overview {
     fn parse(data: &Value) -> Result<Overview, HolderError> {
-        let number = |key: &str| data.get(key).and_then(Value::as_f64).filter(|v| v.is_finite() && *v >= 0.0);
+        let number = |key: &str| {
+            data.get(key)
+                .and_then(Value::as_f64)
+                .filter(|v| v.is_finite() && *v >= 0.0)
+        };
         let holders = match data.get("holder") {
             None | Some(Value::Null) => None,
             Some(value) => Some(value.as_u64().ok_or_else(|| HolderError::Body {
@@ -447,7 +464,9 @@ impl Overview {
         };
         Ok(Overview {
             holders,
-            supply: number("supply").or_else(|| number("circulatingSupply")).filter(|s| *s > 0.0),
+            supply: number("supply")
+                .or_else(|| number("circulatingSupply"))
+                .filter(|s| *s > 0.0),
             liquidity: number("liquidity"),
             market_cap: number("mc").or_else(|| number("marketCap")),
             price: number("price"),
@@ -471,7 +490,12 @@ fn top_share(list: &Value, supply: Option<f64>) -> Result<Option<f64>, HolderErr
             .get("ui_amount")
             .and_then(Value::as_f64)
             .filter(|a| a.is_finite() && *a >= 0.0)
-            .ok_or_else(|| invalid(format!("items[{i}].ui_amount must be a number >= 0, got {}", item.get("ui_amount").unwrap_or(&Value::Null))))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "items[{i}].ui_amount must be a number >= 0, got {}",
+                    item.get("ui_amount").unwrap_or(&Value::Null)
+                ))
+            })?;
         held += amount;
     }
     Ok(supply.map(|supply| held / supply * 100.0))
@@ -493,7 +517,8 @@ mod tests {
 
     #[test]
     fn overview_reads_holder_and_supply() {
-        let data = json!({"holder": 1234, "liquidity": 5.5, "mc": 1.0e9, "price": 2.0, "supply": 1000.0});
+        let data =
+            json!({"holder": 1234, "liquidity": 5.5, "mc": 1.0e9, "price": 2.0, "supply": 1000.0});
         let overview = Overview::parse(&data).unwrap();
         assert_eq!(overview.holders, Some(1234));
         assert_eq!(overview.supply, Some(1000.0));
@@ -506,7 +531,10 @@ mod tests {
     #[test]
     fn negative_holder_count_is_rejected() {
         let error = Overview::parse(&json!({"holder": -3})).unwrap_err();
-        assert!(error.to_string().contains("holder must be a whole number"), "{error}");
+        assert!(
+            error.to_string().contains("holder must be a whole number"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -545,12 +573,22 @@ mod tests {
     fn rate_limit_slows_down_and_recovers() {
         let mut rate = RateLimit::new(50.0);
         assert_eq!(rate.interval, Duration::from_millis(20));
-        assert_eq!(rate.slow_down(Duration::from_secs(1)), Duration::from_secs(1));
-        assert_eq!(rate.slow_down(Duration::from_secs(1)), Duration::from_secs(2));
+        assert_eq!(
+            rate.slow_down(Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            rate.slow_down(Duration::from_secs(1)),
+            Duration::from_secs(2)
+        );
         for _ in 0..100 {
             rate.recover();
         }
-        assert_eq!(rate.interval, Duration::from_millis(20), "back to BIRDEYE_RPS");
+        assert_eq!(
+            rate.interval,
+            Duration::from_millis(20),
+            "back to BIRDEYE_RPS"
+        );
         for _ in 0..10 {
             rate.slow_down(Duration::from_secs(1));
         }

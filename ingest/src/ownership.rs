@@ -267,7 +267,9 @@ impl Ownership {
     }
 
     fn notify_changed(&self) {
-        self.inner.changed.send_modify(|generation| *generation += 1);
+        self.inner
+            .changed
+            .send_modify(|generation| *generation += 1);
     }
 }
 
@@ -487,9 +489,12 @@ impl OwnershipTask {
 
     async fn acquire(&mut self, key: LeaseKey) -> Result<(), String> {
         let sent_at = Instant::now();
-        let created = timeout(OPERATION_TIMEOUT, self.leases.create(key.to_string(), self.value()))
-            .await
-            .map_err(|_| format!("timed out after {OPERATION_TIMEOUT:?}"))?;
+        let created = timeout(
+            OPERATION_TIMEOUT,
+            self.leases.create(key.to_string(), self.value()),
+        )
+        .await
+        .map_err(|_| format!("timed out after {OPERATION_TIMEOUT:?}"))?;
         match created {
             Ok(revision) => {
                 info!(key = %key, revision, "lease acquired");
@@ -667,7 +672,11 @@ mod tests {
             let old = rendezvous_owner(&key, before);
             let new = rendezvous_owner(&key, after);
             if old != new {
-                assert_eq!(new, Some("ingest-b-200"), "a key moves only to the new member");
+                assert_eq!(
+                    new,
+                    Some("ingest-b-200"),
+                    "a key moves only to the new member"
+                );
                 moved += 1;
             }
         }
@@ -692,7 +701,11 @@ mod tests {
         // Instances of different builds must agree on owners, so the hash is pinned.
         assert_eq!(score("a", "batch.1"), score("a", "batch.1"));
         assert_ne!(score("a", "batch.1"), score("a", "batch.2"));
-        assert_ne!(score("ab", "c"), score("a", "bc"), "the separator keeps them apart");
+        assert_ne!(
+            score("ab", "c"),
+            score("a", "bc"),
+            "the separator keeps them apart"
+        );
     }
 
     #[test]

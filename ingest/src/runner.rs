@@ -283,10 +283,7 @@ impl BatchRunner {
                 Some("the batch has no targets".into()),
             );
         } else {
-            self.set_status(
-                BatchStatus::Pending,
-                Some("connecting to the feed".into()),
-            );
+            self.set_status(BatchStatus::Pending, Some("connecting to the feed".into()));
         }
         self.sync_holder_polls();
         let mut heartbeat = heartbeat_timer(self.context.heartbeat_interval);

@@ -195,7 +195,13 @@ impl Targets {
             top_share_pct: snapshot.top_share_pct,
             top_n: snapshot.top_n,
         });
-        self.observe_at(position, snapshot.time_ms, ingest_time_ms, observation, kind)
+        self.observe_at(
+            position,
+            snapshot.time_ms,
+            ingest_time_ms,
+            observation,
+            kind,
+        )
     }
 
     fn observe(
@@ -209,7 +215,13 @@ impl Targets {
         let Some(&position) = self.index.get(&address_key(address)) else {
             return Outcome::Unknown;
         };
-        self.observe_at(position, source_time_ms, ingest_time_ms, Some(observation), kind)
+        self.observe_at(
+            position,
+            source_time_ms,
+            ingest_time_ms,
+            Some(observation),
+            kind,
+        )
     }
 
     fn observe_at(
@@ -425,7 +437,11 @@ mod tests {
         let snapshot = polled.snapshot.unwrap();
         assert_eq!(snapshot.holders, Some(1100));
         assert_eq!(snapshot.top_share_pct, Some(42.5));
-        assert_eq!(snapshot.market_cap, Some(3.0e9), "the polled market cap wins");
+        assert_eq!(
+            snapshot.market_cap,
+            Some(3.0e9),
+            "the polled market cap wins"
+        );
         assert_eq!(snapshot.window(60).unwrap().start_holders, Some(1000));
 
         let later = event_of(&mut targets, T0 + 95_000, 1200);
@@ -435,7 +451,11 @@ mod tests {
             "polls older than the window no longer count"
         );
         let trade = event(targets.on_trade(&trade(WETH, T0 + 96_000, Side::Buy, 1.0), T0));
-        assert_eq!(trade.snapshot.unwrap().holders, Some(1200), "trades carry the last count");
+        assert_eq!(
+            trade.snapshot.unwrap().holders,
+            Some(1200),
+            "trades carry the last count"
+        );
     }
 
     fn event_of(targets: &mut Targets, time_ms: i64, holders: u64) -> Event {

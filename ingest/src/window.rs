@@ -347,7 +347,8 @@ impl Window {
         }
         if let Some(newest) = newest.holders_ms {
             // The first bucket found in index order has the earliest time.
-            stats.start_holders = (self.geometry.first_covered(newest)..=self.geometry.index(newest))
+            stats.start_holders = (self.geometry.first_covered(newest)
+                ..=self.geometry.index(newest))
                 .find_map(|index| self.bucket(&self.holders, index))
                 .map(|bucket| bucket.first_holders);
         }
@@ -470,10 +471,7 @@ impl TargetWindows {
 
     /// Figures of every window, ascending by length.
     pub fn stats(&self) -> Vec<WindowStats> {
-        self.windows
-            .iter()
-            .map(|w| w.stats(&self.newest))
-            .collect()
+        self.windows.iter().map(|w| w.stats(&self.newest)).collect()
     }
 }
 

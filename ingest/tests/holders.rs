@@ -56,8 +56,13 @@ async fn holder_polls_become_holders_events() {
     let nats = nats_of(&env).await;
     let feed = FeedReplayProcess::start(&env, &["--speed", "10", "--loop"]).await;
     let frames = collect_frames(&nats).await;
-    nats.put_batch(&batch(BATCH_ID, TASK_ID, 1, &[(95_001, WETH, None), (95_002, PEPE, None)]))
-        .await;
+    nats.put_batch(&batch(
+        BATCH_ID,
+        TASK_ID,
+        1,
+        &[(95_001, WETH, None), (95_002, PEPE, None)],
+    ))
+    .await;
     nats.put_task(&task(TASK_ID, 1, holder_rules(), &[BATCH_ID]))
         .await;
     let mut ingest_process = ingest(&env, &feed, &[("BIRDEYE_RPS", "20")]).spawn("ingest");
@@ -90,7 +95,10 @@ async fn holder_polls_become_holders_events() {
         assert_eq!(snapshot.top_share_pct, Some(share));
         let window = snapshot.window(60).unwrap();
         let start = window.start_holders.unwrap();
-        assert!(start <= count, "start {start} > now {count}: holders only grow in the replay");
+        assert!(
+            start <= count,
+            "start {start} > now {count}: holders only grow in the replay"
+        );
     }
     let counts: Vec<u64> = weth.iter().map(|(h, _)| h.holders.unwrap()).collect();
     assert!(
@@ -99,13 +107,20 @@ async fn holder_polls_become_holders_events() {
     );
     let last = &weth.last().unwrap().1;
     assert_eq!(
-        last.snapshot.as_ref().unwrap().window(60).unwrap().start_holders,
+        last.snapshot
+            .as_ref()
+            .unwrap()
+            .window(60)
+            .unwrap()
+            .start_holders,
         Some(counts[0]),
         "the window starts at the first poll"
     );
     // PEPE is not replayed: its polls fail with 404 and the poller goes on with WETH.
     assert!(
-        events.iter().all(|(_, e)| e.target.as_ref().unwrap().address == WETH),
+        events
+            .iter()
+            .all(|(_, e)| e.target.as_ref().unwrap().address == WETH),
         "no holders event for a token the API does not know"
     );
     assert!(ingest_process.log().contains("holder poll failed"));

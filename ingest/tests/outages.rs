@@ -76,11 +76,16 @@ async fn killed_feed_is_reopened_and_reported() {
     let records = status
         .wait("running and a heartbeat with events", WAIT_LIMIT, |r| {
             has_change(r, BatchStatus::Running, 0).is_some()
-                && r.iter().any(|r| matches!(&r.message, StatusMessage::Heartbeat(h) if h.events > 0))
+                && r.iter()
+                    .any(|r| matches!(&r.message, StatusMessage::Heartbeat(h) if h.events > 0))
         })
         .await;
     let first = changes(&records);
-    assert_eq!(first[0].0, BatchStatus::Pending, "the runner reports pending first: {first:?}");
+    assert_eq!(
+        first[0].0,
+        BatchStatus::Pending,
+        "the runner reports pending first: {first:?}"
+    );
     let subject = nats.subjects().batch_status(TASK_ID, BATCH_ID);
     assert!(records.iter().all(|r| r.subject == subject));
 
@@ -96,12 +101,17 @@ async fn killed_feed_is_reopened_and_reported() {
         unreachable!()
     };
     let reason = error.reason.clone().unwrap_or_default();
-    assert!(reason.contains("connection lost"), "error reason: {reason:?}");
+    assert!(
+        reason.contains("connection lost"),
+        "error reason: {reason:?}"
+    );
 
     // Heartbeats go on while the feed is down, counting the errors.
     let records = status
         .wait("a heartbeat after the error", WAIT_LIMIT, |r| {
-            r[error_at..].iter().any(|r| matches!(&r.message, StatusMessage::Heartbeat(_)))
+            r[error_at..]
+                .iter()
+                .any(|r| matches!(&r.message, StatusMessage::Heartbeat(_)))
         })
         .await;
     let heartbeat = records[error_at..]
@@ -112,7 +122,13 @@ async fn killed_feed_is_reopened_and_reported() {
         })
         .unwrap();
     assert_eq!(heartbeat.consumer_id, me);
-    assert_eq!(heartbeat.scope, StatusScope::Batch { task_id: TASK_ID, batch_id: BATCH_ID });
+    assert_eq!(
+        heartbeat.scope,
+        StatusScope::Batch {
+            task_id: TASK_ID,
+            batch_id: BATCH_ID
+        }
+    );
     assert_eq!(heartbeat.progress, 100.0, "the only target was seen");
     assert_eq!(heartbeat.item_count, 1);
     assert!(heartbeat.events > 0);
@@ -123,7 +139,7 @@ async fn killed_feed_is_reopened_and_reported() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     feed.start_again().await;
     let restarted_ms = monitor_core::time::now_ms();
-    let records = status
+    status
         .wait("running again after the restart", WAIT_LIMIT, |r| {
             has_change(r, BatchStatus::Running, error_at).is_some()
         })
@@ -170,7 +186,9 @@ async fn stalled_feed_is_replaced() {
     let mut ingest_process = ingest(&env, &feed, &[("FEED_STALL_TIMEOUT", "3")]).spawn("ingest");
 
     status
-        .wait("running", WAIT_LIMIT, |r| has_change(r, BatchStatus::Running, 0).is_some())
+        .wait("running", WAIT_LIMIT, |r| {
+            has_change(r, BatchStatus::Running, 0).is_some()
+        })
         .await;
     // A frozen server keeps the socket open but sends no frame and no pong.
     feed.process.as_mut().unwrap().send_signal(Signal::SIGSTOP);
@@ -221,7 +239,10 @@ async fn nats_outage_buffers_then_publishes_in_order() {
 
     let mut reader = StreamReader::new(&nats.js, &nats.subjects().events_stream()).await;
     let mut seen = Vec::new();
-    read_frames_until(&mut reader, &mut seen, "the first events", |f| !f.is_empty()).await;
+    read_frames_until(&mut reader, &mut seen, "the first events", |f| {
+        !f.is_empty()
+    })
+    .await;
     drop(reader);
 
     // The outage is shorter than the lease TTL, so the batch keeps its lease and keeps
@@ -247,12 +268,17 @@ async fn nats_outage_buffers_then_publishes_in_order() {
     };
     let mut reader = StreamReader::new(&nats.js, &nats.subjects().events_stream()).await;
     let mut frames = Vec::new();
-    read_frames_until(&mut reader, &mut frames, "400 trades after the outage", |f| {
-        trades_in(f) >= 400
-    })
+    read_frames_until(
+        &mut reader,
+        &mut frames,
+        "400 trades after the outage",
+        |f| trades_in(f) >= 400,
+    )
     .await;
     assert!(
-        ingest_process.log().contains("event buffer half empty, feed reads resumed"),
+        ingest_process
+            .log()
+            .contains("event buffer half empty, feed reads resumed"),
         "reads resume once NATS takes the buffer"
     );
 

@@ -86,7 +86,9 @@ async fn second_instance_takes_half_without_gap() {
     .await;
     frames
         .wait("events of every batch from a", WAIT_LIMIT, |f| {
-            batch_ids().iter().all(|id| !event_times(f, *id, &a).is_empty())
+            batch_ids()
+                .iter()
+                .all(|id| !event_times(f, *id, &a).is_empty())
         })
         .await;
 
@@ -99,20 +101,30 @@ async fn second_instance_takes_half_without_gap() {
                 == Some(b.as_str())
         })
         .collect();
-    println!("{} of {BATCHES} batches move to the new instance", expected.len());
-    let settled = wait_for_leases(leases, "the batches split by rendezvous hashing", WAIT_LIMIT, |l| {
-        let holders = holders_of(l);
-        batch_ids().iter().all(|id| {
-            let owner = if expected.contains(id) { &b } else { &a };
-            holders.get(id) == Some(owner)
-        })
-    })
+    println!(
+        "{} of {BATCHES} batches move to the new instance",
+        expected.len()
+    );
+    let settled = wait_for_leases(
+        leases,
+        "the batches split by rendezvous hashing",
+        WAIT_LIMIT,
+        |l| {
+            let holders = holders_of(l);
+            batch_ids().iter().all(|id| {
+                let owner = if expected.contains(id) { &b } else { &a };
+                holders.get(id) == Some(owner)
+            })
+        },
+    )
     .await;
     assert!(settled.contains_key(&format!("member.{a}")));
     assert!(settled.contains_key(&format!("member.{b}")));
     let collected = frames
         .wait("events of the moved batches from b", WAIT_LIMIT, |f| {
-            expected.iter().all(|id| !event_times(f, *id, &b).is_empty())
+            expected
+                .iter()
+                .all(|id| !event_times(f, *id, &b).is_empty())
         })
         .await;
     // Let a few more frames arrive, so that a batch run by both would show it.
@@ -127,12 +139,18 @@ async fn second_instance_takes_half_without_gap() {
         let from_a = event_times(&collected, id, &a);
         let from_b = event_times(&collected, id, &b);
         if !expected.contains(&id) {
-            assert!(from_b.is_empty(), "batch {id} stays on a but b produced events");
+            assert!(
+                from_b.is_empty(),
+                "batch {id} stays on a but b produced events"
+            );
             continue;
         }
         let a_last = *from_a.iter().max().unwrap();
         let b_first = *from_b.iter().min().unwrap();
-        println!("batch {id}: a's last event {a_last}, b's first {b_first}, gap {} ms", b_first - a_last);
+        println!(
+            "batch {id}: a's last event {a_last}, b's first {b_first}, gap {} ms",
+            b_first - a_last
+        );
         assert!(
             b_first - a_last < ms(LEASE_TTL),
             "batch {id} was unwatched for {} ms",
@@ -195,9 +213,15 @@ async fn killed_instance_batches_move_to_survivor() {
     .await;
     let leased_ms = now_ms();
     let collected = frames
-        .wait("events of the moved batches from the survivor", WAIT_LIMIT, |f| {
-            moved.iter().all(|id| event_times(f, *id, &s).iter().any(|t| *t > killed_ms))
-        })
+        .wait(
+            "events of the moved batches from the survivor",
+            WAIT_LIMIT,
+            |f| {
+                moved
+                    .iter()
+                    .all(|id| event_times(f, *id, &s).iter().any(|t| *t > killed_ms))
+            },
+        )
         .await;
 
     let running_ms = moved
@@ -224,7 +248,10 @@ async fn killed_instance_batches_move_to_survivor() {
                     && c.consumer_id == s
                     && matches!(c.scope, StatusScope::Batch { batch_id, .. } if batch_id == *id))
         });
-        assert!(running_on_survivor, "batch {id} not reported running by the survivor");
+        assert!(
+            running_on_survivor,
+            "batch {id} not reported running by the survivor"
+        );
     }
 
     survivor.terminate().await;
@@ -242,9 +269,12 @@ async fn frozen_owner_stops_after_losing_lease() {
 
     let mut frozen = ingest(&env, &feed, &[]).spawn("ingest-frozen");
     let f = consumer_id(&env, &frozen);
-    wait_for_leases(leases, "the first instance holding every batch", WAIT_LIMIT, |l| {
-        all_held_by(l, &f)
-    })
+    wait_for_leases(
+        leases,
+        "the first instance holding every batch",
+        WAIT_LIMIT,
+        |l| all_held_by(l, &f),
+    )
     .await;
     let mut other = ingest(&env, &feed, &[]).spawn("ingest-other");
     let o = consumer_id(&env, &other);
@@ -270,9 +300,15 @@ async fn frozen_owner_stops_after_losing_lease() {
     )
     .await;
     frames
-        .wait("events of the frozen instance's batches from the other", WAIT_LIMIT, |fr| {
-            frozen_batches.iter().all(|id| !event_times(fr, *id, &o).is_empty())
-        })
+        .wait(
+            "events of the frozen instance's batches from the other",
+            WAIT_LIMIT,
+            |fr| {
+                frozen_batches
+                    .iter()
+                    .all(|id| !event_times(fr, *id, &o).is_empty())
+            },
+        )
         .await;
     frozen.send_signal(Signal::SIGCONT);
     let resumed_ms = now_ms();
@@ -304,8 +340,14 @@ async fn frozen_owner_stops_after_losing_lease() {
             })
             .unwrap_or_else(|| panic!("no stop of batch {id} after the freeze: {records:#?}"));
         let reason = stop.reason.clone().unwrap_or_default();
-        assert!(reason.contains("lost or not renewed"), "batch {id} stopped for {reason:?}");
-        println!("batch {id}: stale runner stopped {} ms after the process woke up", stop.sent_ms - resumed_ms);
+        assert!(
+            reason.contains("lost or not renewed"),
+            "batch {id} stopped for {reason:?}"
+        );
+        println!(
+            "batch {id}: stale runner stopped {} ms after the process woke up",
+            stop.sent_ms - resumed_ms
+        );
         assert!(
             stop.sent_ms - resumed_ms < ms(RENEW_INTERVAL),
             "batch {id} kept running on the instance that lost its lease for {} ms",
@@ -314,10 +356,15 @@ async fn frozen_owner_stops_after_losing_lease() {
     }
 
     // Awake again, it is a live member and takes its share back by handover.
-    wait_for_leases(leases, "both instances holding batches again", WAIT_LIMIT, |l| {
-        let holders = holders_of(l);
-        holders.values().any(|h| *h == f) && holders.values().any(|h| *h == o)
-    })
+    wait_for_leases(
+        leases,
+        "both instances holding batches again",
+        WAIT_LIMIT,
+        |l| {
+            let holders = holders_of(l);
+            holders.values().any(|h| *h == f) && holders.values().any(|h| *h == o)
+        },
+    )
     .await;
 
     frozen.terminate().await;

@@ -18,11 +18,20 @@ const BATCH_ID: u64 = 9701;
 
 /// Runs ingest against `feed` until it published `count` events, and returns them split into
 /// trades and candles, each in the order of its own connection, with ingest times cleared.
-async fn ingest_events(env: &TestEnv, feed: &FeedReplayProcess, count: usize) -> (Vec<Event>, Vec<Event>) {
+async fn ingest_events(
+    env: &TestEnv,
+    feed: &FeedReplayProcess,
+    count: usize,
+) -> (Vec<Event>, Vec<Event>) {
     let nats = nats_of(env).await;
     let frames = collect_frames(&nats).await;
-    nats.put_batch(&batch(BATCH_ID, TASK_ID, 1, &[(97_001, WETH, Some(2.0e11))]))
-        .await;
+    nats.put_batch(&batch(
+        BATCH_ID,
+        TASK_ID,
+        1,
+        &[(97_001, WETH, Some(2.0e11))],
+    ))
+    .await;
     nats.put_task(&task(TASK_ID, 1, token_rules(), &[BATCH_ID]))
         .await;
     let mut process = ingest(env, feed, &[]).spawn("ingest");
@@ -55,7 +64,10 @@ fn trade_view(event: &Event) -> String {
         .flat_map(|s| &s.windows)
         .map(|w| (w.window_sec, w.volume_usd, w.buy_usd, w.sell_usd, w.trades))
         .collect();
-    format!("{} {:?} {:?} {windows:?}", event.source_time_ms, event.target, event.kind)
+    format!(
+        "{} {:?} {:?} {windows:?}",
+        event.source_time_ms, event.target, event.kind
+    )
 }
 
 /// A candle with the window figures that candles alone decide.
@@ -67,7 +79,10 @@ fn price_view(event: &Event) -> String {
         .map(|w| (w.window_sec, w.start_price, w.high, w.low, w.start_time_ms))
         .collect();
     let price = snapshot.and_then(|s| s.price);
-    format!("{} {:?} {:?} {price:?} {windows:?}", event.source_time_ms, event.target, event.kind)
+    format!(
+        "{} {:?} {:?} {price:?} {windows:?}",
+        event.source_time_ms, event.target, event.kind
+    )
 }
 
 #[tokio::test]
@@ -79,14 +94,25 @@ async fn recorded_connection_replays_same_events() {
     let output = original_env
         .command(monitor_tests::bin("devkit"))
         .args(["feed-replay", "record", "--url", &original.ws_url()])
-        .args(["--chain", "ethereum", "--api-key", API_KEY, "--address", WETH])
+        .args([
+            "--chain",
+            "ethereum",
+            "--api-key",
+            API_KEY,
+            "--address",
+            WETH,
+        ])
         .arg("--out")
         .arg(&out)
         .args(["--duration", "5"])
         .output("record", Duration::from_secs(60))
         .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "record failed: {stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "record failed: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     // Every frame received is recorded: WELCOME and the 1000 data frames of each channel.
     assert!(
         stdout.contains("recorded 1001 price frames and 1001 trade frames"),
@@ -99,7 +125,8 @@ async fn recorded_connection_replays_same_events() {
 
     let replay_env = TestEnv::new("ingest_record_replay").await;
     let recording = out.to_string_lossy().into_owned();
-    let replayed = FeedReplayProcess::start(&replay_env, &["--speed", "0", "--recording", &recording]).await;
+    let replayed =
+        FeedReplayProcess::start(&replay_env, &["--speed", "0", "--recording", &recording]).await;
     let (replayed_trades, replayed_prices) = ingest_events(&replay_env, &replayed, 2000).await;
 
     assert_eq!(original_trades.len(), 1000);

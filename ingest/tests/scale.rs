@@ -149,7 +149,10 @@ fn running_batches(records: &[StoredStatus]) -> usize {
             }
         }
     }
-    status.values().filter(|s| **s == BatchStatus::Running).count()
+    status
+        .values()
+        .filter(|s| **s == BatchStatus::Running)
+        .count()
 }
 
 #[tokio::test]
@@ -165,7 +168,13 @@ async fn ten_thousand_targets_resources() {
     let synthetic = TARGETS.to_string();
     let feed = FeedReplayProcess::start(
         &env,
-        &["--synthetic-tokens", &synthetic, "--speed", &speed, "--loop"],
+        &[
+            "--synthetic-tokens",
+            &synthetic,
+            "--speed",
+            &speed,
+            "--loop",
+        ],
     )
     .await;
     let status = collect_status(&nats).await;

@@ -123,7 +123,8 @@ pub async fn record(
         path: settings.out.clone(),
         source,
     };
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&settings.out).map_err(write_error)?);
+    let mut out =
+        std::io::BufWriter::new(std::fs::File::create(&settings.out).map_err(write_error)?);
     let header = HeaderLine {
         recording: Header {
             chain: settings.chain,
@@ -173,11 +174,16 @@ pub async fn record(
     }
     connections.shutdown().await;
     out.flush().map_err(write_error)?;
-    tracing::info!(price_frames = summary.price_frames, txs_frames = summary.txs_frames, "recording stopped");
+    tracing::info!(
+        price_frames = summary.price_frames,
+        txs_frames = summary.txs_frames,
+        "recording stopped"
+    );
     Ok(summary)
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(settings: &RecordSettings, channel: Channel) -> Result<Socket, RecordError> {
     let mut url = settings.url.clone();
@@ -194,9 +200,17 @@ async fn connect(settings: &RecordSettings, channel: Channel) -> Result<Socket, 
     };
     let mut request = url.as_str().into_client_request().map_err(failed)?;
     let headers = request.headers_mut();
-    headers.insert("sec-websocket-protocol", HeaderValue::from_static("echo-protocol"));
-    headers.insert("origin", HeaderValue::from_static("ws://public-api.birdeye.so"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.map_err(failed)?;
+    headers.insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("echo-protocol"),
+    );
+    headers.insert(
+        "origin",
+        HeaderValue::from_static("ws://public-api.birdeye.so"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(failed)?;
     for message in subscriptions(channel, &settings.addresses) {
         socket.send(Message::text(message)).await.map_err(failed)?;
     }
@@ -247,7 +261,10 @@ async fn read_channel(
             Some(Ok(Message::Text(text))) => text.to_string(),
             Some(Ok(Message::Binary(bytes))) => String::from_utf8_lossy(&bytes).into_owned(),
             Some(Ok(Message::Close(_))) | None => {
-                tracing::info!(channel = channel.as_str(), "recorded connection closed by the server");
+                tracing::info!(
+                    channel = channel.as_str(),
+                    "recorded connection closed by the server"
+                );
                 break;
             }
             Some(Ok(_)) => continue,
@@ -312,8 +329,12 @@ impl Recording {
             .next()
             .ok_or_else(|| invalid(1, "the file is empty".into()))?
             .map_err(read_error)?;
-        let header: HeaderLine = serde_json::from_str(&first)
-            .map_err(|e| invalid(1, format!("expected the header line {{\"recording\":..}}: {e}")))?;
+        let header: HeaderLine = serde_json::from_str(&first).map_err(|e| {
+            invalid(
+                1,
+                format!("expected the header line {{\"recording\":..}}: {e}"),
+            )
+        })?;
 
         let mut frames: Vec<(usize, FrameLine)> = Vec::new();
         for (index, line) in lines.enumerate() {
@@ -325,7 +346,10 @@ impl Recording {
             let frame: FrameLine = serde_json::from_str(&line)
                 .map_err(|e| invalid(number, format!("expected a frame line: {e}")))?;
             if frame.channel != "price" && frame.channel != "txs" {
-                return Err(invalid(number, format!("channel must be price or txs, got {:?}", frame.channel)));
+                return Err(invalid(
+                    number,
+                    format!("channel must be price or txs, got {:?}", frame.channel),
+                ));
             }
             frames.push((number, frame));
         }
@@ -370,16 +394,31 @@ mod tests {
         let path = dir.path().join("rec.jsonl");
         let lines = [
             r#"{"recording":{"chain":"eth","addresses":["0xabc"],"started_ms":1000}}"#.to_owned(),
-            to_json(&FrameLine { t_ms: 1_005, channel: "txs".into(), frame: r#"{"type":"WELCOME"}"#.into() }),
-            to_json(&FrameLine { t_ms: 1_010, channel: "txs".into(), frame: r#"{"type":"TXS_DATA","data":{}}"#.into() }),
-            to_json(&FrameLine { t_ms: 1_020, channel: "price".into(), frame: r#"{"type":"PRICE_DATA","data":{}}"#.into() }),
+            to_json(&FrameLine {
+                t_ms: 1_005,
+                channel: "txs".into(),
+                frame: r#"{"type":"WELCOME"}"#.into(),
+            }),
+            to_json(&FrameLine {
+                t_ms: 1_010,
+                channel: "txs".into(),
+                frame: r#"{"type":"TXS_DATA","data":{}}"#.into(),
+            }),
+            to_json(&FrameLine {
+                t_ms: 1_020,
+                channel: "price".into(),
+                frame: r#"{"type":"PRICE_DATA","data":{}}"#.into(),
+            }),
         ];
         std::fs::write(&path, lines.join("\n")).unwrap();
 
         let recording = Recording::load(&path).unwrap();
         assert_eq!(recording.header.addresses, vec!["0xabc".to_owned()]);
         assert_eq!(recording.txs.len(), 1, "WELCOME is left out");
-        assert_eq!(recording.txs[0].offset_ms, 5, "offsets count from the first frame");
+        assert_eq!(
+            recording.txs[0].offset_ms, 5,
+            "offsets count from the first frame"
+        );
         assert_eq!(recording.price[0].offset_ms, 15);
     }
 

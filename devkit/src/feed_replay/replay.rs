@@ -141,7 +141,11 @@ impl ChannelReplay {
     /// Builds the next frame and moves past it; `None` once the replay is finished.
     pub fn next_frame(&mut self) -> Option<String> {
         if let Some(recording) = &self.plan.recording {
-            let text = recording.frames(self.channel).get(self.position)?.text.clone();
+            let text = recording
+                .frames(self.channel)
+                .get(self.position)?
+                .text
+                .clone();
             self.position += 1;
             return Some(text);
         }

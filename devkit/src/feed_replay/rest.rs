@@ -112,7 +112,9 @@ pub async fn is_websocket_upgrade(stream: &TcpStream) -> bool {
 }
 
 fn find_end(head: &[u8]) -> Option<usize> {
-    head.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+    head.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
 }
 
 /// Serves HTTP requests on `stream` until the client closes it.
@@ -145,7 +147,10 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, server: &FeedReplay)
 }
 
 /// Reads one request head; `None` when the client closed the connection between requests.
-async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+async fn read_head(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<Option<String>> {
     loop {
         if let Some(end) = find_end(buffer) {
             let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
@@ -188,31 +193,58 @@ fn respond(head: &str, server: &FeedReplay) -> (&'static str, String, bool) {
     let chain = server.gate.chain.birdeye_name();
     if let Some(asked) = request.header("x-chain") {
         if asked != chain {
-            return failure("400 Bad Request", &format!("x-chain {asked:?} is not served, this server replays {chain}"));
+            return failure(
+                "400 Bad Request",
+                &format!("x-chain {asked:?} is not served, this server replays {chain}"),
+            );
         }
     }
     let Some(address) = request.query("address") else {
         return failure("400 Bad Request", "missing query parameter address");
     };
-    let Some(token) = server.matching_tokens(&[address.to_owned()]).first().copied() else {
-        return failure("404 Not Found", &format!("token {address} is not replayed by this server"));
+    let Some(token) = server
+        .matching_tokens(&[address.to_owned()])
+        .first()
+        .copied()
+    else {
+        return failure(
+            "404 Not Found",
+            &format!("token {address} is not replayed by this server"),
+        );
     };
     match request.path.as_str() {
         "/defi/token_overview" => ("200 OK", overview(server, token).to_string(), false),
         "/defi/v3/token/holder" => {
-            let offset = request.query("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
-            let limit = request.query("limit").and_then(|v| v.parse().ok()).unwrap_or(MAX_LIMIT);
+            let offset = request
+                .query("offset")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let limit = request
+                .query("limit")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(MAX_LIMIT);
             if limit == 0 || limit > MAX_LIMIT {
-                return failure("400 Bad Request", &format!("limit must be 1..={MAX_LIMIT}, got {limit}"));
+                return failure(
+                    "400 Bad Request",
+                    &format!("limit must be 1..={MAX_LIMIT}, got {limit}"),
+                );
             }
-            ("200 OK", holder_list(server, token, offset, limit).to_string(), false)
+            (
+                "200 OK",
+                holder_list(server, token, offset, limit).to_string(),
+                false,
+            )
         }
         other => failure("404 Not Found", &format!("unknown endpoint {other}")),
     }
 }
 
 fn failure(status: &'static str, message: &str) -> (&'static str, String, bool) {
-    (status, json!({"success": false, "message": message}).to_string(), false)
+    (
+        status,
+        json!({"success": false, "message": message}).to_string(),
+        false,
+    )
 }
 
 /// Trades due on the server's timeline so far, over every pass of a looping replay.
@@ -226,7 +258,8 @@ fn trades_due(server: &FeedReplay) -> (u64, Option<f64>) {
         return (count, Some(last.trade.price));
     }
     let elapsed_ms = server.started.elapsed().as_secs_f64() * 1000.0 * server.plan.speed;
-    let offset = |t: &super::frames::ReplayTrade| (t.trade.timestamp_ms - first.trade.timestamp_ms) as f64;
+    let offset =
+        |t: &super::frames::ReplayTrade| (t.trade.timestamp_ms - first.trade.timestamp_ms) as f64;
     let span = offset(last) + 1.0;
     let (passes, within) = if server.plan.looping {
         ((elapsed_ms / span).floor() as u64, elapsed_ms % span)
@@ -284,7 +317,10 @@ fn holder_list(server: &FeedReplay, token: usize, offset: usize, limit: usize) -
 
 /// Expected share of the supply, in percent, held by the top `n` holders of the list.
 pub fn top_share_pct(n: usize) -> f64 {
-    (0..n).map(|k| TOP_HOLDER_SHARE / (k as f64 + 1.0)).sum::<f64>() * 100.0
+    (0..n)
+        .map(|k| TOP_HOLDER_SHARE / (k as f64 + 1.0))
+        .sum::<f64>()
+        * 100.0
 }
 
 /// The parts of a request head that the endpoints read.
@@ -361,7 +397,17 @@ mod tests {
 
     #[test]
     fn top_ten_share_is_harmonic() {
-        let expected = 10.0 * (1.0 + 0.5 + 1.0 / 3.0 + 0.25 + 0.2 + 1.0 / 6.0 + 1.0 / 7.0 + 0.125 + 1.0 / 9.0 + 0.1);
+        let expected = 10.0
+            * (1.0
+                + 0.5
+                + 1.0 / 3.0
+                + 0.25
+                + 0.2
+                + 1.0 / 6.0
+                + 1.0 / 7.0
+                + 0.125
+                + 1.0 / 9.0
+                + 0.1);
         assert!((top_share_pct(10) - expected).abs() < 1e-9);
     }
 }
