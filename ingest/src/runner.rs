@@ -64,8 +64,8 @@ pub struct RunnerConfig {
     pub batch: Arc<BatchSpec>,
 }
 
-/// How the supervisor stops a runner: a cancellation token (a child of the shutdown token)
-/// and the reason reported in the runner's `stopped` status change.
+/// Stop request of a runner: a cancellation token (a child of the shutdown token) and the
+/// reason reported in the runner's `stopped` status change.
 #[derive(Debug, Clone, Default)]
 pub struct StopSignal {
     token: CancellationToken,
@@ -73,7 +73,7 @@ pub struct StopSignal {
 }
 
 impl StopSignal {
-    /// A signal that also fires when `shutdown` is cancelled.
+    /// Creates a signal that also fires when `shutdown` is cancelled.
     pub fn child_of(shutdown: &CancellationToken) -> Self {
         StopSignal {
             token: shutdown.child_token(),
@@ -100,7 +100,7 @@ impl StopSignal {
     }
 }
 
-/// What a batch needs from the holder poller.
+/// Holder figures that a batch's rules need from the holder poller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HolderNeeds {
     /// Number of top holders whose share is computed; `None` when only counts are needed.

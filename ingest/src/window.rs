@@ -313,7 +313,7 @@ impl Window {
         true
     }
 
-    /// Returns the bucket of `index` in `ring`, if the ring holds that index.
+    /// Returns the bucket of `index` in `ring`, if its slot is tagged with that index.
     fn bucket<T: Tagged>(&self, ring: &[T], index: i64) -> Option<T> {
         ring.get(self.slot(index))
             .copied()

@@ -44,8 +44,8 @@ fn holder_events(frames: &[StoredFrame]) -> Vec<(Holders, monitor_core::messages
         .collect()
 }
 
-/// Share of the supply that feed-replay gives its top ten holders: holder `k` holds
-/// 10 % / (k + 1).
+/// Returns the share of the supply that feed-replay gives its top ten holders, where
+/// holder `k` has 10 % / (k + 1).
 fn expected_top_ten_pct() -> f64 {
     (0..10).map(|k| 10.0 / (k as f64 + 1.0)).sum()
 }
@@ -138,8 +138,8 @@ async fn rate_limited_polls_back_off_and_resume() {
         .await;
     nats.put_task(&task(TASK_ID, 1, holder_rules(), &[BATCH_ID]))
         .await;
-    // Two requests per poll at 50 per second: the server's limit of one per second answers
-    // most of them with 429.
+    // Two requests per poll at 50 per second: with a limit of one per second the server
+    // rejects most of them with 429.
     let mut ingest_process = ingest(&env, &feed, &[("BIRDEYE_RPS", "50")]).spawn("ingest");
 
     assert!(

@@ -55,8 +55,8 @@ async fn ingest_events(
         .partition(|e| matches!(e.kind, EventKind::Trade(_)))
 }
 
-/// A trade with the window figures that trades alone decide. The price parts of its snapshot
-/// depend on how the two connections interleave, which differs from run to run.
+/// Formats a trade with the window figures that trades alone decide. The price parts of its
+/// snapshot depend on how the two connections interleave, which differs from run to run.
 fn trade_view(event: &Event) -> String {
     let windows: Vec<_> = event
         .snapshot
@@ -70,7 +70,7 @@ fn trade_view(event: &Event) -> String {
     )
 }
 
-/// A candle with the window figures that candles alone decide.
+/// Formats a candle with the window figures that candles alone decide.
 fn price_view(event: &Event) -> String {
     let snapshot = event.snapshot.as_ref();
     let windows: Vec<_> = snapshot

@@ -38,7 +38,7 @@ fn synthetic_token(index: u32) -> String {
     format!("0x{}{index:08x}", "5e".repeat(16))
 }
 
-/// One window length (300 s) shared by three rules, as a typical smart-money config.
+/// Returns three rules sharing one window length (300 s), like a typical smart-money config.
 fn scale_rules() -> TokenRules {
     TokenRules {
         price_change: None,

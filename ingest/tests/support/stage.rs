@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::{Nats, StreamReader, API_KEY, WAIT_LIMIT};
 
-/// The shipped recording of ETH/USDT trades.
+/// Returns the path of the shipped ETH/USDT trades.
 pub fn trades_csv() -> std::path::PathBuf {
     monitor_tests::workspace_dir().join("data/binance-ethusdt-trades-2023-02-02/trades.csv")
 }
@@ -93,7 +93,7 @@ impl FeedReplayProcess {
     }
 }
 
-/// An `ingest` process of the test, fed by `feed` with `extra` settings.
+/// Prepares an `ingest` process of the test, fed by `feed`, with `extra` settings.
 pub fn ingest(env: &TestEnv, feed: &FeedReplayProcess, extra: &[(&str, &str)]) -> ProcessBuilder {
     env.stage("ingest")
         .env("BIRDEYE_WS_URL", feed.ws_url())
@@ -103,7 +103,7 @@ pub fn ingest(env: &TestEnv, feed: &FeedReplayProcess, extra: &[(&str, &str)]) -
         .envs(extra.iter().copied())
 }
 
-/// The consumer id that an ingest process of this test uses.
+/// Returns the consumer id that an ingest process of this test uses.
 pub fn consumer_id(env: &TestEnv, process: &Process) -> String {
     format!("{}-{}", env.id(), process.pid())
 }
