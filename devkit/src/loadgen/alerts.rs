@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use serde_json::Value;
 use tokio::io::AsyncWrite;
 
+use super::feed::InFlightWindow;
 use super::report::Latencies;
 use super::schedule::{Phase, TradeTag};
 use super::RunClock;
@@ -51,6 +52,8 @@ impl AlertTally {
 #[derive(Debug)]
 pub struct AlertBook {
     clock: RunClock,
+    /// The feed's in-flight window, told of every tagged alert.
+    window: Option<Arc<InFlightWindow>>,
     state: Mutex<BookState>,
 }
 
@@ -61,9 +64,10 @@ struct BookState {
 }
 
 impl AlertBook {
-    pub fn new(clock: RunClock) -> Arc<AlertBook> {
+    pub fn new(clock: RunClock, window: Option<Arc<InFlightWindow>>) -> Arc<AlertBook> {
         Arc::new(AlertBook {
             clock,
+            window,
             state: Mutex::default(),
         })
     }
@@ -74,6 +78,14 @@ impl AlertBook {
             .lock()
             .ok()
             .map(|mut state| read(&mut state.tally))
+    }
+
+    /// Whether an alert with this key was received.
+    pub fn has_key(&self, key: &str) -> bool {
+        self.state
+            .lock()
+            .map(|state| state.keys.contains(key))
+            .unwrap_or(false)
     }
 
     /// Records one line of the stub's output received at `received_ns` on the run clock.
@@ -100,6 +112,9 @@ impl AlertBook {
         match tag {
             None => tally.untagged += 1,
             Some(tag) => {
+                if let Some(window) = &self.window {
+                    window.add_received();
+                }
                 tally.by_phase[tag.phase as usize] += 1;
                 if tag.phase == Phase::Measure {
                     let latency_ns = received_ns.saturating_sub(tag.sent_ns);
@@ -204,7 +219,7 @@ mod tests {
 
     #[test]
     fn measured_alert_gives_its_latency() {
-        let book = AlertBook::new(RunClock::start());
+        let book = AlertBook::new(RunClock::start(), None);
         book.record_line(
             &alert_line("1:a:large_trade:5", Some(tag(Phase::Measure, 1_000_000))),
             3_500_000,
@@ -226,7 +241,7 @@ mod tests {
 
     #[test]
     fn repeated_key_is_counted_once() {
-        let book = AlertBook::new(RunClock::start());
+        let book = AlertBook::new(RunClock::start(), None);
         let line = alert_line("1:a:large_trade:5", Some(tag(Phase::Warmup, 0)));
         book.record_line(&line, 10);
         book.record_line(&line, 20);
@@ -241,7 +256,7 @@ mod tests {
 
     #[test]
     fn other_messages_and_untagged_alerts() {
-        let book = AlertBook::new(RunClock::start());
+        let book = AlertBook::new(RunClock::start(), None);
         book.record_line(r#"{"type":"batch_heartbeat","data":{}}"#, 1);
         book.record_line(r#"{"type":"alert_update","data":{"alertId":1}}"#, 1);
         book.record_line(&alert_line("1:b:large_trade:5", None), 1);
@@ -253,7 +268,7 @@ mod tests {
 
     #[tokio::test]
     async fn sink_records_whole_lines_across_writes() {
-        let book = AlertBook::new(RunClock::start());
+        let book = AlertBook::new(RunClock::start(), None);
         let mut sink = AlertSink::new(Arc::clone(&book));
         let line = alert_line("1:c:large_trade:5", Some(tag(Phase::Measure, 0)));
         let (head, tail) = line.split_at(20);

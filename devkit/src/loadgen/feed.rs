@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -46,6 +46,8 @@ pub const PROBE_RATE: f64 = 200.0;
 /// Frames written before one flush.
 const BURST: u64 = 64;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait of a sender for room in the in-flight window before it checks again.
+const WINDOW_RECHECK: Duration = Duration::from_millis(20);
 /// Time that open connections get to close after shutdown before they are aborted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const USDT_DECIMALS: u32 = 6;
@@ -73,6 +75,8 @@ pub struct FeedCounters {
     /// Distinct (target, second of the trade time) of the measured large trades: the alert
     /// ids they raise, since the config's cooldown is one second.
     large_measured_ids: Mutex<HashSet<(u32, i64)>>,
+    /// The same for the large trades of every phase.
+    large_ids: Mutex<HashSet<(u32, i64)>>,
     /// Targets currently subscribed on a trades connection.
     subscribed: AtomicUsize,
     connections: AtomicUsize,
@@ -95,12 +99,81 @@ impl FeedCounters {
             .unwrap_or(0)
     }
 
+    /// The (target index, second) of every measured large trade's alert.
+    pub fn measured_alert_ids(&self) -> Vec<(u32, i64)> {
+        self.large_measured_ids
+            .lock()
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     pub fn subscribed_targets(&self) -> usize {
         self.subscribed.load(Ordering::Relaxed)
     }
 
     pub fn open_connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// Bound of the events between the feed and the backend stub when the feed sends at full
+/// speed, so that the load measures the whole pipeline's rate instead of filling ingest's
+/// buffers. Events in flight are estimated from the large trades, one in `period`: the alerts
+/// they should raise minus the alerts received, times the period.
+#[derive(Debug)]
+pub struct InFlightWindow {
+    limit: u64,
+    period: u64,
+    expected: AtomicU64,
+    received: AtomicU64,
+    changed: Notify,
+}
+
+impl InFlightWindow {
+    /// A window of `limit` events when one trade in `period` is large.
+    pub fn new(limit: u64, period: u64) -> Arc<InFlightWindow> {
+        Arc::new(InFlightWindow {
+            limit,
+            period,
+            expected: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            changed: Notify::new(),
+        })
+    }
+
+    /// Estimated events sent and not yet through the pipeline.
+    pub fn in_flight(&self) -> u64 {
+        let expected = self.expected.load(Ordering::Relaxed);
+        let received = self.received.load(Ordering::Relaxed);
+        expected.saturating_sub(received) * self.period
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.in_flight() < self.limit
+    }
+
+    fn add_expected(&self, alerts: u64) {
+        self.expected.fetch_add(alerts, Ordering::Relaxed);
+    }
+
+    /// Counts an alert received and wakes the senders waiting for room.
+    pub fn add_received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+}
+
+/// Waits for a window change, or for [`WINDOW_RECHECK`] in case a change was missed.
+async fn wait_for(changed: Option<tokio::sync::futures::Notified<'_>>) {
+    match changed {
+        Some(changed) => {
+            let _ = timeout(WINDOW_RECHECK, changed).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -113,18 +186,24 @@ pub struct LoadFeed {
     owned: Mutex<Vec<bool>>,
     gate: Gate,
     rate: Option<f64>,
+    /// One trade in this many is large.
+    large_every: u64,
+    /// Bound of the events in flight at full speed; `None` at a fixed rate.
+    window: Option<Arc<InFlightWindow>>,
     phase: watch::Receiver<Phase>,
     clock: RunClock,
     counters: Arc<FeedCounters>,
 }
 
 impl LoadFeed {
-    /// Prepares a feed for `addresses` at `rate` trades per second (`None`: full speed). The
-    /// run changes the phase through the sender of `phase`.
+    /// Prepares a feed for `addresses` at `rate` trades per second, or at full speed within
+    /// `window` when `rate` is `None`, one trade in `large_every` being large. The run changes the phase through the sender of `phase`.
     pub fn new(
         addresses: &[String],
         chain: Chain,
         rate: Option<f64>,
+        large_every: u64,
+        window: Option<Arc<InFlightWindow>>,
         phase: watch::Receiver<Phase>,
         clock: RunClock,
     ) -> LoadFeed {
@@ -152,6 +231,8 @@ impl LoadFeed {
                 api_key: None,
             },
             rate,
+            large_every,
+            window,
             phase,
             clock,
             counters: Arc::default(),
@@ -301,7 +382,11 @@ impl Connection {
         self.socket.send(Message::text(welcome_frame())).await?;
         self.switch_phase();
         loop {
-            let sending = self.current.is_sending() && !self.targets.is_empty();
+            // Created before the check, so an alert that opens the window in between wakes it.
+            let window_changed = self.feed.window.as_ref().map(|w| w.changed());
+            let window_open = self.feed.window.as_ref().is_none_or(|w| w.is_open());
+            let can_send = self.current.is_sending() && !self.targets.is_empty();
+            let sending = can_send && window_open;
             let due_at = if sending {
                 self.pacer
                     .next_due()
@@ -328,6 +413,7 @@ impl Connection {
                     Some(Err(error)) => return Err(error),
                 },
                 _ = sleep_until(due_at.unwrap_or_else(Instant::now)), if sending => self.send_due().await?,
+                () = wait_for(window_changed), if can_send && !window_open => {}
             }
         }
     }
@@ -384,7 +470,7 @@ impl Connection {
         for _ in 0..count {
             let trade = self.next_trade();
             let (text, time_ms) = self.build_frame(&trade, phase);
-            if trade.large && phase == Phase::Measure {
+            if trade.large {
                 large_ids.push((trade.target as u32, time_ms.div_euclid(1000)));
             }
             self.socket.feed(Message::text(text)).await?;
@@ -392,24 +478,47 @@ impl Connection {
         self.socket.flush().await?;
         self.pacer.record(count);
 
-        let counters = &self.feed.counters;
-        counters.sent[phase as usize].fetch_add(count, Ordering::Relaxed);
+        self.feed.counters.sent[phase as usize].fetch_add(count, Ordering::Relaxed);
         if !large_ids.is_empty() {
+            self.record_large(phase, large_ids);
+        }
+        Ok(())
+    }
+
+    /// Counts the alert ids that large trades will raise, for the drain and the window. An id
+    /// first raised in an earlier phase is not expected again: its alert carries the earlier
+    /// trade's tag.
+    fn record_large(&self, phase: Phase, large_ids: Vec<(u32, i64)>) {
+        let counters = &self.feed.counters;
+        if phase == Phase::Measure {
             counters
                 .large_measured
                 .fetch_add(large_ids.len() as u64, Ordering::Relaxed);
+        }
+        let new_ids: Vec<(u32, i64)> = match counters.large_ids.lock() {
+            Ok(mut ids) => large_ids.into_iter().filter(|id| ids.insert(*id)).collect(),
+            Err(_) => Vec::new(),
+        };
+        if let Some(window) = &self.feed.window {
+            window.add_expected(new_ids.len() as u64);
+        }
+        if phase == Phase::Measure {
             if let Ok(mut ids) = counters.large_measured_ids.lock() {
-                ids.extend(large_ids);
+                ids.extend(new_ids);
             }
         }
-        Ok(())
     }
 
     fn next_trade(&mut self) -> PlannedTrade {
         let position = (self.next % self.targets.len() as u64) as usize;
         let round = self.next / self.targets.len() as u64;
         self.next += 1;
-        planned_trade(self.targets[position], round, self.feed.targets.len())
+        planned_trade(
+            self.targets[position],
+            round,
+            self.feed.targets.len(),
+            self.feed.large_every,
+        )
     }
 
     /// Builds the frame of a trade sent now; returns it with the trade time in milliseconds.

@@ -40,6 +40,7 @@ use monitor_core::Subjects;
 
 use procstat::NamedPid;
 use report::ResultLine;
+use schedule::DEFAULT_LARGE_TRADE_PERIOD;
 
 /// Targets per batch, the allocator's default `BATCH_SIZE`.
 pub const BATCH_SIZE: usize = 99;
@@ -62,7 +63,7 @@ pub enum LoadgenAction {
     Pipeline(Box<PipelineSettings>),
     /// Publish and consume event frames straight through JetStream: NATS's own rate for
     /// frames of this size.
-    Raw(RawSettings),
+    Raw(Box<RawSettings>),
     /// Measure the delay from a config change notice on Redis to the first frame judged with
     /// the new rules (allocator and evaluate as processes), and print its percentiles.
     ConfigPropagation(Box<config_propagation::ConfigPropagationSettings>),
@@ -76,7 +77,7 @@ pub async fn run(
     match command.action {
         None => pipeline::run(command.pipeline, shutdown).await,
         Some(LoadgenAction::Pipeline(settings)) => pipeline::run(*settings, shutdown).await,
-        Some(LoadgenAction::Raw(settings)) => raw::run(settings, shutdown).await,
+        Some(LoadgenAction::Raw(settings)) => raw::run(*settings, shutdown).await,
         Some(LoadgenAction::ConfigPropagation(settings)) => {
             config_propagation::run(*settings, shutdown).await
         }
@@ -139,6 +140,17 @@ pub struct PipelineSettings {
     /// Trades per second over all targets, or `max` to send as fast as the pipeline reads.
     #[arg(long, default_value = "10000")]
     pub rate: Rate,
+
+    /// One trade in this many is large and raises an alert; 100 gives alerts on 1 % of
+    /// the events.
+    #[arg(long, default_value_t = DEFAULT_LARGE_TRADE_PERIOD, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub large_every: u64,
+
+    /// With `--rate max`: events sent and not yet through the pipeline, at most. The feed
+    /// waits for alerts before it sends more, so the whole pipeline, not ingest's intake,
+    /// sets the rate. Estimated from the large trades (see --large-every).
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub max_in_flight: u64,
 
     /// Seconds to wait after the measured load for the last alerts and frames.
     #[arg(long, default_value = "60", value_parser = parse_seconds)]

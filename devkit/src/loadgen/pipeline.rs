@@ -30,13 +30,15 @@ use monitor_core::topology;
 use monitor_core::Subjects;
 
 use super::alerts::{AlertBook, AlertSink};
-use super::feed::{FeedCounters, LoadFeed};
+use super::feed::{FeedCounters, InFlightWindow, LoadFeed};
 use super::procstat::{self, NamedPid, ProcSample, ProcUsage};
 use super::report::{per_second, ResultLine};
 use super::schedule::Phase;
 use super::setup::{create_task, target_address};
 use super::stages::{Launcher, Stage};
-use super::{cleanup_nats, drop_database, sleep_or_stop, LoadgenError, PipelineSettings, RunClock};
+use super::{
+    cleanup_nats, drop_database, sleep_or_stop, LoadgenError, PipelineSettings, Rate, RunClock,
+};
 use crate::backend_stub::{run_backend_stub, BackendStub};
 
 /// Chain of the generated task.
@@ -51,11 +53,25 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_GRACE: Duration = Duration::from_secs(20);
 /// Interval of the checks while waiting.
 const POLL: Duration = Duration::from_millis(50);
+/// Number of missing alert ids logged when the drain times out.
+const MISSING_SHOWN: usize = 5;
+/// Interval of the progress log and backlog samples.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Largest consumer backlogs sampled during a run.
+#[derive(Debug, Default)]
+struct Backlogs {
+    /// Event frames stored and not yet acknowledged by evaluate.
+    evaluate: u64,
+    /// Alerts stored and not yet acknowledged by notify.
+    notify: u64,
+}
 
 /// The in-process servers and the stages of a run.
 struct Pipeline {
     settings: PipelineSettings,
     run_id: String,
+    task_id: u64,
     nats: NatsSettings,
     js: jetstream::Context,
     clock: RunClock,
@@ -107,17 +123,26 @@ pub async fn run(
     let clock = RunClock::start();
     let servers = CancellationToken::new();
     let (phase, phase_rx) = watch::channel(Phase::Idle);
+    let window = match settings.rate {
+        Rate::Max => Some(InFlightWindow::new(
+            settings.max_in_flight,
+            settings.large_every,
+        )),
+        Rate::PerSecond(_) => None,
+    };
     let feed = Arc::new(LoadFeed::new(
         &addresses,
         CHAIN,
         settings.rate.per_second(),
+        settings.large_every,
+        window.clone(),
         phase_rx,
         clock,
     ));
     let feed_counters = feed.counters();
     let (feed_listener, feed_address) = bind().await?;
     let feed_task = tokio::spawn(feed.serve(feed_listener, servers.clone()));
-    let book = AlertBook::new(clock);
+    let book = AlertBook::new(clock, window);
     let (stub_listener, stub_address) = bind().await?;
     let stub_task = spawn_stub(stub_listener, Arc::clone(&book), servers.clone());
 
@@ -136,6 +161,7 @@ pub async fn run(
     let mut pipeline = Pipeline {
         settings,
         run_id,
+        task_id: task.task_id,
         nats,
         js,
         clock,
@@ -292,17 +318,27 @@ impl Pipeline {
             duration_sec = self.settings.run.duration.as_secs_f64(),
             "measuring"
         );
-        sleep_or_stop(self.settings.run.duration, shutdown).await?;
+        let mut backlogs = Backlogs::default();
+        let measure_end = tokio::time::Instant::now() + self.settings.run.duration;
+        while tokio::time::Instant::now() < measure_end {
+            let left = measure_end - tokio::time::Instant::now();
+            sleep_or_stop(left.min(PROGRESS_INTERVAL), shutdown).await?;
+            self.record_progress(&mut backlogs).await;
+        }
         self.phase.send_replace(Phase::Stopped);
         let sent_end_ns = self.clock.elapsed_ns();
 
-        let complete = self.drain(shutdown).await?;
+        let complete = self.drain(&mut backlogs, shutdown).await?;
         let after = sample_all(&processes);
         let frames_after = self.events_stream_state().await;
 
         let mut line = ResultLine::new("pipeline");
         line.push("targets", self.settings.run.targets);
         line.push("rate", self.settings.rate);
+        line.push("large_every", self.settings.large_every);
+        if self.settings.rate == Rate::Max {
+            line.push("max_in_flight", self.settings.max_in_flight);
+        }
         let last_ns = self
             .book
             .read(|t| t.last_measured_ns)
@@ -312,6 +348,8 @@ impl Pipeline {
         let seconds = (last_ns - start_ns) as f64 / 1e9;
         self.push_counts(&mut line, seconds, complete);
         push_frames(&mut line, frames_before, frames_after);
+        line.push("evaluate_backlog_max", backlogs.evaluate);
+        line.push("notify_backlog_max", backlogs.notify);
         line.push_usage(&usage(&processes, &before, &after));
         line.push("run_id", &self.run_id);
         Ok(line)
@@ -340,18 +378,34 @@ impl Pipeline {
 
     /// Waits until every expected alert arrived and evaluate has nothing pending; returns
     /// whether that happened before the drain timeout.
-    async fn drain(&mut self, shutdown: &CancellationToken) -> Result<bool, LoadgenError> {
+    async fn drain(
+        &mut self,
+        backlogs: &mut Backlogs,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, LoadgenError> {
         let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
+        let mut next_progress = tokio::time::Instant::now() + PROGRESS_INTERVAL;
         loop {
             let expected = self.feed.expected_measured_alerts();
             let received = self.book.read(|t| t.received(Phase::Measure)).unwrap_or(0);
-            if received >= expected && self.evaluate_idle().await {
+            let evaluate_backlog = self
+                .consumer_backlog(
+                    &self.nats.subjects().events_stream(),
+                    Subjects::EVALUATE_CONSUMER,
+                )
+                .await;
+            if received >= expected && evaluate_backlog == Some(0) {
                 return Ok(true);
+            }
+            if tokio::time::Instant::now() >= next_progress {
+                next_progress += PROGRESS_INTERVAL;
+                self.record_progress(backlogs).await;
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(
                     expected,
                     received,
+                    missing = ?self.missing_alerts(MISSING_SHOWN),
                     timeout_sec = self.settings.drain_timeout.as_secs(),
                     "drain timed out: not every expected alert arrived"
                 );
@@ -362,16 +416,48 @@ impl Pipeline {
         }
     }
 
-    /// Whether evaluate's consumer has neither undelivered nor unacknowledged frames.
-    async fn evaluate_idle(&self) -> bool {
-        let name = self.nats.subjects().events_stream();
-        let Ok(stream) = self.js.get_stream(&name).await else {
-            return false;
-        };
-        match stream.consumer_info(Subjects::EVALUATE_CONSUMER).await {
-            Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
-            Err(_) => false,
-        }
+    /// Returns up to `limit` ids of measured alerts that did not arrive.
+    fn missing_alerts(&self, limit: usize) -> Vec<String> {
+        self.feed
+            .measured_alert_ids()
+            .into_iter()
+            .map(|(target, second)| {
+                let address = target_address(target as usize);
+                format!("{}:{address}:large_trade:{second}", self.task_id)
+            })
+            .filter(|key| !self.book.has_key(key))
+            .take(limit)
+            .collect()
+    }
+
+    /// Messages of `stream` that `consumer` has not acknowledged yet: undelivered plus
+    /// delivered and unacknowledged. `None` when the consumer cannot be read.
+    async fn consumer_backlog(&self, stream: &str, consumer: &str) -> Option<u64> {
+        let stream = self.js.get_stream(stream).await.ok()?;
+        let info = stream.consumer_info(consumer).await.ok()?;
+        Some(info.num_pending + info.num_ack_pending as u64)
+    }
+
+    /// Logs the progress of the load and keeps the largest consumer backlogs, which show the
+    /// stage that falls behind: evaluate (frames) or notify (alerts).
+    async fn record_progress(&self, backlogs: &mut Backlogs) {
+        let subjects = self.nats.subjects();
+        let evaluate = self
+            .consumer_backlog(&subjects.events_stream(), Subjects::EVALUATE_CONSUMER)
+            .await;
+        let notify = self
+            .consumer_backlog(&subjects.alerts_stream(), Subjects::NOTIFY_ALERTS_CONSUMER)
+            .await;
+        backlogs.evaluate = backlogs.evaluate.max(evaluate.unwrap_or(0));
+        backlogs.notify = backlogs.notify.max(notify.unwrap_or(0));
+        let alerts = self.book.read(|t| t.received(Phase::Measure)).unwrap_or(0);
+        tracing::info!(
+            sent = self.feed.sent(Phase::Measure),
+            alerts,
+            evaluate_backlog = ?evaluate,
+            notify_backlog = ?notify,
+            "load progress"
+        );
     }
 
     /// Messages and bytes stored in the events stream.

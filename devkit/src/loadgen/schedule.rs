@@ -3,17 +3,17 @@
 //!
 //! The plan is deterministic. Each feed connection cycles through its targets. In round `r`
 //! (every target has had `r` trades), target `t` gets a large trade when
-//! `(r + t) % LARGE_TRADE_PERIOD == 0`, so exactly one trade in [`LARGE_TRADE_PERIOD`] is
-//! large and a target's large trades are [`LARGE_TRADE_PERIOD`] rounds apart. That spacing
-//! keeps their alerts in distinct cooldown buckets, which would otherwise merge them into one
-//! alert id. This module is pure: no clock, no I/O.
+//! `(r + t) % period == 0`, so exactly one trade in `period` ([`DEFAULT_LARGE_TRADE_PERIOD`]
+//! unless the run sets another) is large and a target's large trades are `period` rounds
+//! apart. That spacing keeps their alerts in distinct cooldown buckets, which would otherwise
+//! merge them into one alert id. This module is pure: no clock, no I/O.
 
 use std::time::Duration;
 
 use monitor_core::messages::Side;
 
 /// One trade in this many is large and raises a `large_trade` alert (1 %).
-pub const LARGE_TRADE_PERIOD: u64 = 100;
+pub const DEFAULT_LARGE_TRADE_PERIOD: u64 = 100;
 /// `min_transaction_usd` of the load generator's config. Only large trades reach it.
 pub const LARGE_TRADE_USD: f64 = 100_000.0;
 /// Normal trades are below this volume in USD.
@@ -30,10 +30,11 @@ pub struct PlannedTrade {
     pub volume_usd: f64,
 }
 
-/// Plans the trade of `target` (index among `targets`) in round `round`.
-pub fn planned_trade(target: usize, round: u64, targets: usize) -> PlannedTrade {
+/// Plans the trade of `target` (index among `targets`) in round `round`, one trade in
+/// `period` being large.
+pub fn planned_trade(target: usize, round: u64, targets: usize, period: u64) -> PlannedTrade {
     let seq = round * targets as u64 + target as u64;
-    let large = (round + target as u64).is_multiple_of(LARGE_TRADE_PERIOD);
+    let large = (round + target as u64).is_multiple_of(period.max(1));
     let noise = splitmix64(seq);
     // The low bits choose the side and the high bits the volume, so the two are independent.
     let side = if noise & 1 == 0 {
@@ -186,8 +187,11 @@ mod tests {
     #[test]
     fn one_trade_in_a_hundred_is_large() {
         let targets = 250;
-        let large = (0..LARGE_TRADE_PERIOD * 3)
-            .flat_map(|round| (0..targets).map(move |t| planned_trade(t, round, targets)))
+        let large = (0..DEFAULT_LARGE_TRADE_PERIOD * 3)
+            .flat_map(|round| {
+                (0..targets)
+                    .map(move |t| planned_trade(t, round, targets, DEFAULT_LARGE_TRADE_PERIOD))
+            })
             .filter(|trade| trade.large)
             .count();
         assert_eq!(large, 3 * targets);
@@ -196,7 +200,7 @@ mod tests {
     #[test]
     fn large_trades_of_a_target_are_a_period_apart() {
         let rounds: Vec<u64> = (0..400)
-            .filter(|round| planned_trade(7, *round, 50).large)
+            .filter(|round| planned_trade(7, *round, 50, DEFAULT_LARGE_TRADE_PERIOD).large)
             .collect();
         assert_eq!(rounds, vec![93, 193, 293, 393]);
     }
@@ -205,7 +209,7 @@ mod tests {
     fn only_large_trades_reach_the_threshold() {
         for round in 0..200 {
             for target in 0..30 {
-                let trade = planned_trade(target, round, 30);
+                let trade = planned_trade(target, round, 30, DEFAULT_LARGE_TRADE_PERIOD);
                 assert_eq!(
                     trade.volume_usd >= LARGE_TRADE_USD,
                     trade.large,
@@ -217,9 +221,17 @@ mod tests {
     }
 
     #[test]
+    fn period_sets_the_share_of_large_trades() {
+        let large = (0..1000)
+            .filter(|round| planned_trade(3, *round, 20, 1000).large)
+            .count();
+        assert_eq!(large, 1);
+    }
+
+    #[test]
     fn sequence_numbers_are_unique() {
         let mut seqs: Vec<u64> = (0..20)
-            .flat_map(|round| (0..13).map(move |t| planned_trade(t, round, 13).seq))
+            .flat_map(|round| (0..13).map(move |t| planned_trade(t, round, 13, 10).seq))
             .collect();
         let count = seqs.len();
         seqs.sort_unstable();
