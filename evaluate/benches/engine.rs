@@ -1,6 +1,6 @@
 //! The rule engine: decoding a frame and judging it, and each rule on its own.
 //!
-//! - `decode_and_judge`: what evaluate does per frame without I/O. The frame holds trade
+//! - `decode_and_judge_loadgen`: what evaluate does per frame without I/O. The frame holds trade
 //!   events as ingest publishes them, judged against the config of `devkit loadgen`
 //!   (`large_trade` at 100,000 USD, which 1 % of the trades reach, plus `volume` and
 //!   `cumulative_buy` with thresholds no trade reaches).
@@ -179,7 +179,7 @@ fn loadgen_frame(events: usize) -> EventFrame {
 
 fn decode_and_judge(c: &mut Criterion) {
     let task = task(loadgen_rules(), TriggerLogic::Or);
-    let mut group = c.benchmark_group("decode_and_judge");
+    let mut group = c.benchmark_group("decode_and_judge_loadgen");
     for events in [1, 256] {
         let bytes = codec::encode(&loadgen_frame(events)).expect("the frame encodes");
         group.throughput(Throughput::Elements(events as u64));
