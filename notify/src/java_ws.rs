@@ -257,7 +257,11 @@ async fn connect(settings: &WsSettings) -> Result<Socket, ConnectError> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_INCOMING_BYTES))
         .max_frame_size(Some(MAX_INCOMING_BYTES));
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
+    // With Nagle's algorithm an alert waits until the server acknowledged the previous one,
+    // and a server that delays its acknowledgements (40 to 200 ms on Linux) delays alerts.
+    let disable_nagle = true;
+    let connecting =
+        tokio_tungstenite::connect_async_with_config(request, Some(config), disable_nagle);
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok((socket, _response))) => Ok(socket),
         Ok(Err(source)) => Err(ConnectError::Handshake {
