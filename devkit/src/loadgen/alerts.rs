@@ -36,6 +36,10 @@ pub struct AlertTally {
     pub measured: Latencies,
     /// Run clock time of the last measured alert, in nanoseconds.
     pub last_measured_ns: Option<u64>,
+    /// Latencies from the trade to evaluate's publish of its alert, for the measured alerts
+    /// seen on the alerts subject, in microseconds. The rest of [`AlertTally::measured`] is
+    /// notify's share: its pull, the alert log in MySQL and the push.
+    pub published: Latencies,
 }
 
 impl AlertTally {
@@ -86,6 +90,24 @@ impl AlertBook {
             .lock()
             .map(|state| state.keys.contains(key))
             .unwrap_or(false)
+    }
+
+    /// Records an alert that evaluate published, seen at `seen_ns` on the run clock.
+    pub fn record_published(&self, tx_hash: Option<&str>, seen_ns: u64) {
+        let Some(tag) = tx_hash.and_then(TradeTag::from_tx_hash) else {
+            return;
+        };
+        if tag.phase != Phase::Measure {
+            return;
+        }
+        if let Ok(mut state) = self.state.lock() {
+            let latency_ns = seen_ns.saturating_sub(tag.sent_ns);
+            state.tally.published.record(latency_ns / 1000);
+        }
+    }
+
+    pub fn clock(&self) -> RunClock {
+        self.clock
     }
 
     /// Records one line of the stub's output received at `received_ns` on the run clock.

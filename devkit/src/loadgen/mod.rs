@@ -334,7 +334,10 @@ pub enum LoadgenError {
 }
 
 impl LoadgenError {
-    fn nats(step: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub(crate) fn nats(
+        step: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         LoadgenError::Nats {
             step,
             source: Box::new(source),

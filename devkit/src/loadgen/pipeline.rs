@@ -24,8 +24,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use monitor_core::messages::Chain;
+use futures::StreamExt;
+use monitor_core::codec;
+use monitor_core::messages::{Alert, Chain};
 use monitor_core::settings::{DbSettings, NatsSettings};
+use monitor_core::titles::AlertFacts;
 use monitor_core::topology;
 use monitor_core::Subjects;
 
@@ -117,7 +120,7 @@ pub async fn run(
             url: nats.url.clone(),
             source,
         })?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     topology::ensure(&js, &nats).await?;
 
     let clock = RunClock::start();
@@ -145,6 +148,13 @@ pub async fn run(
     let book = AlertBook::new(clock, window);
     let (stub_listener, stub_address) = bind().await?;
     let stub_task = spawn_stub(stub_listener, Arc::clone(&book), servers.clone());
+    let published_task = spawn_alert_watch(
+        client.clone(),
+        nats.subjects().all_alerts(),
+        Arc::clone(&book),
+        servers.clone(),
+    )
+    .await?;
 
     let launcher = Launcher {
         bin_dir: settings.bin_dir.clone(),
@@ -191,6 +201,7 @@ pub async fn run(
     servers.cancel();
     let _ = feed_task.await;
     let _ = stub_task.await;
+    let _ = published_task.await;
     if !pipeline.settings.run.keep {
         cleanup_nats(&pipeline.js, &pipeline.nats.subjects()).await;
         drop_database(&pool, &pipeline.run_id).await;
@@ -222,6 +233,42 @@ fn spawn_stub(
             tracing::error!(error = %error, "loadgen backend stub failed");
         }
     })
+}
+
+/// Watches the alerts subject with a plain subscription, which sees each alert as evaluate
+/// publishes it, and records how long after its trade that was.
+async fn spawn_alert_watch(
+    client: async_nats::Client,
+    subject: String,
+    book: Arc<AlertBook>,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<()>, LoadgenError> {
+    let mut alerts = client
+        .subscribe(subject)
+        .await
+        .map_err(|e| LoadgenError::nats("subscribe to the alerts subject", e))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                message = alerts.next() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
+            let seen_ns = book.clock().elapsed_ns();
+            match codec::decode::<Alert>(&message.payload) {
+                Ok(alert) => {
+                    let facts = AlertFacts::of(&alert);
+                    let tx_hash = facts.trade.as_ref().and_then(|t| t.tx_hash.as_deref());
+                    book.record_published(tx_hash, seen_ns);
+                }
+                Err(error) => {
+                    tracing::warn!(subject = %message.subject, error = %error, "failed to decode an alert seen on the alerts subject")
+                }
+            }
+        }
+    }))
 }
 
 /// Settings of every stage, as the environment variables the binaries read.
@@ -372,6 +419,8 @@ impl Pipeline {
             line.push_ms("latency_p99_ms", tally.measured.percentile(0.99));
             line.push_ms("latency_p999_ms", tally.measured.percentile(0.999));
             line.push_ms("latency_max_ms", tally.measured.max());
+            line.push_ms("published_p50_ms", tally.published.percentile(0.50));
+            line.push_ms("published_p99_ms", tally.published.percentile(0.99));
         });
         line.push("complete", if complete { "yes" } else { "no" });
     }
