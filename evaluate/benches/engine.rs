@@ -26,6 +26,10 @@ use monitor_core::rules::{
 };
 use monitor_evaluate::engine::evaluate;
 
+/// The allocator of the evaluate binary, so that the figures are the stage's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const LARGE_TRADE_USD: f64 = 100_000.0;
 const UNREACHABLE_USD: f64 = 1e15;
 const RULE_FRAME_EVENTS: usize = 64;
