@@ -12,8 +12,8 @@
 //! reconnect (PubSub has no history), and forks are not followed: alerts of a slot that
 //! does not reach the commitment are not retracted.
 
-mod rpc;
-mod runner;
+pub mod rpc;
+pub mod runner;
 pub mod transfers;
 
 pub use runner::SolanaRunner;

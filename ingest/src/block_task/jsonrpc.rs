@@ -72,7 +72,7 @@ enum Incoming {
 }
 
 /// Requests waiting for their response, by id: the method (for errors) and the reply channel.
-type Pending = HashMap<u64, (String, oneshot::Sender<Result<Value, RpcError>>)>;
+pub type Pending = HashMap<u64, (String, oneshot::Sender<Result<Value, RpcError>>)>;
 
 struct Outgoing {
     id: u64,
@@ -199,7 +199,7 @@ impl Drop for RpcSocket {
 }
 
 /// Reads the subscription id out of a subscribe result or a notification's `params`.
-fn subscription_id(value: &Value) -> Option<String> {
+pub fn subscription_id(value: &Value) -> Option<String> {
     match value {
         Value::String(id) => Some(id.clone()),
         Value::Number(id) => Some(id.to_string()),
@@ -283,7 +283,7 @@ async fn socket_task(
 
 /// Hands a response to its request and returns a notification. Messages that are neither
 /// are dropped: a node may send responses to requests that already timed out.
-fn route(text: &str, pending: &mut Pending) -> Option<Notification> {
+pub fn route(text: &str, pending: &mut Pending) -> Option<Notification> {
     let message: Value = serde_json::from_str(text).ok()?;
     if let Some(id) = message.get("id").and_then(Value::as_u64) {
         let (method, reply) = pending.remove(&id)?;

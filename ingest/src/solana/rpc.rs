@@ -107,13 +107,17 @@ impl SolanaRpc {
     }
 }
 
-enum Reply {
+/// What a `getBlock` response means for the slot.
+#[derive(Debug, PartialEq)]
+pub enum Reply {
     Block(Value),
     NoBlock,
     NotYet,
 }
 
-fn reply(slot: u64, mut response: Value) -> Result<Reply, GetBlockError> {
+/// Reads a `getBlock` response: the block, no block (skipped or pruned slot), not yet
+/// available, or the node's error.
+pub fn reply(slot: u64, mut response: Value) -> Result<Reply, GetBlockError> {
     if let Some(error) = response.get("error").filter(|e| !e.is_null()) {
         let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
         return match code {

@@ -307,22 +307,24 @@ impl SolanaRunner {
     fn on_notification(&mut self, notification: Notification) {
         let subscription = &notification.subscription;
         if Some(subscription) == self.subscriptions.slots.as_ref() {
-            match notification.result.get("slot").and_then(Value::as_u64) {
-                Some(slot) => self.on_slot(slot),
-                None => self.on_malformed("slotNotification", &notification.result),
+            match parse_slot_notification(&notification.result) {
+                Ok(slot) => self.on_slot(slot),
+                Err(reason) => self.on_malformed("slotNotification", &reason, &notification.result),
             }
         } else if let Some(program_id) = self.subscriptions.programs.get(subscription).cloned() {
-            self.on_program_logs(&program_id, &notification.result);
+            match parse_logs_notification(&program_id, &notification.result) {
+                Ok(log) => self.on_program_log(log),
+                Err(reason) => self.on_malformed("logsNotification", &reason, &notification.result),
+            }
         } else {
             debug!(subscription = %subscription, method = %notification.method, "notification of an unknown subscription skipped");
         }
     }
 
-    fn on_malformed(&mut self, source: &str, value: &Value) {
-        let shown: String = value.to_string().chars().take(200).collect();
-        warn!(source, value = %shown, "malformed notification skipped");
+    fn on_malformed(&mut self, source: &str, reason: &str, value: &Value) {
+        warn!(source, reason, value = %shown(value), "malformed notification skipped");
         self.output
-            .record_error(format!("malformed {source}: {shown}"));
+            .record_error(format!("malformed {source}: {reason}"));
     }
 
     fn on_slot(&mut self, slot: u64) {
@@ -439,43 +441,70 @@ impl SolanaRunner {
         }
     }
 
-    fn on_program_logs(&mut self, program_id: &str, result: &Value) {
-        let value = &result["value"];
-        let (Some(signature), Some(slot)) = (
-            value["signature"].as_str(),
-            result["context"]["slot"].as_u64(),
-        ) else {
-            return self.on_malformed("logsNotification", result);
-        };
-        let logs = value["logs"]
-            .as_array()
-            .map(|lines| {
-                lines
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+    fn on_program_log(&mut self, log: ProgramLog) {
+        let slot = log.slot;
         let now = now_ms();
         let event = Event {
             source_time_ms: now,
             ingest_time_ms: now,
             target: None,
-            kind: EventKind::ProgramLog(ProgramLog {
-                signature: signature.to_owned(),
-                slot,
-                program_id: program_id.to_owned(),
-                logs,
-                failed: !value["err"].is_null(),
-                status: ChainStatus::New,
-            }),
+            kind: EventKind::ProgramLog(log),
             snapshot: None,
         };
         if self.tracker.track(slot, "", &event) {
             self.output.emit(event);
         }
     }
+}
+
+/// Reads the slot of a `slotNotification` result (`{"parent": .., "root": .., "slot": ..}`).
+/// Returns the reason when the slot is missing or not a `u64`.
+pub fn parse_slot_notification(result: &Value) -> Result<u64, String> {
+    let slot = &result["slot"];
+    slot.as_u64()
+        .ok_or_else(|| format!("slot must be a whole number >= 0, got {}", shown(slot)))
+}
+
+/// Reads a `logsNotification` result
+/// (`{"context": {"slot": ..}, "value": {"signature": .., "err": .., "logs": [..]}}`) into the
+/// program log of `program_id` that it reports. Returns the reason when the slot or the
+/// signature is missing.
+pub fn parse_logs_notification(program_id: &str, result: &Value) -> Result<ProgramLog, String> {
+    let slot = &result["context"]["slot"];
+    let slot = slot.as_u64().ok_or_else(|| {
+        format!(
+            "context.slot must be a whole number >= 0, got {}",
+            shown(slot)
+        )
+    })?;
+    let value = &result["value"];
+    let signature = &value["signature"];
+    let signature = signature
+        .as_str()
+        .ok_or_else(|| format!("value.signature must be a string, got {}", shown(signature)))?;
+    let logs = value["logs"]
+        .as_array()
+        .map(|lines| {
+            lines
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ProgramLog {
+        signature: signature.to_owned(),
+        slot,
+        program_id: program_id.to_owned(),
+        logs,
+        failed: !value["err"].is_null(),
+        status: ChainStatus::New,
+    })
+}
+
+/// Renders a value of a notification for a message, cut to 200 characters.
+fn shown(value: &Value) -> String {
+    value.to_string().chars().take(200).collect()
 }
 
 /// Returns the program ids whose logs the task watches, in config order.
