@@ -35,6 +35,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const NOTIFICATION_CAPACITY: usize = 1024;
 /// Largest message accepted: a full Ethereum block with its transactions is a few MB.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// Characters of a node's text that an error message shows at most.
+pub(crate) const MAX_SHOWN_CHARS: usize = 200;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RpcError {
@@ -298,17 +300,39 @@ fn response_result(method: &str, mut message: Value) -> Result<Value, RpcError> 
         return Err(RpcError::Server {
             method: method.to_owned(),
             code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
-            message: error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("no message")
-                .to_owned(),
+            message: shown_text(
+                error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no message"),
+            ),
         });
     }
     Ok(message
         .get_mut("result")
         .map(Value::take)
         .unwrap_or(Value::Null))
+}
+
+/// Renders a text that a node sent for an error message: control characters as escapes, so
+/// that the message stays on one line, and at most [`MAX_SHOWN_CHARS`] characters.
+pub(crate) fn shown_text(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            }
+        })
+        .take(MAX_SHOWN_CHARS)
+        .collect()
+}
+
+/// Renders a JSON value that a node sent for an error message, like [`shown_text`]. JSON text
+/// escapes the control characters below U+0020 but not DEL and U+0080 to U+009F.
+pub(crate) fn shown_value(value: &Value) -> String {
+    shown_text(&value.to_string())
 }
 
 fn parse_notification(mut message: Value) -> Option<Notification> {
@@ -382,6 +406,27 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "eth_subscribe failed with code -32601: method not found"
+        );
+    }
+
+    #[test]
+    fn error_message_is_one_short_line() {
+        let message = format!("line one\nline two\u{0}{}", "x".repeat(1_000));
+
+        let error = response_result(
+            "slotSubscribe",
+            json!({"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":message}}),
+        )
+        .unwrap_err()
+        .to_string();
+
+        assert!(
+            error.starts_with("slotSubscribe failed with code -32602: line one\\nline two\\u{0}xx"),
+            "{error}"
+        );
+        assert_eq!(
+            error.chars().count(),
+            "slotSubscribe failed with code -32602: ".len() + MAX_SHOWN_CHARS
         );
     }
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use url::Url;
 
+use crate::block_task::jsonrpc::shown_text;
+
 /// Time allowed for one HTTP request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Wait between requests for a block that is not available yet.
@@ -126,11 +128,12 @@ pub fn reply(slot: u64, mut response: Value) -> Result<Reply, GetBlockError> {
             _ => Err(GetBlockError::Server {
                 slot,
                 code,
-                message: error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no message")
-                    .to_owned(),
+                message: shown_text(
+                    error
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no message"),
+                ),
             }),
         };
     }
@@ -166,5 +169,18 @@ mod tests {
         );
 
         assert!(matches!(parsed, Ok(Reply::Block(b)) if b == block));
+    }
+
+    #[test]
+    fn server_message_is_escaped() {
+        let response =
+            json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": "a\nb"}});
+
+        let failure = reply(5, response).unwrap_err();
+
+        assert_eq!(
+            failure.to_string(),
+            "getBlock 5 failed with code -32000: a\\nb"
+        );
     }
 }

@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use super::rpc::{GetBlockError, SolanaRpc};
 use super::transfers::{block_transfers, Transfer};
 use crate::block_task::confirm::Confirmations;
-use crate::block_task::jsonrpc::{Notification, RpcError, RpcSocket};
+use crate::block_task::jsonrpc::{shown_value, Notification, RpcError, RpcSocket};
 use crate::block_task::output::TaskOutput;
 use crate::block_task::price::{NativePrice, Quote};
 use crate::block_task::settings::{ChainSettings, NodeUrl};
@@ -322,7 +322,7 @@ impl SolanaRunner {
     }
 
     fn on_malformed(&mut self, source: &str, reason: &str, value: &Value) {
-        warn!(source, reason, value = %shown(value), "malformed notification skipped");
+        warn!(source, reason, value = %shown_value(value), "malformed notification skipped");
         self.output
             .record_error(format!("malformed {source}: {reason}"));
     }
@@ -461,8 +461,12 @@ impl SolanaRunner {
 /// Returns the reason when the slot is missing or not a `u64`.
 pub fn parse_slot_notification(result: &Value) -> Result<u64, String> {
     let slot = &result["slot"];
-    slot.as_u64()
-        .ok_or_else(|| format!("slot must be a whole number >= 0, got {}", shown(slot)))
+    slot.as_u64().ok_or_else(|| {
+        format!(
+            "slot must be a whole number >= 0, got {}",
+            shown_value(slot)
+        )
+    })
 }
 
 /// Reads a `logsNotification` result
@@ -474,14 +478,17 @@ pub fn parse_logs_notification(program_id: &str, result: &Value) -> Result<Progr
     let slot = slot.as_u64().ok_or_else(|| {
         format!(
             "context.slot must be a whole number >= 0, got {}",
-            shown(slot)
+            shown_value(slot)
         )
     })?;
     let value = &result["value"];
     let signature = &value["signature"];
-    let signature = signature
-        .as_str()
-        .ok_or_else(|| format!("value.signature must be a string, got {}", shown(signature)))?;
+    let signature = signature.as_str().ok_or_else(|| {
+        format!(
+            "value.signature must be a string, got {}",
+            shown_value(signature)
+        )
+    })?;
     let logs = value["logs"]
         .as_array()
         .map(|lines| {
@@ -500,11 +507,6 @@ pub fn parse_logs_notification(program_id: &str, result: &Value) -> Result<Progr
         failed: !value["err"].is_null(),
         status: ChainStatus::New,
     })
-}
-
-/// Renders a value of a notification for a message, cut to 200 characters.
-fn shown(value: &Value) -> String {
-    value.to_string().chars().take(200).collect()
 }
 
 /// Returns the program ids whose logs the task watches, in config order.

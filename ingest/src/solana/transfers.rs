@@ -8,6 +8,8 @@
 
 use serde_json::Value;
 
+use crate::block_task::jsonrpc::shown_value;
+
 /// Lamports per SOL.
 pub const LAMPORTS_PER_SOL: f64 = 1e9;
 
@@ -114,7 +116,12 @@ fn account_keys(value: &Value) -> Result<Vec<String>, String> {
                 .and_then(Value::as_str)
                 .or_else(|| key.as_str())
                 .map(str::to_owned)
-                .ok_or_else(|| format!("account key {key} is neither a string nor has a pubkey"))
+                .ok_or_else(|| {
+                    format!(
+                        "account key {} is neither a string nor has a pubkey",
+                        shown_value(key)
+                    )
+                })
         })
         .collect()
 }
@@ -137,7 +144,7 @@ fn lamports(value: &Value, field: &str) -> Result<Vec<u64>, String> {
         .iter()
         .map(|v| {
             v.as_u64()
-                .ok_or_else(|| format!("{field} entry {v} is not a lamport count"))
+                .ok_or_else(|| format!("{field} entry {} is not a lamport count", shown_value(v)))
         })
         .collect()
 }
