@@ -2,15 +2,16 @@
 //!
 //! A slot notification comes before the block reaches the requested commitment, so a node
 //! returns "block not available" (-32004) for a while, and the request is repeated every
-//! [`NOT_AVAILABLE_RETRY`] up to [`NOT_AVAILABLE_LIMIT`]. A slot without a block (skipped,
-//! -32007, or pruned, -32009) yields `None`.
+//! [`NOT_AVAILABLE_RETRY`] up to [`NOT_AVAILABLE_LIMIT`]. A slot without a block (error
+//! -32007 when it was skipped, -32009 when long-term storage has no block, or a `null`
+//! result) yields `None`. A response with neither a result nor an error is an error.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use url::Url;
 
-use crate::block_task::jsonrpc::shown_text;
+use crate::block_task::jsonrpc::{shown_text, shown_value};
 
 /// Time allowed for one HTTP request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,6 +37,8 @@ pub enum GetBlockError {
     },
     #[error("getBlock {slot}: the block was still not available after {NOT_AVAILABLE_LIMIT:?}")]
     NotAvailable { slot: u64 },
+    #[error("getBlock {slot} returned a response with neither result nor error: {response}")]
+    Invalid { slot: u64, response: String },
 }
 
 /// A Solana HTTP JSON-RPC endpoint.
@@ -138,8 +141,12 @@ pub fn reply(slot: u64, mut response: Value) -> Result<Reply, GetBlockError> {
         };
     }
     match response.get_mut("result").map(Value::take) {
-        Some(Value::Null) | None => Ok(Reply::NoBlock),
+        Some(Value::Null) => Ok(Reply::NoBlock),
         Some(block) => Ok(Reply::Block(block)),
+        None => Err(GetBlockError::Invalid {
+            slot,
+            response: shown_value(&response),
+        }),
     }
 }
 
@@ -169,6 +176,25 @@ mod tests {
         );
 
         assert!(matches!(parsed, Ok(Reply::Block(b)) if b == block));
+    }
+
+    #[test]
+    fn null_result_is_no_block() {
+        let parsed = reply(5, json!({"jsonrpc": "2.0", "id": 1, "result": null}));
+
+        assert!(matches!(parsed, Ok(Reply::NoBlock)));
+    }
+
+    #[test]
+    fn response_without_result_or_error_is_invalid() {
+        for response in [json!({"jsonrpc": "2.0", "id": 1}), json!([]), json!("ok")] {
+            let failure = reply(5, response.clone()).unwrap_err();
+
+            assert_eq!(
+                failure.to_string(),
+                format!("getBlock 5 returned a response with neither result nor error: {response}")
+            );
+        }
     }
 
     #[test]
