@@ -12,6 +12,8 @@ use crate::block_task::jsonrpc::shown_value;
 
 /// Lamports per SOL.
 pub const LAMPORTS_PER_SOL: f64 = 1e9;
+/// Latest block time accepted: the year 2200, in seconds, as evaluate bounds source times.
+pub const MAX_BLOCK_TIME: i64 = 7_258_118_400;
 
 /// The SOL one transaction moved.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,8 +35,9 @@ impl Transfer {
 #[error("invalid getBlock result: {0}")]
 pub struct BlockError(pub String);
 
-/// Returns the block time (seconds) and the transfers of every successful transaction that
-/// moved SOL, in block order.
+/// Returns the block time (seconds, `None` when the node has none) and the transfers of every
+/// successful transaction that moved SOL, in block order. A block time that is neither `null`
+/// nor a whole number of seconds between 1970 and 2200 is an error.
 pub fn block_transfers(block: &Value) -> Result<(Option<i64>, Vec<Transfer>), BlockError> {
     let transactions = block
         .get("transactions")
@@ -48,7 +51,20 @@ pub fn block_transfers(block: &Value) -> Result<(Option<i64>, Vec<Transfer>), Bl
             transfers.push(transfer);
         }
     }
-    Ok((block.get("blockTime").and_then(Value::as_i64), transfers))
+    Ok((block_time(&block["blockTime"])?, transfers))
+}
+
+fn block_time(value: &Value) -> Result<Option<i64>, BlockError> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    match value.as_i64() {
+        Some(time) if (1..=MAX_BLOCK_TIME).contains(&time) => Ok(Some(time)),
+        _ => Err(BlockError(format!(
+            "blockTime must be a time in seconds between 1970 and 2200, got {}",
+            shown_value(value)
+        ))),
+    }
 }
 
 fn transaction_transfer(tx: &Value) -> Result<Option<Transfer>, String> {
@@ -197,6 +213,34 @@ mod tests {
         let (_, transfers) = block_transfers(&block).unwrap();
 
         assert!(transfers.is_empty());
+    }
+
+    #[test]
+    fn block_time_outside_1970_to_2200_is_an_error() {
+        for time in [
+            json!(-1),
+            json!(0),
+            json!(MAX_BLOCK_TIME + 1),
+            json!(i64::MAX),
+            json!("1638693800"),
+            json!(1.5),
+        ] {
+            let block = json!({"blockTime": time, "transactions": []});
+
+            let error = block_transfers(&block).unwrap_err();
+
+            assert_eq!(
+                error.to_string(),
+                format!("invalid getBlock result: blockTime must be a time in seconds between 1970 and 2200, got {time}")
+            );
+        }
+    }
+
+    #[test]
+    fn missing_block_time_is_none() {
+        let (time, _) = block_transfers(&json!({"blockTime": null, "transactions": []})).unwrap();
+
+        assert_eq!(time, None);
     }
 
     #[test]
