@@ -472,7 +472,8 @@ pub fn parse_slot_notification(result: &Value) -> Result<u64, String> {
 /// Reads a `logsNotification` result
 /// (`{"context": {"slot": ..}, "value": {"signature": .., "err": .., "logs": [..]}}`) into the
 /// program log of `program_id` that it reports. Returns the reason when the slot or the
-/// signature is missing.
+/// signature is missing, or when `logs` is neither `null` nor an array of strings. A log line
+/// that is not a string makes the result malformed instead of being dropped.
 pub fn parse_logs_notification(program_id: &str, result: &Value) -> Result<ProgramLog, String> {
     let slot = &result["context"]["slot"];
     let slot = slot.as_u64().ok_or_else(|| {
@@ -489,16 +490,26 @@ pub fn parse_logs_notification(program_id: &str, result: &Value) -> Result<Progr
             shown_value(signature)
         )
     })?;
-    let logs = value["logs"]
-        .as_array()
-        .map(|lines| {
-            lines
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    let logs = match &value["logs"] {
+        Value::Null => Vec::new(),
+        Value::Array(lines) => lines
+            .iter()
+            .map(|line| {
+                line.as_str().map(str::to_owned).ok_or_else(|| {
+                    format!(
+                        "value.logs must contain only strings, got {}",
+                        shown_value(line)
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return Err(format!(
+                "value.logs must be an array of strings or null, got {}",
+                shown_value(other)
+            ))
+        }
+    };
     Ok(ProgramLog {
         signature: signature.to_owned(),
         slot,
@@ -594,6 +605,54 @@ mod tests {
         assert_eq!(tx.value_usd, Some(500.0));
         assert_eq!(tx.block_number, Some(110_130_000));
         assert_eq!(event.source_time_ms, 1_638_693_800_000);
+    }
+
+    #[test]
+    fn logs_notification_is_read() {
+        let result = json!({
+            "context": {"slot": 110_130_000},
+            "value": {"signature": "sig", "err": {"InstructionError": [0, "Custom"]}, "logs": ["Program log: a"]}
+        });
+
+        let log = parse_logs_notification("Program", &result).unwrap();
+
+        assert_eq!(log.slot, 110_130_000);
+        assert_eq!(log.signature, "sig");
+        assert_eq!(log.program_id, "Program");
+        assert_eq!(log.logs, vec!["Program log: a".to_owned()]);
+        assert!(log.failed);
+    }
+
+    #[test]
+    fn logs_that_are_not_strings_are_malformed() {
+        let result = |logs: Value| json!({"context": {"slot": 5}, "value": {"signature": "sig", "err": null, "logs": logs}});
+
+        assert_eq!(
+            parse_logs_notification("Program", &result(json!(["a", 1]))).unwrap_err(),
+            "value.logs must contain only strings, got 1"
+        );
+        assert_eq!(
+            parse_logs_notification("Program", &result(json!(0))).unwrap_err(),
+            "value.logs must be an array of strings or null, got 0"
+        );
+        let log = parse_logs_notification("Program", &result(Value::Null)).unwrap();
+        assert!(log.logs.is_empty());
+    }
+
+    #[test]
+    fn slot_must_be_a_u64() {
+        assert_eq!(
+            parse_slot_notification(&json!({"parent": 1, "root": 0, "slot": 2})),
+            Ok(2)
+        );
+        assert_eq!(
+            parse_slot_notification(&json!({"slot": -1})).unwrap_err(),
+            "slot must be a whole number >= 0, got -1"
+        );
+        assert_eq!(
+            parse_slot_notification(&json!({})).unwrap_err(),
+            "slot must be a whole number >= 0, got null"
+        );
     }
 
     #[test]
