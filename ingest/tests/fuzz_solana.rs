@@ -10,9 +10,11 @@
 //! (`data/sol-mainnet-slot-110130000`): its transactions become logs notifications and small
 //! blocks, some of whose nodes are replaced by hostile values or removed. Parsing must never
 //! panic. What a parser accepts must match the input, and what the protocol's contract rejects
-//! must be an error of one line and at most [`MAX_ERROR_CHARS`] characters. The size of a
-//! PubSub message is bounded before parsing by the WebSocket reader (`MAX_MESSAGE_BYTES` of
-//! `block_task::jsonrpc`).
+//! must be an error of one line and at most [`MAX_ERROR_CHARS`] characters. The size of the
+//! input is bounded before parsing: a PubSub message by the WebSocket reader
+//! (`MAX_MESSAGE_BYTES` of `block_task::jsonrpc`) and a `getBlock` response by
+//! [`monitor_ingest::solana::rpc::MAX_RESPONSE_BYTES`], which the hostile-input tests check
+//! with a real socket.
 
 // Loading the recorded block panics on failure: a panic is the test failure.
 #![allow(clippy::expect_used)]

@@ -49,6 +49,17 @@ const THRESHOLD_USD: f64 = 500.0;
 const GOOD_SIGNATURE: &str =
     "3dmDSn23jc3jwKPwDXbRQjUrmnZ7sY2hhyCgQYKo4nAcM5HwtEMeDU7ZQ7Y1SkX1ZUcDzxJZgTC3Qd8GDh71Hcbp";
 
+/// What the test node sends for the `getBlock` of a slot.
+#[derive(Debug, Clone)]
+enum BlockReply {
+    /// A JSON body with its `Content-Length`.
+    Json(String),
+    /// Headers that declare a body of this many bytes, and no body.
+    DeclaredLength(u64),
+    /// A chunked body without `Content-Length`: this many bytes of JSON whitespace.
+    Chunked(usize),
+}
+
 /// A Solana node of one test: PubSub over WebSocket and JSON-RPC over HTTP.
 struct SolanaNode {
     ws_url: Url,
@@ -60,7 +71,7 @@ impl SolanaNode {
     /// Sends `notifications` in order once the runner subscribed to slots, and responds to
     /// `getBlock` with the body stored for the slot in `blocks`. Other slots get error -32007
     /// (skipped).
-    async fn start(notifications: Vec<Value>, blocks: HashMap<u64, String>) -> SolanaNode {
+    async fn start(notifications: Vec<Value>, blocks: HashMap<u64, BlockReply>) -> SolanaNode {
         let notifications: Arc<Vec<String>> =
             Arc::new(notifications.iter().map(Value::to_string).collect());
         let blocks = Arc::new(blocks);
@@ -136,7 +147,7 @@ async fn serve_pubsub(stream: TcpStream, notifications: Arc<Vec<String>>) {
 }
 
 /// Responds to one HTTP JSON-RPC request and closes the connection.
-async fn serve_rpc(mut stream: TcpStream, blocks: Arc<HashMap<u64, String>>) {
+async fn serve_rpc(mut stream: TcpStream, blocks: Arc<HashMap<u64, BlockReply>>) {
     let mut received = Vec::new();
     let mut chunk = [0u8; 4096];
     let body_start = loop {
@@ -165,20 +176,47 @@ async fn serve_rpc(mut stream: TcpStream, blocks: Arc<HashMap<u64, String>>) {
     let request: Value = serde_json::from_slice(&received[body_start..]).unwrap();
 
     let slot = request["params"][0].as_u64().unwrap();
-    let body = blocks.get(&slot).cloned().unwrap_or_else(|| {
-        json!({
+    let skipped = || {
+        let body = json!({
             "jsonrpc": "2.0",
             "error": {"code": -32007, "message": format!("Slot {slot} was skipped")},
             "id": request["id"],
-        })
-        .to_string()
-    });
-    let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
+        });
+        BlockReply::Json(body.to_string())
+    };
+    let reply = blocks.get(&slot).cloned().unwrap_or_else(skipped);
+    let headers = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n";
+    match reply {
+        BlockReply::Json(body) => {
+            let response = format!("{headers}content-length: {}\r\n\r\n{body}", body.len());
+            let _ = stream.write_all(response.as_bytes()).await;
+        }
+        BlockReply::DeclaredLength(length) => {
+            let response = format!("{headers}content-length: {length}\r\n\r\n");
+            let _ = stream.write_all(response.as_bytes()).await;
+            // Keeps the connection open until the client closes it.
+            while stream.read(&mut chunk).await.is_ok_and(|read| read > 0) {}
+        }
+        BlockReply::Chunked(length) => {
+            let response = format!("{headers}transfer-encoding: chunked\r\n\r\n");
+            if stream.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+            let piece = vec![b' '; 1 << 20];
+            let mut sent = 0;
+            while sent < length {
+                let size = piece.len().min(length - sent);
+                let mut frame = format!("{size:x}\r\n").into_bytes();
+                frame.extend_from_slice(&piece[..size]);
+                frame.extend_from_slice(b"\r\n");
+                if stream.write_all(&frame).await.is_err() {
+                    return;
+                }
+                sent += size;
+            }
+            let _ = stream.write_all(b"0\r\n\r\n").await;
+        }
+    }
     let _ = stream.shutdown().await;
 }
 
@@ -343,13 +381,15 @@ fn assert_one_line(error: &str, expected: &str) {
 
 /// Serves the hostile `getBlock` body for the first slot and the good block for the second.
 async fn last_error_after_block(test: &str, bad_body: String) -> String {
+    last_error_after_reply(test, BlockReply::Json(bad_body)).await
+}
+
+async fn last_error_after_reply(test: &str, bad_reply: BlockReply) -> String {
     let notifications = vec![slot_notification(BAD_SLOT), slot_notification(GOOD_SLOT)];
+    let good_block = block_response(GOOD_SLOT, json!(1_638_693_800), GOOD_SIGNATURE);
     let blocks = HashMap::from([
-        (BAD_SLOT, bad_body),
-        (
-            GOOD_SLOT,
-            block_response(GOOD_SLOT, json!(1_638_693_800), GOOD_SIGNATURE),
-        ),
+        (BAD_SLOT, bad_reply),
+        (GOOD_SLOT, BlockReply::Json(good_block)),
     ]);
     last_error_after(test, SolanaNode::start(notifications, blocks).await).await
 }
@@ -439,5 +479,29 @@ async fn block_time_as_string() {
         &error,
         "slot 110130000: invalid getBlock result: blockTime must be a time in seconds between \
          1970 and 2200, got \"1638693800\"",
+    );
+}
+
+#[tokio::test]
+async fn get_block_declaring_300_mib() {
+    let error = last_error_after_reply(
+        "sol_declared_300_mib",
+        BlockReply::DeclaredLength(300 << 20),
+    )
+    .await;
+
+    assert_one_line(
+        &error,
+        "getBlock 110130000 returned a response larger than 268435456 bytes",
+    );
+}
+
+#[tokio::test]
+async fn get_block_chunked_over_256_mib() {
+    let error = last_error_after_reply("sol_chunked_257_mib", BlockReply::Chunked(257 << 20)).await;
+
+    assert_one_line(
+        &error,
+        "getBlock 110130000 returned a response larger than 268435456 bytes",
     );
 }
