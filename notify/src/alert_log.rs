@@ -15,8 +15,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, NaiveDateTime};
 use monitor_core::messages::{Alert, AlertState};
 use serde_json::Value;
-use sqlx::mysql::MySqlPool;
-use sqlx::Row;
+use sqlx::mysql::{MySql, MySqlPool};
+use sqlx::query_builder::Separated;
+use sqlx::{QueryBuilder, Row};
 
 /// Lengths of the text columns that alerts fill with names taken from the feeds.
 const TITLE_MAX_CHARS: usize = 512;
@@ -30,6 +31,12 @@ pub enum AlertLogError {
         alert_key: String,
         source: sqlx::Error,
     },
+    #[error("failed to insert {count} alerts (the first is {first_key}): {source}")]
+    InsertBatch {
+        count: usize,
+        first_key: String,
+        source: sqlx::Error,
+    },
     #[error("invalid event time {event_time_ms} ms of alert {alert_key}")]
     EventTime {
         alert_key: String,
@@ -41,8 +48,12 @@ pub enum AlertLogError {
         state: &'static str,
         source: sqlx::Error,
     },
-    #[error("failed to mark alert row {id} as pushed: {source}")]
-    MarkPushed { id: u64, source: sqlx::Error },
+    #[error("failed to mark {count} alert row(s) from id {first_id} as pushed: {source}")]
+    MarkPushed {
+        first_id: u64,
+        count: usize,
+        source: sqlx::Error,
+    },
     #[error("failed to read pending alerts: {source}")]
     ReadPending { source: sqlx::Error },
     #[error("failed to count the alerts of task {task_id}: {source}")]
@@ -55,7 +66,9 @@ impl AlertLogError {
     pub fn is_permanent(&self) -> bool {
         match self {
             AlertLogError::EventTime { .. } => true,
-            AlertLogError::Insert { source, .. } => is_data_error(source),
+            AlertLogError::Insert { source, .. } | AlertLogError::InsertBatch { source, .. } => {
+                is_data_error(source)
+            }
             AlertLogError::UpdateState { .. }
             | AlertLogError::MarkPushed { .. }
             | AlertLogError::ReadPending { .. }
@@ -101,6 +114,14 @@ pub fn is_state_change(stored: AlertState, incoming: AlertState) -> bool {
             | (AlertState::Provisional, AlertState::Retracted)
             | (AlertState::Confirmed, AlertState::Retracted)
     )
+}
+
+fn parse_notify_status(text: &str) -> NotifyStatus {
+    if text == "pushed" {
+        NotifyStatus::Pushed
+    } else {
+        NotifyStatus::Pending
+    }
 }
 
 fn parse_state(text: &str) -> AlertState {
@@ -178,6 +199,56 @@ pub struct TaskAlertCounts {
     pub batches: HashMap<u64, AlertCounts>,
 }
 
+/// Columns of a new row, followed by the `VALUES` list of [`bind_row`].
+const INSERT_COLUMNS: &str = "INSERT INTO monitor_alert_log_v2 \
+    (alert_key, task_id, config_id, config_version, batch_id, target_id, chain_type, \
+     alert_type, target_value, token_name, token_symbol, title, alert_data, state, \
+     notify_status, event_time) ";
+
+/// An alert to store, with the title and `alertData` pushed to the Java side.
+#[derive(Debug, Clone, Copy)]
+pub struct NewAlertRow<'a> {
+    pub alert: &'a Alert,
+    pub title: &'a str,
+    pub alert_data: &'a Value,
+}
+
+/// Binds the values of one new row, in the order of [`INSERT_COLUMNS`], as `pending`.
+fn bind_row<'q>(
+    mut values: Separated<'_, 'q, MySql, &'static str>,
+    row: &NewAlertRow<'q>,
+    event_time: NaiveDateTime,
+) {
+    let alert = row.alert;
+    values
+        .push_bind(alert.id.as_str())
+        .push_bind(alert.task_id)
+        .push_bind(alert.config_id)
+        .push_bind(alert.config_version)
+        .push_bind(alert.batch_id)
+        .push_bind(alert.target_id)
+        .push_bind(alert.chain.to_string())
+        .push_bind(alert.alert_type.as_str())
+        .push_bind(alert.target_value.as_str())
+        .push_bind(
+            alert
+                .token_name
+                .as_deref()
+                .map(|s| truncate(s, TOKEN_NAME_MAX_CHARS)),
+        )
+        .push_bind(
+            alert
+                .token_symbol
+                .as_deref()
+                .map(|s| truncate(s, TOKEN_SYMBOL_MAX_CHARS)),
+        )
+        .push_bind(truncate(row.title, TITLE_MAX_CHARS))
+        .push_bind(row.alert_data.to_string())
+        .push_bind(alert.state.as_str())
+        .push("'pending'")
+        .push_bind(event_time);
+}
+
 /// Access to `monitor_alert_log_v2`.
 #[derive(Clone)]
 pub struct AlertLog {
@@ -191,55 +262,22 @@ impl AlertLog {
 
     /// Inserts the alert as `pending`, or finds the row a previous delivery inserted; returns
     /// the row id and its push status.
-    pub async fn insert(
-        &self,
-        alert: &Alert,
-        title: &str,
-        alert_data: &Value,
-    ) -> Result<LoggedAlert, AlertLogError> {
-        let event_time = event_time(alert)?;
+    pub async fn insert(&self, row: &NewAlertRow<'_>) -> Result<LoggedAlert, AlertLogError> {
+        let event_time = event_time(row.alert)?;
         let insert_error = |source| AlertLogError::Insert {
-            alert_key: alert.id.clone(),
+            alert_key: row.alert.id.clone(),
             source,
         };
 
         // `id = LAST_INSERT_ID(id)` makes a duplicate key report the existing row's id.
-        let inserted = sqlx::query(
-            "INSERT INTO monitor_alert_log_v2 \
-               (alert_key, task_id, config_id, config_version, batch_id, target_id, chain_type, \
-                alert_type, target_value, token_name, token_symbol, title, alert_data, state, \
-                notify_status, event_time) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) \
-             ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
-        )
-        .bind(&alert.id)
-        .bind(alert.task_id)
-        .bind(alert.config_id)
-        .bind(alert.config_version)
-        .bind(alert.batch_id)
-        .bind(alert.target_id)
-        .bind(alert.chain.to_string())
-        .bind(alert.alert_type.as_str())
-        .bind(&alert.target_value)
-        .bind(
-            alert
-                .token_name
-                .as_deref()
-                .map(|s| truncate(s, TOKEN_NAME_MAX_CHARS)),
-        )
-        .bind(
-            alert
-                .token_symbol
-                .as_deref()
-                .map(|s| truncate(s, TOKEN_SYMBOL_MAX_CHARS)),
-        )
-        .bind(truncate(title, TITLE_MAX_CHARS))
-        .bind(alert_data.to_string())
-        .bind(alert.state.as_str())
-        .bind(event_time)
-        .execute(&self.pool)
-        .await
-        .map_err(insert_error)?;
+        let mut query = QueryBuilder::<MySql>::new(INSERT_COLUMNS);
+        query.push_values([row], |values, row| bind_row(values, row, event_time));
+        query.push(" ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)");
+        let inserted = query
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(insert_error)?;
         let id = inserted.last_insert_id();
 
         let (status, state): (String, String) =
@@ -248,16 +286,81 @@ impl AlertLog {
                 .fetch_one(&self.pool)
                 .await
                 .map_err(insert_error)?;
-        let notify_status = if status == "pushed" {
-            NotifyStatus::Pushed
-        } else {
-            NotifyStatus::Pending
-        };
         Ok(LoggedAlert {
             id,
-            notify_status,
+            notify_status: parse_notify_status(&status),
             state: parse_state(&state),
         })
+    }
+
+    /// Inserts several alerts with distinct keys as [`AlertLog::insert`] does, in one statement
+    /// and so in one commit; returns their rows in the order of `rows`.
+    ///
+    /// The rows are found again by `alert_key`. A key that the column's collation equates with
+    /// another but that differs in bytes is not found that way; such a row falls back to
+    /// [`AlertLog::insert`], which finds it by id.
+    pub async fn insert_batch(
+        &self,
+        rows: &[NewAlertRow<'_>],
+    ) -> Result<Vec<LoggedAlert>, AlertLogError> {
+        if let [row] = rows {
+            return Ok(vec![self.insert(row).await?]);
+        }
+        let event_times = rows
+            .iter()
+            .map(|row| event_time(row.alert))
+            .collect::<Result<Vec<_>, _>>()?;
+        let insert_error = |source| AlertLogError::InsertBatch {
+            count: rows.len(),
+            first_key: rows.first().map(|r| r.alert.id.clone()).unwrap_or_default(),
+            source,
+        };
+
+        // `id = id` leaves an existing row as it was.
+        let mut insert = QueryBuilder::<MySql>::new(INSERT_COLUMNS);
+        insert.push_values(rows.iter().zip(&event_times), |values, (row, time)| {
+            bind_row(values, row, *time)
+        });
+        insert.push(" ON DUPLICATE KEY UPDATE id = id");
+        insert
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(insert_error)?;
+
+        let mut select = QueryBuilder::<MySql>::new(
+            "SELECT id, alert_key, notify_status, state FROM monitor_alert_log_v2 WHERE alert_key IN ",
+        );
+        select.push_tuples(rows, |mut key, row| {
+            key.push_bind(row.alert.id.as_str());
+        });
+        let found: HashMap<String, LoggedAlert> = select
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(insert_error)?
+            .iter()
+            .map(|found| {
+                let status: String = found.try_get("notify_status")?;
+                let state: String = found.try_get("state")?;
+                let logged = LoggedAlert {
+                    id: found.try_get::<i64, _>("id")? as u64,
+                    notify_status: parse_notify_status(&status),
+                    state: parse_state(&state),
+                };
+                Ok((found.try_get::<String, _>("alert_key")?, logged))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(insert_error)?;
+
+        let mut logged = Vec::with_capacity(rows.len());
+        for row in rows {
+            match found.get(&row.alert.id) {
+                Some(row) => logged.push(*row),
+                None => logged.push(self.insert(row).await?),
+            }
+        }
+        Ok(logged)
     }
 
     /// Stores a new state in the row and in its `alert_data`, and sets the row `pending` so
@@ -300,16 +403,27 @@ impl AlertLog {
         Ok(())
     }
 
-    /// Marks a row as pushed to the Java side.
-    pub async fn mark_pushed(&self, id: u64) -> Result<(), AlertLogError> {
-        sqlx::query(
+    /// Marks rows as pushed to the Java side, in one statement.
+    pub async fn mark_pushed(&self, ids: &[u64]) -> Result<(), AlertLogError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut query = QueryBuilder::<MySql>::new(
             "UPDATE monitor_alert_log_v2 SET notify_status = 'pushed' \
-             WHERE id = ? AND notify_status = 'pending'",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(|source| AlertLogError::MarkPushed { id, source })?;
+             WHERE notify_status = 'pending' AND id IN ",
+        );
+        query.push_tuples(ids, |mut id, value| {
+            id.push_bind(*value);
+        });
+        query
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(|source| AlertLogError::MarkPushed {
+                first_id: ids[0],
+                count: ids.len(),
+                source,
+            })?;
         Ok(())
     }
 

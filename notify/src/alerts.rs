@@ -1,9 +1,11 @@
 //! Alert forwarding: from the alerts stream into `monitor_alert_log_v2`, then to the Java
 //! WebSocket.
 //!
-//! Consumes the durable pull consumer `notify_alerts`. For each alert, in this order: insert
-//! the row (or find the one an earlier delivery inserted), push the `alert` message, mark the
-//! row `pushed`, ack. The table is the outbox: once the row is stored, the message is acked
+//! Consumes the durable pull consumer `notify_alerts`. Alerts are handled in batches of those
+//! already received (one alone when the load is low, up to [`MAX_BATCH`] under load), in this
+//! order: insert the rows (or find the ones an earlier delivery inserted) in one statement,
+//! push the `alert` messages, mark the rows `pushed` in one statement, ack. Each step is one
+//! MySQL commit for the whole batch, which is what lets notify keep up with a busy stream. The table is the outbox: once the row is stored, the message is acked
 //! even when the socket is down. Rows still `pending` are pushed, oldest `event_time` first,
 //! at the start of every WebSocket session (so also after a restart) before anything newer.
 //! A row is never inserted twice. A push may repeat (delivery is at least once) when a session
@@ -22,13 +24,14 @@
 //! starts and when it ends ([`DbHealth`]). An alert that MySQL rejects as invalid data, or one
 //! that cannot be decoded, goes to the dead stream.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::{pull, PullConsumer};
 use async_nats::jetstream::message::Message;
 use async_nats::jetstream::{self, AckKind};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use monitor_core::codec;
 use monitor_core::messages::Alert;
 use monitor_core::time::now_ms;
@@ -37,7 +40,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument};
 
-use crate::alert_log::{is_state_change, AlertLog, AlertLogError, NotifyStatus, PendingCursor};
+use crate::alert_log::{
+    is_state_change, AlertLog, AlertLogError, LoggedAlert, NewAlertRow, NotifyStatus, PendingCursor,
+};
 use crate::counters::AlertCounters;
 use crate::db_health::DbHealth;
 use crate::java_messages;
@@ -55,6 +60,9 @@ const DB_RETRY_MAX: Duration = Duration::from_secs(5);
 const FLUSH_RETRY_PERIOD: Duration = Duration::from_secs(5);
 /// Rows read per query while pushing the outbox.
 const FLUSH_PAGE: u32 = 200;
+/// Most alerts handled together, the size of one pull from the stream. Alerts that arrive
+/// while a batch is being stored wait for the next one, so batches grow only under load.
+const MAX_BATCH: usize = 64;
 
 /// Forwards alerts from the stream to the log and the Java WebSocket.
 pub struct AlertForwarder {
@@ -130,7 +138,14 @@ impl AlertForwarder {
                 }
                 _ = retry.tick() => self.flush_if_behind().await,
                 next = stream.next() => match next {
-                    Some(Ok(message)) => metrics::time_alert(self.handle(message, &shutdown)).await,
+                    Some(Ok(message)) => {
+                        let (batch, ended) = take_ready(message, &mut stream);
+                        metrics::time_alerts(batch.len(), self.handle(batch, &shutdown)).await;
+                        if ended {
+                            tracing::warn!(consumer = name, "alert consumer stream ended, reopening it");
+                            stream = messages(&consumer, name).await?;
+                        }
+                    }
                     Some(Err(error)) => tracing::warn!(consumer = name, error = %error, "failed to pull alerts, retrying"),
                     None => {
                         tracing::warn!(consumer = name, "alert consumer stream ended, reopening it");
@@ -143,98 +158,185 @@ impl AlertForwarder {
         Ok(())
     }
 
-    #[instrument(skip_all, fields(subject = %message.subject))]
-    async fn handle(&mut self, message: Message, shutdown: &CancellationToken) {
+    /// Handles a batch of alerts taken from the stream in one go: their rows are inserted in
+    /// one commit and their `pushed` marks written in another. Alert ids repeat in a batch only
+    /// when a block alert changes state quickly; the batch is cut before a repeated id so that
+    /// the second delivery sees the row the first one stored.
+    #[instrument(skip_all, fields(alerts = messages.len()))]
+    async fn handle(&mut self, messages: Vec<Message>, shutdown: &CancellationToken) {
+        let mut run: Vec<Received> = Vec::with_capacity(messages.len());
+        for message in messages {
+            let Some(received) = self.decode(message).await else {
+                continue;
+            };
+            if run.iter().any(|r| r.alert.id == received.alert.id) {
+                self.store_and_forward(std::mem::take(&mut run), shutdown)
+                    .await;
+            }
+            run.push(received);
+        }
+        if !run.is_empty() {
+            self.store_and_forward(run, shutdown).await;
+        }
+    }
+
+    /// Decodes an alert and renders its title and `alertData`; an undecodable message goes to
+    /// the dead stream.
+    async fn decode(&self, message: Message) -> Option<Received> {
         let alert = match codec::decode::<Alert>(&message.payload) {
             Ok(alert) => alert,
             Err(error) => {
                 dead_letter(&self.js, &self.subjects, &message, &error.to_string()).await;
-                return;
+                return None;
             }
         };
         metrics::alert_received(&alert);
         let title = titles::alert_title(&alert, self.locale);
         let alert_data = java_messages::alert_data(&alert, &title);
-
-        let log = &self.log;
-        let stored = until_stored(&self.db, &message, shutdown, || {
-            log.insert(&alert, &title, &alert_data)
+        Some(Received {
+            message,
+            alert,
+            title,
+            alert_data,
         })
-        .await;
-        let logged = match stored {
-            Stored::Done(logged) => logged,
-            Stored::Rejected(error) => {
-                dead_letter(&self.js, &self.subjects, &message, &error.to_string()).await;
-                return;
-            }
-            Stored::Interrupted => {
-                // Not stored: the next run, or another instance, gets the alert at once.
-                acknowledge(&message, AckKind::Nak(None)).await;
-                return;
-            }
-        };
-        self.counters.invalidate(alert.task_id);
+    }
 
-        let outgoing = if is_state_change(logged.state, alert.state) {
+    /// Stores the rows of alerts with distinct ids, then pushes and acks them. When MySQL
+    /// rejects the data of a batch, each alert is stored on its own, so only the faulty one
+    /// goes to the dead stream.
+    async fn store_and_forward(&mut self, run: Vec<Received>, shutdown: &CancellationToken) {
+        let mut queue = VecDeque::from([run]);
+        while let Some(run) = queue.pop_front() {
+            let rows: Vec<NewAlertRow> = run.iter().map(Received::row).collect();
+            let messages: Vec<&Message> = run.iter().map(|r| &r.message).collect();
+            let log = &self.log;
+            match until_stored(&self.db, &messages, shutdown, || log.insert_batch(&rows)).await {
+                Stored::Done(logged) => self.forward(run, logged, shutdown).await,
+                Stored::Rejected(error) if run.len() > 1 => {
+                    tracing::warn!(alerts = run.len(), error = %error, "MySQL rejected a batch of alerts, storing them one by one");
+                    for received in run.into_iter().rev() {
+                        queue.push_front(vec![received]);
+                    }
+                }
+                Stored::Rejected(error) => {
+                    let message = &run[0].message;
+                    dead_letter(&self.js, &self.subjects, message, &error.to_string()).await;
+                }
+                Stored::Interrupted => {
+                    // Not stored: the next run, or another instance, gets the alerts at once.
+                    for received in &run {
+                        acknowledge(&received.message, AckKind::Nak(None)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pushes the stored rows of a batch and acks its messages.
+    async fn forward(
+        &mut self,
+        run: Vec<Received>,
+        logged: Vec<LoggedAlert>,
+        shutdown: &CancellationToken,
+    ) {
+        let mut outgoing = Vec::with_capacity(run.len());
+        let mut settled = Vec::with_capacity(run.len());
+        for (received, logged) in run.into_iter().zip(logged) {
+            self.counters.invalidate(received.alert.task_id);
+            match self
+                .outgoing(
+                    received.alert,
+                    received.alert_data,
+                    logged,
+                    &received.message,
+                    shutdown,
+                )
+                .await
+            {
+                Some(Some(message)) => outgoing.push((logged.id, message)),
+                Some(None) => {}
+                None => {
+                    // Only shutdown interrupts a state update (its errors are never
+                    // permanent): the stream delivers the alert again to the next run.
+                    acknowledge(&received.message, AckKind::Nak(None)).await;
+                    continue;
+                }
+            }
+            settled.push(received.message);
+        }
+        if !outgoing.is_empty() {
+            self.deliver(outgoing).await;
+        }
+        // The rows are stored: from here on the table, not the stream, guarantees the push.
+        for message in &settled {
+            acknowledge(message, AckKind::Ack).await;
+        }
+    }
+
+    /// Returns the message that brings the Java side up to date with a stored alert: `alert`
+    /// for a row it has not received, `alert_update` for a state change of one it has, and
+    /// nothing for a plain redelivery. Returns `None` when shutdown interrupted a state update.
+    async fn outgoing(
+        &self,
+        alert: Alert,
+        alert_data: Value,
+        logged: LoggedAlert,
+        message: &Message,
+        shutdown: &CancellationToken,
+    ) -> Option<Option<Value>> {
+        if is_state_change(logged.state, alert.state) {
             let received = (logged.notify_status == NotifyStatus::Pushed).then_some(logged.state);
-            let updated = until_stored(&self.db, &message, shutdown, || {
+            let log = &self.log;
+            let updated = until_stored(&self.db, &[message], shutdown, || {
                 log.update_state(logged.id, alert.state, received)
             })
             .await;
             if !matches!(updated, Stored::Done(())) {
-                // Only shutdown interrupts a state update (its errors are never permanent):
-                // the stream delivers the alert again to the next run.
-                acknowledge(&message, AckKind::Nak(None)).await;
-                return;
+                return None;
             }
             info!(alert_key = %alert.id, alert_row = logged.id, state = alert.state.as_str(), "alert changed state");
             // A row the Java side has not seen yet is pushed whole, with its new state.
-            match logged.notify_status {
-                NotifyStatus::Pushed => Some(java_messages::alert_update(
-                    logged.id,
-                    alert.state,
-                    self.locale,
-                    now_ms(),
-                )),
-                NotifyStatus::Pending => Some(java_messages::alert(
+            return Some(Some(match logged.notify_status {
+                NotifyStatus::Pushed => {
+                    java_messages::alert_update(logged.id, alert.state, self.locale, now_ms())
+                }
+                NotifyStatus::Pending => java_messages::alert(
                     logged.id,
                     alert.alert_type.as_str(),
                     with_state(alert_data, &alert),
                     now_ms(),
-                )),
-            }
-        } else if logged.notify_status == NotifyStatus::Pending {
-            Some(java_messages::alert(
+                ),
+            }));
+        }
+        if logged.notify_status == NotifyStatus::Pending {
+            return Some(Some(java_messages::alert(
                 logged.id,
                 alert.alert_type.as_str(),
                 alert_data,
                 now_ms(),
-            ))
-        } else {
-            debug!(alert_key = %alert.id, alert_row = logged.id, "alert already pushed, acking the redelivery");
-            None
-        };
-        if let Some(outgoing) = outgoing {
-            self.deliver(logged.id, &outgoing).await;
+            )));
         }
-        // The row is stored: from here on the table, not the stream, guarantees the push.
-        acknowledge(&message, AckKind::Ack).await;
+        debug!(alert_key = %alert.id, alert_row = logged.id, "alert already pushed, acking the redelivery");
+        Some(None)
     }
 
-    /// Pushes the message of a pending row, after the rows that wait before it.
-    async fn deliver(&mut self, id: u64, message: &Value) {
+    /// Pushes the messages of pending rows, after the rows that wait before them.
+    async fn deliver(&mut self, messages: Vec<(u64, Value)>) {
         let connection = self.ws.connection();
         if !connection.connected {
             self.outbox.dirty = true;
-            debug!(alert_row = id, "java websocket down, alert stays pending");
+            debug!(
+                alert_rows = messages.len(),
+                "java websocket down, alerts stay pending"
+            );
             return;
         }
         if self.outbox.dirty || self.outbox.flushed_session != Some(connection.session) {
-            // The row is pending in the table too, so the flush pushes it in its turn.
+            // The rows are pending in the table too, so the flush pushes them in their turn.
             self.flush(connection.session).await;
             return;
         }
-        self.push(id, message).await;
+        self.push(messages).await;
     }
 
     /// Pushes the outbox if this session has not seen it yet or a push failed.
@@ -268,23 +370,27 @@ impl AlertForwarder {
                     return;
                 }
             };
-            for row in &page {
-                let message = match row.changed_state() {
-                    Some(state) => {
-                        java_messages::alert_update(row.id, state, self.locale, now_ms())
-                    }
-                    None => java_messages::alert(
-                        row.id,
-                        &row.alert_type,
-                        row.alert_data.clone(),
-                        now_ms(),
-                    ),
-                };
-                if !self.push(row.id, &message).await {
-                    return;
-                }
-                pushed += 1;
+            let messages = page
+                .iter()
+                .map(|row| {
+                    let message = match row.changed_state() {
+                        Some(state) => {
+                            java_messages::alert_update(row.id, state, self.locale, now_ms())
+                        }
+                        None => java_messages::alert(
+                            row.id,
+                            &row.alert_type,
+                            row.alert_data.clone(),
+                            now_ms(),
+                        ),
+                    };
+                    (row.id, message)
+                })
+                .collect();
+            if !self.push(messages).await {
+                return;
             }
+            pushed += page.len();
             match page.last() {
                 Some(last) if page.len() == FLUSH_PAGE as usize => {
                     cursor = PendingCursor::after(last)
@@ -300,28 +406,71 @@ impl AlertForwarder {
         }
     }
 
-    /// Sends the message of row `id` and marks the row pushed; returns whether both succeeded.
-    async fn push(&mut self, id: u64, message: &Value) -> bool {
-        if !self.ws.send(message).await {
-            self.outbox.dirty = true;
-            debug!(alert_row = id, "push failed, alert stays pending");
-            return false;
+    /// Sends the messages of rows in order, up to the first failure, then marks the rows sent
+    /// as pushed in one statement; returns whether every message was sent and marked.
+    async fn push(&mut self, messages: Vec<(u64, Value)>) -> bool {
+        let mut sent = Vec::with_capacity(messages.len());
+        let mut complete = true;
+        for (id, message) in &messages {
+            if !self.ws.send(message).await {
+                self.outbox.dirty = true;
+                debug!(alert_row = id, "push failed, alert stays pending");
+                complete = false;
+                break;
+            }
+            debug!(alert_row = id, message_type = %message["type"], "pushed alert");
+            sent.push(*id);
         }
-        match self.log.mark_pushed(id).await {
+        match self.log.mark_pushed(&sent).await {
             Ok(()) => {
                 self.db.available();
-                debug!(alert_row = id, message_type = %message["type"], "pushed alert");
-                metrics::alert_pushed();
-                true
+                metrics::alerts_pushed(sent.len());
+                complete
             }
             Err(error) => {
-                // The row stays pending and is pushed again later: a repeat, never a loss.
+                // The rows stay pending and are pushed again later: a repeat, never a loss.
                 self.db.failed(&error);
                 self.outbox.dirty = true;
                 false
             }
         }
     }
+}
+
+/// A decoded alert with the texts it is stored and pushed with.
+struct Received {
+    message: Message,
+    alert: Alert,
+    title: String,
+    alert_data: Value,
+}
+
+impl Received {
+    fn row(&self) -> NewAlertRow<'_> {
+        NewAlertRow {
+            alert: &self.alert,
+            title: &self.title,
+            alert_data: &self.alert_data,
+        }
+    }
+}
+
+/// Returns `first` and the messages that the stream already holds after it, up to
+/// [`MAX_BATCH`], without waiting; and whether the stream ended.
+fn take_ready(first: Message, stream: &mut pull::Stream) -> (Vec<Message>, bool) {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(message))) => batch.push(message),
+            Some(Some(Err(error))) => {
+                tracing::warn!(consumer = Subjects::NOTIFY_ALERTS_CONSUMER, error = %error, "failed to pull alerts, retrying");
+                break;
+            }
+            Some(None) => return (batch, true),
+            None => break,
+        }
+    }
+    (batch, false)
 }
 
 /// The alert's `alertData` with the state of this delivery, as [`AlertLog::update_state`]
@@ -331,11 +480,11 @@ fn with_state(mut alert_data: Value, alert: &Alert) -> Value {
     alert_data
 }
 
-/// Runs the MySQL write `attempt` until it succeeds, keeping `message` in progress while
+/// Runs the MySQL write `attempt` until it succeeds, keeping `messages` in progress while
 /// MySQL is unavailable. Returns [`Stored::Interrupted`] when `shutdown` comes first.
 async fn until_stored<T, F, Fut>(
     health: &DbHealth,
-    message: &Message,
+    messages: &[&Message],
     shutdown: &CancellationToken,
     mut attempt: F,
 ) -> Stored<T>
@@ -353,8 +502,10 @@ where
             Err(error) if error.is_permanent() => return Stored::Rejected(error),
             Err(error) => health.failed(&error),
         }
-        // Without this the server would deliver the message again after the ack wait.
-        acknowledge(message, AckKind::Progress).await;
+        // Without this the server would deliver the messages again after the ack wait.
+        for message in messages {
+            acknowledge(message, AckKind::Progress).await;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return Stored::Interrupted,
             _ = tokio::time::sleep(delay) => {}

@@ -1,8 +1,8 @@
 //! Metrics of the notify stage, named `monitor_notify_*`, and its `/metrics` and `/healthz`
 //! endpoint (see [`monitor_core::metrics`]).
 //!
-//! Consumes what the alert forwarder reports ([`alert_received`], [`alert_pushed`],
-//! [`time_alert`]), the Java WebSocket's connection state, the outbox (rows of
+//! Consumes what the alert forwarder reports ([`alert_received`], [`alerts_pushed`],
+//! [`time_alerts`]), the Java WebSocket's connection state, the outbox (rows of
 //! `monitor_alert_log_v2` still `pending`, counted every [`OUTBOX_INTERVAL`]) and the lag of the
 //! two durable consumers. `/healthz` is 200 while both NATS and MySQL are reachable.
 
@@ -81,18 +81,20 @@ pub fn alert_received(alert: &Alert) {
     METRICS.alerts_received.get_or_create(&labels).inc();
 }
 
-/// Records an alert row pushed and marked pushed.
-pub fn alert_pushed() {
-    METRICS.alerts_pushed.inc();
+/// Records alert rows pushed and marked pushed.
+pub fn alerts_pushed(count: usize) {
+    METRICS.alerts_pushed.inc_by(count as u64);
 }
 
-/// Runs the handling of one alert and records how long it took.
-pub async fn time_alert(handling: impl Future<Output = ()>) {
+/// Runs the handling of a batch of `count` alerts and records, for each, how long the batch
+/// took.
+pub async fn time_alerts(count: usize, handling: impl Future<Output = ()>) {
     let started = Instant::now();
     handling.await;
-    METRICS
-        .alert_latency
-        .observe(started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    for _ in 0..count {
+        METRICS.alert_latency.observe(seconds);
+    }
 }
 
 /// Registers the stage's metrics and starts the endpoint on `METRICS_ADDR`, if set.

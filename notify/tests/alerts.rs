@@ -286,3 +286,89 @@ async fn retracted_alert_updates_row_and_pushes_alert_update() {
     peer.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn burst_with_one_rejected_row_stores_every_other_alert_once() {
+    let env = Env::new("burst").await;
+    let peer = JavaPeer::start("127.0.0.1:0".parse().unwrap(), true).await;
+
+    // Published before notify starts, so that its first pulls take many alerts at once.
+    let alerts: Vec<_> = (0..150)
+        .map(|n| price_alert(&format!("4:0xc02a:price_change:{n}"), 1_700_000_000_000 + n))
+        .collect();
+    let mut rejected = price_alert("4:0xc02a:price_change:rejected", 1_700_000_000_075);
+    rejected.target_value = "0x".repeat(100); // longer than the column's 128 characters
+    for (n, alert) in alerts.iter().enumerate() {
+        env.publish_alert(alert, &alert.id).await;
+        if n == 40 {
+            // the same alert again under another msg id, inside the same batch
+            env.publish_alert(alert, "repeat").await;
+        }
+        if n == 75 {
+            env.publish_alert(&rejected, &rejected.id).await;
+        }
+    }
+    let published = alerts.len() as u64 + 2;
+
+    let notify = env.start_notify(env.notify_settings(&peer.url()));
+    env.wait_acked(&env.subjects.alerts_stream(), CONSUMER, published)
+        .await;
+
+    for alert in &alerts {
+        assert_eq!(row_count(&env, &alert.id).await, 1, "rows of {}", alert.id);
+    }
+    assert_eq!(row_count(&env, &rejected.id).await, 0);
+    let pushed = peer.wait_for("alert", alerts.len()).await;
+    let mut times: Vec<i64> = pushed
+        .iter()
+        .map(|p| {
+            p.message["data"]["alertData"]["eventTime"]
+                .as_i64()
+                .expect("eventTime")
+        })
+        .collect();
+    assert_eq!(
+        times.len(),
+        alerts.len(),
+        "each stored alert is pushed once"
+    );
+    times.sort_unstable();
+    times.dedup();
+    assert_eq!(times.len(), alerts.len(), "no alert is pushed twice");
+
+    let dead_stream = env
+        .js
+        .get_stream(env.subjects.dead_stream())
+        .await
+        .expect("dead stream");
+    let dead = eventually("the rejected alert on the dead stream", || async {
+        dead_stream
+            .get_last_raw_message_by_subject(&env.subjects.dead("notify"))
+            .await
+            .ok()
+    })
+    .await;
+    let reason = dead
+        .headers
+        .get(DEAD_REASON_HEADER)
+        .map(|v| v.as_str().to_owned())
+        .expect("dead message carries a reason");
+    assert!(
+        reason.contains("failed to insert alert 4:0xc02a:price_change:rejected"),
+        "{reason}"
+    );
+    eventually("every row to be marked pushed", || async {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM monitor_alert_log_v2 WHERE notify_status <> 'pushed'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .ok()?;
+        (pending == 0).then_some(())
+    })
+    .await;
+
+    stop_notify(notify).await;
+    peer.stop().await;
+    env.cleanup().await;
+}
