@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{stream, StreamExt, TryStreamExt};
 use monitor_core::settings::NatsSettings;
 use monitor_core::topology;
 pub use monitor_core::topology::LEASE_TTL;
@@ -51,6 +51,8 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// Maximum time one bucket operation may take before the round moves on.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lease operations of one round in flight at once.
+const CONCURRENT_STEPS: usize = 32;
 
 /// Key prefix of the member entries in the leases bucket.
 const MEMBER_PREFIX: &str = "member.";
@@ -343,9 +345,15 @@ impl OwnershipTask {
         let mut missing_bucket = !self.renew_member().await;
         missing_bucket |= !self.list().await;
         self.expire_local();
-        for (key, step) in self.plan() {
-            missing_bucket |= !self.apply(key, step).await;
-        }
+        // Concurrently: one round trip at a time would let a busy connection delay the last
+        // renewal of a round past the lease's life.
+        let steps = self.plan();
+        let outcomes: Vec<bool> = stream::iter(steps)
+            .map(|(key, step)| self.apply(key, step))
+            .buffer_unordered(CONCURRENT_STEPS)
+            .collect()
+            .await;
+        missing_bucket |= outcomes.contains(&false);
         if missing_bucket {
             self.recreate_bucket().await;
         }
@@ -472,7 +480,7 @@ impl OwnershipTask {
     }
 
     /// Carries out one step; false when the bucket seems to be gone.
-    async fn apply(&mut self, key: LeaseKey, step: Step) -> bool {
+    async fn apply(&self, key: LeaseKey, step: Step) -> bool {
         let outcome = match step {
             Step::Acquire => self.acquire(key).await,
             Step::Renew(held) => self.renew(key, held).await,
@@ -487,7 +495,7 @@ impl OwnershipTask {
         }
     }
 
-    async fn acquire(&mut self, key: LeaseKey) -> Result<(), String> {
+    async fn acquire(&self, key: LeaseKey) -> Result<(), String> {
         let sent_at = Instant::now();
         let created = timeout(
             OPERATION_TIMEOUT,
@@ -509,7 +517,7 @@ impl OwnershipTask {
         }
     }
 
-    async fn renew(&mut self, key: LeaseKey, held: Held) -> Result<(), String> {
+    async fn renew(&self, key: LeaseKey, held: Held) -> Result<(), String> {
         let sent_at = Instant::now();
         let updated = timeout(
             OPERATION_TIMEOUT,
@@ -533,7 +541,7 @@ impl OwnershipTask {
     /// After a renewal found another revision: keeps the lease when the entry is ours (an
     /// earlier write whose acknowledgement was lost) or gone (the bucket was recreated), and
     /// gives it up when another instance holds it.
-    async fn recover(&mut self, key: LeaseKey, sent_at: Instant) -> Result<(), String> {
+    async fn recover(&self, key: LeaseKey, sent_at: Instant) -> Result<(), String> {
         let entry = timeout(OPERATION_TIMEOUT, self.leases.entry(key.to_string()))
             .await
             .map_err(|_| format!("timed out after {OPERATION_TIMEOUT:?}"))?
@@ -560,7 +568,7 @@ impl OwnershipTask {
         }
     }
 
-    async fn release(&mut self, key: LeaseKey, held: Held) -> Result<(), String> {
+    async fn release(&self, key: LeaseKey, held: Held) -> Result<(), String> {
         self.ownership.lock().held.remove(&key);
         let deleted = timeout(
             OPERATION_TIMEOUT,
@@ -579,7 +587,7 @@ impl OwnershipTask {
         }
     }
 
-    fn hold(&mut self, key: LeaseKey, revision: u64, renewed_at: Instant) {
+    fn hold(&self, key: LeaseKey, revision: u64, renewed_at: Instant) {
         self.ownership.lock().held.insert(
             key,
             Held {
