@@ -1,7 +1,9 @@
 //! MessagePack encoding of the messages, with named fields.
 //!
 //! Named fields cost some bytes over positional arrays but let a reader skip fields it does
-//! not know and default the ones an older writer did not send.
+//! not know and default the ones an older writer did not send. The same defaulting lets the
+//! writer leave out the optional fields of an event that have no value, which keeps event
+//! frames small: the events stream's and the judge's cost grow with the bytes of a frame.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

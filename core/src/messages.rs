@@ -268,11 +268,11 @@ pub struct Event {
     /// Time ingest parsed it, in milliseconds.
     pub ingest_time_ms: i64,
     /// The watched token (token tasks only).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetRef>,
     pub kind: EventKind,
     /// State of the target's windows after this event (token tasks only).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<TokenSnapshot>,
 }
 
@@ -307,11 +307,11 @@ pub enum EventKind {
 pub struct Trade {
     pub side: Side,
     pub volume_usd: f64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_usd: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_hash: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
 }
 
@@ -322,7 +322,7 @@ pub struct Price {
     pub high: f64,
     pub low: f64,
     pub close: f64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_usd: Option<f64>,
 }
 
@@ -439,15 +439,15 @@ pub struct ProgramLog {
 /// that the task's rules use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct TokenSnapshot {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub market_cap: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liquidity: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holders: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_share_pct: Option<f64>,
     #[serde(default)]
     pub windows: Vec<WindowStats>,
@@ -464,19 +464,19 @@ impl TokenSnapshot {
 pub struct WindowStats {
     pub window_sec: u32,
     /// Source time of the oldest observation still inside the window.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time_ms: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_price: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub high: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub low: Option<f64>,
     pub volume_usd: f64,
     pub buy_usd: f64,
     pub sell_usd: f64,
     pub trades: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_holders: Option<u64>,
 }
 
@@ -735,5 +735,67 @@ mod tests {
         assert_eq!(decoded.status, ChainStatus::New);
         assert_eq!(decoded.price_source, None);
         assert!(!decoded.pending);
+    }
+
+    #[test]
+    fn empty_optional_event_fields_are_left_out_and_read_as_none() {
+        let event = Event {
+            source_time_ms: 1,
+            ingest_time_ms: 2,
+            target: None,
+            kind: EventKind::Trade(Trade {
+                side: Side::Buy,
+                volume_usd: 10.0,
+                price_usd: None,
+                tx_hash: None,
+                owner: None,
+            }),
+            snapshot: Some(TokenSnapshot {
+                windows: vec![WindowStats {
+                    window_sec: 60,
+                    ..WindowStats::default()
+                }],
+                ..TokenSnapshot::default()
+            }),
+        };
+        let bytes = rmp_serde::to_vec_named(&event).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+
+        for name in [
+            "target",
+            "price_usd",
+            "tx_hash",
+            "market_cap",
+            "start_price",
+            "start_holders",
+        ] {
+            assert!(!text.contains(name), "{name} is written although empty");
+        }
+        assert!(text.contains("volume_usd") && text.contains("window_sec"));
+        let decoded: Event = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(decoded, event);
+    }
+
+    #[test]
+    fn event_with_explicit_nulls_still_decodes() {
+        let with_nulls = serde_json::json!({
+            "source_time_ms": 1, "ingest_time_ms": 2, "target": null,
+            "kind": {"Trade": {"side": "sell", "volume_usd": 3.0, "price_usd": null,
+                               "tx_hash": null, "owner": null}},
+            "snapshot": null,
+        });
+        let bytes = rmp_serde::to_vec_named(&with_nulls).unwrap();
+
+        let decoded: Event = rmp_serde::from_slice(&bytes).unwrap();
+
+        assert_eq!(decoded.target, None);
+        assert_eq!(decoded.snapshot, None);
+        assert!(matches!(
+            decoded.kind,
+            EventKind::Trade(Trade {
+                price_usd: None,
+                ..
+            })
+        ));
     }
 }
