@@ -6,6 +6,8 @@
 //! `limits::MAX_MESSAGE_BYTES` is rejected before decoding. The short runs go with every
 //! `cargo test`; `scripts/fuzz` runs the `#[ignore]`d long ones with 100,000 cases.
 
+#![allow(clippy::expect_used)] // A seed that does not encode is a broken test.
+
 #[path = "../../tests/src/fuzz.rs"]
 #[allow(dead_code)]
 mod fuzz;

@@ -347,7 +347,7 @@ impl FrameConsumer {
             };
             let publish = PublishMessage::build()
                 .payload(payload.into())
-                .message_id(&alert.msg_id());
+                .message_id(alert.msg_id());
             match self
                 .js
                 .send_publish(self.subjects.alerts(alert.task_id), publish)

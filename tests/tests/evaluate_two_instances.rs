@@ -7,6 +7,8 @@
 //! `monitor_alert_log_v2` must then hold each alert once, and both instances must have
 //! judged frames.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on a broken set-up.
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

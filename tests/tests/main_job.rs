@@ -7,6 +7,8 @@
 //! `allocator`, `ingest`, `evaluate` and `notify` run as in production. The expected alerts
 //! come from an independent brute-force model of the rules (`monitor_tests::recorded`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on a broken set-up.
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -8,6 +8,8 @@
 //! expected alerts of each config come from the independent brute-force model
 //! (`monitor_tests::recorded`), never from the evaluate code.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on a broken set-up.
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
