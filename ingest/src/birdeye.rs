@@ -10,11 +10,15 @@
 //! finite and not negative, and USD amounts and prices at most [`MAX_USD`]. This module is
 //! pure: the connection lives in [`crate::feed`].
 
+mod json;
+
 use std::fmt;
 
 use monitor_core::messages::{Chain, Side};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use url::Url;
+
+use json::{Json, Object};
 
 /// Maximum addresses in one `SUBSCRIBE_PRICE` or `SUBSCRIBE_TXS` query.
 pub const MAX_ADDRESSES_PER_QUERY: usize = 100;
@@ -171,11 +175,11 @@ pub fn parse_frame(
     text: &str,
     is_watched: impl Fn(&str) -> bool,
 ) -> Result<FeedMessage, ParseError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| ParseError {
+    let value = json::from_str(text).map_err(|e| ParseError {
         frame_type: "<invalid JSON>".into(),
         problem: e.to_string(),
     })?;
-    let Some(frame_type) = value.get("type").and_then(Value::as_str) else {
+    let Some(frame_type) = value.get("type").and_then(Json::as_str) else {
         return Err(ParseError {
             frame_type: "<no type>".into(),
             problem: format!("the frame has no string field type: {}", preview(text)),
@@ -198,24 +202,24 @@ pub fn parse_frame(
     }
 }
 
-fn data(frame: &Value) -> Result<&Map<String, Value>, String> {
+fn data<'a>(frame: &'a Json<'a>) -> Result<&'a Object<'a>, String> {
     match frame.get("data") {
-        Some(Value::Object(map)) => Ok(map),
+        Some(Json::Object(map)) => Ok(map),
         Some(other) => Err(format!("data must be an object, got {}", short(other))),
         None => Err("data is missing".into()),
     }
 }
 
-fn error_message(frame: &Value) -> String {
+fn error_message(frame: &Json<'_>) -> String {
     let data = frame.get("data");
     let message = data
         .and_then(|d| d.get("message"))
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .map(str::to_owned);
     message.unwrap_or_else(|| data.map_or_else(|| "no message".into(), short))
 }
 
-fn parse_price(data: &Map<String, Value>) -> Result<PriceData, String> {
+fn parse_price(data: &Object<'_>) -> Result<PriceData, String> {
     let address = required_str(data, "address")?;
     let open = positive(data, "o")?;
     let high = positive(data, "h")?;
@@ -238,7 +242,7 @@ fn parse_price(data: &Map<String, Value>) -> Result<PriceData, String> {
 }
 
 fn parse_trades(
-    data: &Map<String, Value>,
+    data: &Object<'_>,
     is_watched: &impl Fn(&str) -> bool,
 ) -> Result<Vec<TradeData>, String> {
     let volume_usd = usd(non_negative(data, "volumeUSD")?, "volumeUSD")?;
@@ -293,9 +297,9 @@ struct Leg<'a> {
     price: Option<f64>,
 }
 
-fn leg<'a>(data: &'a Map<String, Value>, name: &str) -> Result<Leg<'a>, String> {
+fn leg<'a>(data: &'a Object<'_>, name: &str) -> Result<Leg<'a>, String> {
     let object = match data.get(name) {
-        Some(Value::Object(object)) => object,
+        Some(Json::Object(object)) => object,
         Some(other) => return Err(format!("{name} must be an object, got {}", short(other))),
         None => {
             return Err(format!(
@@ -304,7 +308,7 @@ fn leg<'a>(data: &'a Map<String, Value>, name: &str) -> Result<Leg<'a>, String> 
         }
     };
     let address = match object.get("address") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.as_str(),
+        Some(Json::String(s)) if !s.trim().is_empty() => s,
         Some(other) => {
             return Err(format!(
                 "{name}.address must be a non-empty string, got {}",
@@ -318,13 +322,13 @@ fn leg<'a>(data: &'a Map<String, Value>, name: &str) -> Result<Leg<'a>, String> 
 }
 
 /// Price of the leg (`from` or `to`) whose address is the token, when the frame has one.
-fn leg_price_of(data: &Map<String, Value>, token: &str) -> Result<Option<f64>, String> {
+fn leg_price_of(data: &Object<'_>, token: &str) -> Result<Option<f64>, String> {
     let token = address_key(token);
     for name in ["to", "from"] {
-        if let Some(Value::Object(object)) = data.get(name) {
+        if let Some(Json::Object(object)) = data.get(name) {
             let matches = object
                 .get("address")
-                .and_then(Value::as_str)
+                .and_then(Json::as_str)
                 .is_some_and(|a| address_key(a) == token);
             if matches {
                 return optional_usd(object, "price").map_err(|p| format!("{name}.{p}"));
@@ -334,10 +338,10 @@ fn leg_price_of(data: &Map<String, Value>, token: &str) -> Result<Option<f64>, S
     Ok(None)
 }
 
-fn parse_side(data: &Map<String, Value>) -> Result<Side, String> {
+fn parse_side(data: &Object<'_>) -> Result<Side, String> {
     match data.get("side") {
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("buy") => Ok(Side::Buy),
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("sell") => Ok(Side::Sell),
+        Some(Json::String(s)) if s.eq_ignore_ascii_case("buy") => Ok(Side::Buy),
+        Some(Json::String(s)) if s.eq_ignore_ascii_case("sell") => Ok(Side::Sell),
         Some(other) => Err(format!(
             "side must be \"buy\" or \"sell\", got {}",
             short(other)
@@ -347,9 +351,9 @@ fn parse_side(data: &Map<String, Value>) -> Result<Side, String> {
 }
 
 /// `blockUnixTimeMs` when present (milliseconds), else `blockUnixTime` (seconds).
-fn trade_time_ms(data: &Map<String, Value>) -> Result<i64, String> {
+fn trade_time_ms(data: &Object<'_>) -> Result<i64, String> {
     match data.get("blockUnixTimeMs") {
-        None | Some(Value::Null) => seconds_to_ms(data, "blockUnixTime"),
+        None | Some(Json::Null) => seconds_to_ms(data, "blockUnixTime"),
         Some(_) => {
             let ms = number(data, "blockUnixTimeMs")?;
             if ms <= 0.0 || ms > MAX_TIME_MS {
@@ -365,7 +369,7 @@ fn trade_time_ms(data: &Map<String, Value>) -> Result<i64, String> {
 /// Latest time accepted: the year 2200, in milliseconds. Anything later is a unit mistake.
 const MAX_TIME_MS: f64 = 7_258_118_400_000.0;
 
-fn seconds_to_ms(data: &Map<String, Value>, key: &str) -> Result<i64, String> {
+fn seconds_to_ms(data: &Object<'_>, key: &str) -> Result<i64, String> {
     let seconds = number(data, key)?;
     if seconds <= 0.0 || seconds * 1000.0 > MAX_TIME_MS {
         return Err(format!(
@@ -375,9 +379,9 @@ fn seconds_to_ms(data: &Map<String, Value>, key: &str) -> Result<i64, String> {
     Ok((seconds * 1000.0).round() as i64)
 }
 
-fn number(data: &Map<String, Value>, key: &str) -> Result<f64, String> {
+fn number(data: &Object<'_>, key: &str) -> Result<f64, String> {
     match data.get(key) {
-        Some(Value::Number(n)) => n
+        Some(Json::Number(n)) => n
             .as_f64()
             .filter(|f| f.is_finite())
             .ok_or_else(|| format!("{key} must be a finite number, got {n}")),
@@ -386,7 +390,7 @@ fn number(data: &Map<String, Value>, key: &str) -> Result<f64, String> {
     }
 }
 
-fn non_negative(data: &Map<String, Value>, key: &str) -> Result<f64, String> {
+fn non_negative(data: &Object<'_>, key: &str) -> Result<f64, String> {
     let value = number(data, key)?;
     if value < 0.0 {
         return Err(format!("{key} must not be negative, got {value}"));
@@ -395,7 +399,7 @@ fn non_negative(data: &Map<String, Value>, key: &str) -> Result<f64, String> {
 }
 
 /// Reads a price: positive and at most [`MAX_USD`].
-fn positive(data: &Map<String, Value>, key: &str) -> Result<f64, String> {
+fn positive(data: &Object<'_>, key: &str) -> Result<f64, String> {
     let value = number(data, key)?;
     if value <= 0.0 {
         return Err(format!("{key} must be a positive number, got {value}"));
@@ -417,37 +421,37 @@ fn usd(value: f64, key: &str) -> Result<f64, String> {
 }
 
 /// Reads a USD price that may be absent or null: not negative and at most [`MAX_USD`].
-fn optional_usd(data: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
+fn optional_usd(data: &Object<'_>, key: &str) -> Result<Option<f64>, String> {
     optional_non_negative(data, key)?
         .map(|value| usd(value, key))
         .transpose()
 }
 
 /// Reads a number that may be absent or null, and is otherwise checked like [`non_negative`].
-fn optional_non_negative(data: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
+fn optional_non_negative(data: &Object<'_>, key: &str) -> Result<Option<f64>, String> {
     match data.get(key) {
-        None | Some(Value::Null) => Ok(None),
+        None | Some(Json::Null) => Ok(None),
         Some(_) => non_negative(data, key).map(Some),
     }
 }
 
-fn required_str<'a>(data: &'a Map<String, Value>, key: &str) -> Result<&'a str, String> {
+fn required_str<'a>(data: &'a Object<'_>, key: &str) -> Result<&'a str, String> {
     optional_str(data, key)?.ok_or_else(|| format!("{key} is missing"))
 }
 
 /// Reads a string that may be absent or null. An empty string counts as absent.
-fn optional_str<'a>(data: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, String> {
+fn optional_str<'a>(data: &'a Object<'_>, key: &str) -> Result<Option<&'a str>, String> {
     match data.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Json::String(s)) => Ok(Some(s)),
         Some(other) => Err(format!("{key} must be a string, got {}", short(other))),
     }
 }
 
 /// Formats a value as JSON, cut to 80 characters, for error messages.
-fn short(value: &Value) -> String {
-    preview(&value.to_string())
+fn short(value: &Json<'_>) -> String {
+    preview(&value.to_value().to_string())
 }
 
 fn to_json(s: &str) -> String {
