@@ -16,17 +16,18 @@
 //! so the feed goes as fast as the pipeline takes.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +46,8 @@ use crate::feed_replay::query::{parse_client_message, Channel, ClientMessage};
 pub const PROBE_RATE: f64 = 200.0;
 /// Frames written before one flush.
 const BURST: u64 = 64;
+/// Read buffer of a connection: a client sends only subscription messages.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait of a sender for room in the in-flight window before it checks again.
 const WINDOW_RECHECK: Duration = Duration::from_millis(20);
@@ -323,7 +326,7 @@ async fn serve_connection(
     let callback = |request: &_, response| feed.gate.respond(request, response, &mut outcome);
     let socket = match timeout(
         HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::accept_hdr_async(stream, callback),
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(socket_config())),
     )
     .await
     {
@@ -347,6 +350,14 @@ async fn serve_connection(
         Ok(()) => tracing::debug!(%peer, "loadgen feed connection closed"),
         Err(error) => tracing::debug!(%peer, error = %error, "loadgen feed connection failed"),
     }
+}
+
+/// Socket settings with a small read buffer. Tungstenite zeroes up to `read_buffer_size`
+/// bytes of its buffer before every read (tungstenite 0.30, `FrameCodec::read_in`), and the
+/// 128 KiB default made that 18 % of the load generator's CPU time, although a client sends
+/// only subscriptions. A larger message still grows the buffer to its size.
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES)
 }
 
 /// One client connection: its subscribed targets and its pacing.
@@ -534,36 +545,7 @@ impl Connection {
     }
 }
 
-#[derive(Serialize)]
-struct Frame<T> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    data: T,
-}
-
-/// `TXS_DATA` in feed-replay's simple layout (token subscription).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct TxsData<'a> {
-    block_unix_time: i64,
-    block_unix_time_ms: i64,
-    owner: &'a str,
-    source: &'static str,
-    tx_hash: String,
-    side: &'static str,
-    token_address: &'a str,
-    alias: Option<&'a str>,
-    is_trade_on_be: bool,
-    platform: &'static str,
-    #[serde(rename = "volumeUSD")]
-    volume_usd: f64,
-    from: Leg<'a>,
-    to: Leg<'a>,
-    token_price: f64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// One side of a swap, as the `from` and `to` objects of `TXS_DATA` carry it.
 struct Leg<'a> {
     symbol: &'a str,
     decimals: u32,
@@ -571,7 +553,6 @@ struct Leg<'a> {
     amount: u128,
     ui_amount: f64,
     price: f64,
-    nearest_price: f64,
     change_amount: i128,
     ui_change_amount: f64,
     type_swap: &'static str,
@@ -594,13 +575,20 @@ fn leg<'a>(
         amount,
         ui_amount,
         price,
-        nearest_price: price,
         change_amount: sign * amount as i128,
         ui_change_amount: sign as f64 * ui_amount,
         type_swap: if given { "from" } else { "to" },
     }
 }
 
+/// Initial capacity of a trade frame's string, so that it never grows: a frame is about 830
+/// bytes.
+const FRAME_CAPACITY: usize = 1024;
+
+/// Writes `TXS_DATA` in feed-replay's simple layout (token subscription). The frame is built
+/// for every trade of the load, so it is written with `write!` instead of serde_json. Its
+/// strings are the run's hex addresses, `LG<n>` symbols and fixed words, which need no
+/// escaping. Its numbers are finite, and Rust's `Display` writes those as valid JSON numbers.
 fn txs_frame(target: &TargetInfo, trade: &PlannedTrade, tag: TradeTag, time_ms: i64) -> String {
     let token_amount = trade.volume_usd / target.price_usd;
     let token_given = trade.side == Side::Sell;
@@ -625,28 +613,43 @@ fn txs_frame(target: &TargetInfo, trade: &PlannedTrade, tag: TradeTag, time_ms: 
         Side::Buy => (usdt, token, "buy"),
         Side::Sell => (token, usdt, "sell"),
     };
-    let data = TxsData {
-        block_unix_time: time_ms.div_euclid(1000),
-        block_unix_time_ms: time_ms,
-        owner: &target.owner,
-        source: "uniswap_v3",
-        tx_hash: tag.to_tx_hash(),
-        side,
-        token_address: &target.address,
-        alias: None,
-        is_trade_on_be: false,
-        platform: "uniswap",
-        volume_usd: trade.volume_usd,
-        from,
-        to,
-        token_price: target.price_usd,
-    };
-    // The frame holds only strings and finite numbers, which always serialize.
-    serde_json::to_string(&Frame {
-        kind: "TXS_DATA",
-        data,
-    })
-    .unwrap_or_default()
+
+    let mut frame = String::with_capacity(FRAME_CAPACITY);
+    // `fmt::Write` for `String` never returns an error, so the results of write! are ignored.
+    let _ = write!(
+        frame,
+        r#"{{"type":"TXS_DATA","data":{{"blockUnixTime":{},"blockUnixTimeMs":{time_ms},"owner":"{}","source":"uniswap_v3","txHash":""#,
+        time_ms.div_euclid(1000),
+        target.owner,
+    );
+    tag.write_tx_hash(&mut frame);
+    let _ = write!(
+        frame,
+        r#"","side":"{side}","tokenAddress":"{}","alias":null,"isTradeOnBe":false,"platform":"uniswap","volumeUSD":{},"from":"#,
+        target.address, trade.volume_usd,
+    );
+    write_leg(&mut frame, &from);
+    frame.push_str(r#","to":"#);
+    write_leg(&mut frame, &to);
+    let _ = write!(frame, r#","tokenPrice":{}}}}}"#, target.price_usd);
+    frame
+}
+
+fn write_leg(frame: &mut String, leg: &Leg<'_>) {
+    let _ = write!(
+        frame,
+        r#"{{"symbol":"{}","decimals":{},"address":"{}","amount":{},"uiAmount":{},"price":{},"nearestPrice":{},"changeAmount":{},"uiChangeAmount":{},"typeSwap":"{}"}}"#,
+        leg.symbol,
+        leg.decimals,
+        leg.address,
+        leg.amount,
+        leg.ui_amount,
+        leg.price,
+        leg.price,
+        leg.change_amount,
+        leg.ui_change_amount,
+        leg.type_swap,
+    );
 }
 
 #[cfg(test)]

@@ -110,15 +110,36 @@ pub struct TradeTag {
 
 /// First hex digits of every tagged hash, so a foreign hash is not mistaken for a tag.
 const TAG_MARK: &str = "10ad";
+/// The 26 zero digits between the phase and the sequence number of a tagged hash.
+const TAG_ZEROS: &str = "00000000000000000000000000";
+
+/// Appends the `digits` lowest hex digits of `value`, in lower case.
+fn push_hex(out: &mut String, value: u64, digits: u32) {
+    for position in (0..digits).rev() {
+        let nibble = (value >> (4 * position)) & 0xf;
+        out.push(char::from_digit(nibble as u32, 16).unwrap_or('0'));
+    }
+}
 
 impl TradeTag {
     /// Writes the tag as a 32-byte transaction hash: `0x`, the mark, the phase (2 digits), 26
     /// zeros, the sequence number (16) and the send time (16).
     pub fn to_tx_hash(self) -> String {
-        format!(
-            "0x{TAG_MARK}{:02x}{:026x}{:016x}{:016x}",
-            self.phase as u8, 0, self.seq, self.sent_ns
-        )
+        let mut hash = String::with_capacity(66);
+        self.write_tx_hash(&mut hash);
+        hash
+    }
+
+    /// Appends the hash of [`TradeTag::to_tx_hash`] to `out`. The digits are written one by
+    /// one because padded `format!` output costs a call per fill character, and the load
+    /// generator writes a hash for every trade.
+    pub fn write_tx_hash(self, out: &mut String) {
+        out.push_str("0x");
+        out.push_str(TAG_MARK);
+        push_hex(out, u64::from(self.phase as u8), 2);
+        out.push_str(TAG_ZEROS);
+        push_hex(out, self.seq, 16);
+        push_hex(out, self.sent_ns, 16);
     }
 
     /// Reads a tag written by [`TradeTag::to_tx_hash`]; `None` for any other text.
@@ -250,6 +271,17 @@ mod tests {
         assert_eq!(hash.len(), 66);
         assert!(hash[2..].bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(TradeTag::from_tx_hash(&hash), Some(tag));
+    }
+
+    #[test]
+    fn tx_hash_has_fixed_layout() {
+        let tag = TradeTag {
+            phase: Phase::Warmup,
+            seq: 0xabc,
+            sent_ns: u64::MAX,
+        };
+        let expected = format!("0x10ad02{}{:016x}{:016x}", "0".repeat(26), 0xabc, u64::MAX);
+        assert_eq!(tag.to_tx_hash(), expected);
     }
 
     #[test]
