@@ -4,8 +4,9 @@
 //! Consumes the durable pull consumer `notify_alerts`. Alerts are handled in batches of those
 //! already received (one alone when the load is low, up to [`MAX_BATCH`] under load), in this
 //! order: insert the rows (or find the ones an earlier delivery inserted) in one statement,
-//! push the `alert` messages, mark the rows `pushed` in one statement, ack. Each step is one
-//! MySQL commit for the whole batch, which is what lets notify keep up with a busy stream. The table is the outbox: once the row is stored, the message is acked
+//! push the `alert` messages, ack, and mark the rows `pushed` in one statement in the
+//! background. A batch costs one MySQL commit before its push whatever its size, which is
+//! what lets notify keep up with a busy stream. The table is the outbox: once the row is stored, the message is acked
 //! even when the socket is down. Rows still `pending` are pushed, oldest `event_time` first,
 //! at the start of every WebSocket session (so also after a restart) before anything newer.
 //! A row is never inserted twice. A push may repeat (delivery is at least once) when a session
@@ -24,7 +25,7 @@
 //! starts and when it ends ([`DbHealth`]). An alert that MySQL rejects as invalid data, or one
 //! that cannot be decoded, goes to the dead stream.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ use monitor_core::messages::Alert;
 use monitor_core::time::now_ms;
 use monitor_core::{titles, Locale, Subjects};
 use serde_json::Value;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument};
 
@@ -63,6 +65,8 @@ const FLUSH_PAGE: u32 = 200;
 /// Most alerts handled together, the size of one pull from the stream. Alerts that arrive
 /// while a batch is being stored wait for the next one, so batches grow only under load.
 const MAX_BATCH: usize = 64;
+/// `pushed` marks written at once; a push waits for the oldest beyond this.
+const MAX_MARKS_IN_FLIGHT: usize = 8;
 
 /// Forwards alerts from the stream to the log and the Java WebSocket.
 pub struct AlertForwarder {
@@ -74,6 +78,10 @@ pub struct AlertForwarder {
     db: DbHealth,
     counters: AlertCounters,
     outbox: OutboxState,
+    /// `pushed` marks being written, each with the rows it marks.
+    marks: JoinSet<(Vec<u64>, Result<(), AlertLogError>)>,
+    /// Rows pushed whose `pushed` mark is not written yet: the table still says `pending`.
+    unmarked: HashSet<u64>,
 }
 
 /// Whether the outbox was pushed completely in the current WebSocket session.
@@ -112,6 +120,8 @@ impl AlertForwarder {
             db,
             counters,
             outbox: OutboxState::default(),
+            marks: JoinSet::new(),
+            unmarked: HashSet::new(),
         }
     }
 
@@ -154,6 +164,7 @@ impl AlertForwarder {
                 },
             }
         }
+        self.settle_marks().await;
         info!("alert forwarder stopped");
         Ok(())
     }
@@ -164,6 +175,7 @@ impl AlertForwarder {
     /// the second delivery sees the row the first one stored.
     #[instrument(skip_all, fields(alerts = messages.len()))]
     async fn handle(&mut self, messages: Vec<Message>, shutdown: &CancellationToken) {
+        self.reap_marks();
         let mut run: Vec<Received> = Vec::with_capacity(messages.len());
         for message in messages {
             let Some(received) = self.decode(message).await else {
@@ -241,8 +253,15 @@ impl AlertForwarder {
     ) {
         let mut outgoing = Vec::with_capacity(run.len());
         let mut settled = Vec::with_capacity(run.len());
-        for (received, logged) in run.into_iter().zip(logged) {
+        for (received, mut logged) in run.into_iter().zip(logged) {
             self.counters.invalidate(received.alert.task_id);
+            if self.unmarked.contains(&logged.id) {
+                if is_state_change(logged.state, received.alert.state) {
+                    // A mark landing after the state update would hide the update's push.
+                    self.settle_marks().await;
+                }
+                logged.notify_status = NotifyStatus::Pushed;
+            }
             match self
                 .outgoing(
                     received.alert,
@@ -341,6 +360,7 @@ impl AlertForwarder {
 
     /// Pushes the outbox if this session has not seen it yet or a push failed.
     async fn flush_if_behind(&mut self) {
+        self.reap_marks();
         let connection = self.ws.connection();
         let behind = self.outbox.dirty || self.outbox.flushed_session != Some(connection.session);
         if connection.connected && behind {
@@ -352,6 +372,8 @@ impl AlertForwarder {
     /// received the row before in another state, else as `alert`. Stops at the first failure
     /// and leaves the outbox dirty so that a later call resumes.
     async fn flush(&mut self, session: u64) {
+        // Rows pushed but not yet marked would be read as pending and pushed again.
+        self.settle_marks().await;
         self.outbox = OutboxState {
             flushed_session: Some(session),
             dirty: false,
@@ -406,8 +428,10 @@ impl AlertForwarder {
         }
     }
 
-    /// Sends the messages of rows in order, up to the first failure, then marks the rows sent
-    /// as pushed in one statement; returns whether every message was sent and marked.
+    /// Sends the messages of rows in order, up to the first failure, and starts marking the
+    /// rows sent as pushed, in one statement in the background; returns whether every message
+    /// was sent. The mark is off the path of the next alert: a row whose mark fails stays
+    /// pending and is pushed again by a later flush, a repeat and never a loss.
     async fn push(&mut self, messages: Vec<(u64, Value)>) -> bool {
         let mut sent = Vec::with_capacity(messages.len());
         let mut complete = true;
@@ -421,17 +445,58 @@ impl AlertForwarder {
             debug!(alert_row = id, message_type = %message["type"], "pushed alert");
             sent.push(*id);
         }
-        match self.log.mark_pushed(&sent).await {
-            Ok(()) => {
-                self.db.available();
-                metrics::alerts_pushed(sent.len());
-                complete
+        if !sent.is_empty() {
+            if self.marks.len() >= MAX_MARKS_IN_FLIGHT {
+                if let Some(outcome) = self.marks.join_next().await {
+                    self.marked(outcome);
+                }
+            }
+            self.unmarked.extend(&sent);
+            let log = self.log.clone();
+            self.marks.spawn(async move {
+                let marked = log.mark_pushed(&sent).await;
+                (sent, marked)
+            });
+        }
+        complete
+    }
+
+    /// Takes the outcomes of the `pushed` marks that have finished.
+    fn reap_marks(&mut self) {
+        while let Some(outcome) = self.marks.try_join_next() {
+            self.marked(outcome);
+        }
+    }
+
+    /// Waits for every `pushed` mark in flight.
+    async fn settle_marks(&mut self) {
+        while let Some(outcome) = self.marks.join_next().await {
+            self.marked(outcome);
+        }
+    }
+
+    fn marked(&mut self, outcome: Result<(Vec<u64>, Result<(), AlertLogError>), JoinError>) {
+        match outcome {
+            Ok((ids, marked)) => {
+                for id in &ids {
+                    self.unmarked.remove(id);
+                }
+                match marked {
+                    Ok(()) => {
+                        self.db.available();
+                        metrics::alerts_pushed(ids.len());
+                    }
+                    Err(error) => {
+                        self.db.failed(&error);
+                        self.outbox.dirty = true;
+                    }
+                }
             }
             Err(error) => {
-                // The rows stay pending and are pushed again later: a repeat, never a loss.
-                self.db.failed(&error);
+                // The task's rows are unknown here: forget them all, the flush pushes them.
+                tracing::warn!(error = %error, "marking alert rows as pushed failed, they are pushed again");
+                self.unmarked.clear();
                 self.outbox.dirty = true;
-                false
             }
         }
     }
