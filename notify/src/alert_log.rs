@@ -296,9 +296,9 @@ impl AlertLog {
     /// Inserts several alerts with distinct keys as [`AlertLog::insert`] does, in one statement
     /// and so in one commit; returns their rows in the order of `rows`.
     ///
-    /// The rows are found again by `alert_key`. A key that the column's collation equates with
-    /// another but that differs in bytes is not found that way; such a row falls back to
-    /// [`AlertLog::insert`], which finds it by id.
+    /// The rows are read back by `alert_key`. The column's collation may equate two keys that
+    /// differ in bytes, so a row not found by its exact key falls back to [`AlertLog::insert`],
+    /// which reads it by id.
     pub async fn insert_batch(
         &self,
         rows: &[NewAlertRow<'_>],

@@ -62,10 +62,10 @@ const DB_RETRY_MAX: Duration = Duration::from_secs(5);
 const FLUSH_RETRY_PERIOD: Duration = Duration::from_secs(5);
 /// Rows read per query while pushing the outbox.
 const FLUSH_PAGE: u32 = 200;
-/// Most alerts handled together, the size of one pull from the stream. Alerts that arrive
+/// Maximum alerts handled together, the size of one pull from the stream. Alerts that arrive
 /// while a batch is being stored wait for the next one, so batches grow only under load.
 const MAX_BATCH: usize = 64;
-/// `pushed` marks written at once; a push waits for the oldest beyond this.
+/// Maximum `pushed` marks written at once. Beyond it, a push waits for the oldest.
 const MAX_MARKS_IN_FLIGHT: usize = 8;
 
 /// Forwards alerts from the stream to the log and the Java WebSocket.
@@ -80,7 +80,7 @@ pub struct AlertForwarder {
     outbox: OutboxState,
     /// `pushed` marks being written, each with the rows it marks.
     marks: JoinSet<(Vec<u64>, Result<(), AlertLogError>)>,
-    /// Rows pushed whose `pushed` mark is not written yet: the table still says `pending`.
+    /// Rows pushed whose `pushed` mark is not written yet, which are still `pending` in the table.
     unmarked: HashSet<u64>,
 }
 
@@ -171,8 +171,8 @@ impl AlertForwarder {
 
     /// Handles a batch of alerts taken from the stream in one go: their rows are inserted in
     /// one commit and their `pushed` marks written in another. Alert ids repeat in a batch only
-    /// when a block alert changes state quickly; the batch is cut before a repeated id so that
-    /// the second delivery sees the row the first one stored.
+    /// when a block alert changes state quickly. The batch is cut before a repeated id, so that
+    /// the second delivery reads the row the first one stored.
     #[instrument(skip_all, fields(alerts = messages.len()))]
     async fn handle(&mut self, messages: Vec<Message>, shutdown: &CancellationToken) {
         self.reap_marks();
