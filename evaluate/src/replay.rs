@@ -500,7 +500,7 @@ impl Replay<'_> {
         let payload = codec::encode(alert).map_err(|e| publish_error(e.to_string()))?;
         let message = PublishMessage::build()
             .payload(payload.into())
-            .message_id(&alert.id);
+            .message_id(alert.msg_id());
         let ack = self
             .js
             .send_publish(self.subjects.alerts(alert.task_id), message)
