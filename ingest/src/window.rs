@@ -313,11 +313,28 @@ impl Window {
         true
     }
 
-    /// Returns the bucket of `index` in `ring`, if its slot is tagged with that index.
-    fn bucket<T: Tagged>(&self, ring: &[T], index: i64) -> Option<T> {
-        ring.get(self.slot(index))
-            .copied()
-            .filter(|b| b.tag() == tag_of(index))
+    /// Returns the buckets of the window ending at `newest_ms` in `ring`, from oldest to
+    /// newest index, with their indices. Slots tagged with another index are skipped. The
+    /// slot follows the index with a wrapping cursor, because a `rem_euclid` per index was
+    /// most of the cost of [`Window::stats`].
+    fn covered<'r, T: Tagged>(
+        &self,
+        ring: &'r [T],
+        newest_ms: i64,
+    ) -> impl Iterator<Item = (i64, T)> + 'r {
+        let first = self.geometry.first_covered(newest_ms);
+        let last = self.geometry.index(newest_ms);
+        // An empty ring (a channel never observed) has no slot to start from.
+        let mut slot = if ring.is_empty() { 0 } else { self.slot(first) };
+        let indices = if ring.is_empty() { 1..=0 } else { first..=last };
+        indices.filter_map(move |index| {
+            let bucket = ring[slot];
+            slot += 1;
+            if slot == ring.len() {
+                slot = 0;
+            }
+            (bucket.tag() == tag_of(index)).then_some((index, bucket))
+        })
     }
 
     /// Figures of the window: each channel's part ends at that channel's newest time.
@@ -328,29 +345,25 @@ impl Window {
             ..WindowStats::default()
         };
         if let Some(newest) = newest.trade_ms {
-            for index in self.geometry.first_covered(newest)..=self.geometry.index(newest) {
-                if let Some(bucket) = self.bucket(&self.trades, index) {
-                    stats.volume_usd += bucket.buy_usd + bucket.sell_usd;
-                    stats.buy_usd += bucket.buy_usd;
-                    stats.sell_usd += bucket.sell_usd;
-                    stats.trades += bucket.trades;
-                }
+            for (_, bucket) in self.covered(&self.trades, newest) {
+                stats.volume_usd += bucket.buy_usd + bucket.sell_usd;
+                stats.buy_usd += bucket.buy_usd;
+                stats.sell_usd += bucket.sell_usd;
+                stats.trades += bucket.trades;
             }
         }
         if let Some(newest) = newest.price_ms {
-            for index in self.geometry.first_covered(newest)..=self.geometry.index(newest) {
-                if let Some(bucket) = self.bucket(&self.prices, index) {
-                    let first_time_ms = self.geometry.time_ms(index, bucket.first_offset_ms);
-                    merge_price(&mut stats, &bucket, first_time_ms);
-                }
+            for (index, bucket) in self.covered(&self.prices, newest) {
+                let first_time_ms = self.geometry.time_ms(index, bucket.first_offset_ms);
+                merge_price(&mut stats, &bucket, first_time_ms);
             }
         }
         if let Some(newest) = newest.holders_ms {
             // The first bucket found in index order has the earliest time.
-            stats.start_holders = (self.geometry.first_covered(newest)
-                ..=self.geometry.index(newest))
-                .find_map(|index| self.bucket(&self.holders, index))
-                .map(|bucket| bucket.first_holders);
+            stats.start_holders = self
+                .covered(&self.holders, newest)
+                .next()
+                .map(|(_, bucket)| bucket.first_holders);
         }
         stats
     }
