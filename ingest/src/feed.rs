@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::{HeaderValue, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -114,7 +114,10 @@ pub struct FeedConnection {
     failures: u32,
     opened_at: Instant,
     last_frame_at: Instant,
-    next_ping_at: Instant,
+    /// Time of the next ping. The timer is kept between calls to [`FeedConnection::next`],
+    /// because a timer created per call was added to and removed from tokio's timer wheel for
+    /// every frame.
+    ping_timer: Pin<Box<Sleep>>,
     /// Largest WebSocket frame or message accepted; a larger one ends the connection.
     max_frame_bytes: usize,
 }
@@ -147,7 +150,7 @@ impl FeedConnection {
             failures: 0,
             opened_at: now,
             last_frame_at: now,
-            next_ping_at: now + ping_interval,
+            ping_timer: Box::pin(sleep_until(now + ping_interval)),
             max_frame_bytes: monitor_core::limits::DEFAULT_MAX_FRAME_BYTES,
         }
     }
@@ -190,10 +193,9 @@ impl FeedConnection {
                     }
                 },
                 State::Open(socket) => {
-                    let ping_at = self.next_ping_at;
                     let received = tokio::select! {
                         message = socket.next() => message,
-                        () = sleep_until(ping_at) => {
+                        () = self.ping_timer.as_mut() => {
                             if let Some(event) = self.keep_alive().await {
                                 return event;
                             }
@@ -252,7 +254,7 @@ impl FeedConnection {
         let now = Instant::now();
         self.opened_at = now;
         self.last_frame_at = now;
-        self.next_ping_at = now + self.ping_interval;
+        self.ping_timer.as_mut().reset(now + self.ping_interval);
         self.state = State::Open(Box::new(socket));
         self.open = Some(OpenConnection::new(self.channel));
         if let Some(start_ms) = self.down_since_ms.take() {
@@ -307,7 +309,7 @@ impl FeedConnection {
             let stalled = self.stall_timeout;
             return Some(self.closed(format!("stalled: no frame and no pong for {stalled:?}")));
         }
-        self.next_ping_at = now + self.ping_interval;
+        self.ping_timer.as_mut().reset(now + self.ping_interval);
         let State::Open(socket) = &mut self.state else {
             return None;
         };

@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use futures::FutureExt;
 use monitor_core::messages::{BatchSpec, BatchStatus, Chain};
 use monitor_core::subjects::Subjects;
 use monitor_core::time::now_ms;
@@ -35,6 +36,9 @@ use crate::target::{Outcome, Targets};
 
 /// Time a stopping runner has to publish what it holds.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Maximum feed events handled per pass of a runner's select loop, so that one busy connection
+/// cannot hold off the stop signal, the other connection or the publish acknowledgements.
+const READY_EVENTS_PER_PASS: usize = 64;
 /// Extra time to publish the final `stopped` status change.
 const STATUS_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -299,8 +303,8 @@ impl BatchRunner {
                 },
                 outcome = self.frames.next_outcome() => self.on_frame_outcome(outcome),
                 outcome = self.status.next_outcome() => self.on_status_outcome(outcome),
-                event = self.prices.next(), if reading => self.on_feed_event(Channel::Prices, event),
-                event = self.trades.next(), if reading => self.on_feed_event(Channel::Trades, event),
+                event = self.prices.next(), if reading => self.on_feed_events(Channel::Prices, event),
+                event = self.trades.next(), if reading => self.on_feed_events(Channel::Trades, event),
                 snapshot = next_snapshot(&mut self.holder_snapshots), if reading => self.on_holders(snapshot),
                 _ = heartbeat.tick() => self.queue_heartbeat(),
             }
@@ -394,6 +398,26 @@ impl BatchRunner {
                 self.counters.too_old += 1;
                 debug!(address = %snapshot.address, "holder snapshot older than every window, dropped");
             }
+        }
+    }
+
+    /// Handles `first` and then the events that the same connection has ready at once, up to
+    /// [`READY_EVENTS_PER_PASS`] in all. A burst of frames then costs one pass of the select
+    /// loop instead of one per frame, whose futures each register and remove a waker. Publishes
+    /// start and backpressure applies after each event, as in the loop.
+    fn on_feed_events(&mut self, channel: Channel, first: FeedEvent) {
+        self.on_feed_event(channel, first);
+        for _ in 1..READY_EVENTS_PER_PASS {
+            self.start_publishes();
+            self.check_backpressure();
+            if self.reads_paused {
+                break;
+            }
+            // `next` is cancel-safe, so dropping it when nothing is ready loses nothing.
+            let Some(event) = self.connection(channel).next().now_or_never() else {
+                break;
+            };
+            self.on_feed_event(channel, event);
         }
     }
 
