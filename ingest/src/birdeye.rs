@@ -12,6 +12,7 @@
 
 mod json;
 
+use std::borrow::Cow;
 use std::fmt;
 
 use monitor_core::messages::{Chain, Side};
@@ -72,13 +73,15 @@ pub fn redact_url(url: &Url) -> String {
 }
 
 /// Normalizes an address for look-ups: EVM addresses (`0x…`) are case-insensitive, Solana
-/// addresses (base58) are not.
-pub fn address_key(address: &str) -> String {
+/// addresses (base58) are not. Borrows the address unless it has upper-case letters to
+/// lower, because this runs for every event.
+pub fn address_key(address: &str) -> Cow<'_, str> {
     let address = address.trim();
-    if address.starts_with("0x") || address.starts_with("0X") {
-        address.to_ascii_lowercase()
+    let is_evm = address.starts_with("0x") || address.starts_with("0X");
+    if is_evm && address.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(address.to_ascii_lowercase())
     } else {
-        address.to_owned()
+        Cow::Borrowed(address)
     }
 }
 
@@ -247,16 +250,16 @@ fn parse_trades(
 ) -> Result<Vec<TradeData>, String> {
     let volume_usd = usd(non_negative(data, "volumeUSD")?, "volumeUSD")?;
     let time_ms = trade_time_ms(data)?;
-    let tx_hash = optional_str(data, "txHash")?.map(str::to_owned);
-    let owner = optional_str(data, "owner")?.map(str::to_owned);
+    let tx_hash = optional_str(data, "txHash")?;
+    let owner = optional_str(data, "owner")?;
     let trade = |address: &str, side: Side, price_usd: Option<f64>| TradeData {
         address: address.to_owned(),
         side,
         volume_usd,
         price_usd,
         time_ms,
-        tx_hash: tx_hash.clone(),
-        owner: owner.clone(),
+        tx_hash: tx_hash.map(str::to_owned),
+        owner: owner.map(str::to_owned),
     };
 
     if let Some(token) = optional_str(data, "tokenAddress")? {

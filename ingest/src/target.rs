@@ -59,7 +59,7 @@ impl Targets {
     pub fn new(specs: &[TargetSpec], window_lengths: &[u32]) -> Self {
         let mut targets = Targets::default();
         for spec in specs {
-            let key = address_key(&spec.address);
+            let key = address_key(&spec.address).into_owned();
             if targets.index.contains_key(&key) {
                 targets.duplicates.push(spec.address.clone());
                 continue;
@@ -88,7 +88,7 @@ impl Targets {
     }
 
     pub fn is_watched(&self, address: &str) -> bool {
-        self.index.contains_key(&address_key(address))
+        self.index.contains_key(&*address_key(address))
     }
 
     /// Addresses in batch order, as the subscriptions list them.
@@ -117,11 +117,11 @@ impl Targets {
     pub fn update_specs(&mut self, specs: &[TargetSpec], window_lengths: &[u32]) {
         let mut old: HashMap<String, TargetState> = std::mem::take(&mut self.states)
             .into_iter()
-            .map(|s| (address_key(&s.spec.address), s))
+            .map(|s| (address_key(&s.spec.address).into_owned(), s))
             .collect();
         let mut next = Targets::new(specs, window_lengths);
         for state in &mut next.states {
-            if let Some(previous) = old.remove(&address_key(&state.spec.address)) {
+            if let Some(previous) = old.remove(&*address_key(&state.spec.address)) {
                 state.windows = previous.windows;
                 state.seen = previous.seen;
                 state.market = previous.market;
@@ -179,7 +179,7 @@ impl Targets {
 
     /// Turns a holder poll into a `Holders` event; the source time is the poll's time.
     pub fn on_holders(&mut self, snapshot: &HolderSnapshot, ingest_time_ms: i64) -> Outcome {
-        let Some(&position) = self.index.get(&address_key(&snapshot.address)) else {
+        let Some(&position) = self.index.get(&*address_key(&snapshot.address)) else {
             return Outcome::Unknown;
         };
         let market = &mut self.states[position].market;
@@ -212,7 +212,7 @@ impl Targets {
         observation: Observation,
         kind: EventKind,
     ) -> Outcome {
-        let Some(&position) = self.index.get(&address_key(address)) else {
+        let Some(&position) = self.index.get(&*address_key(address)) else {
             return Outcome::Unknown;
         };
         self.observe_at(
