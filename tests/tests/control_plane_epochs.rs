@@ -209,6 +209,8 @@ async fn epoch_switches_miss_no_event_and_repeat_no_alert() {
     );
 
     // Every trade of an unchanged target between its first and last stored one is stored.
+    // Trades of the same millisecond may be split over two frames, so the first and the last
+    // millisecond read may be partly stored yet, and only the ones between them are checked.
     let frames = bus.frames(task_id).await;
     for address in [WETH, DAI] {
         let seen = trades_by_time(&frames, address);
@@ -216,7 +218,14 @@ async fn epoch_switches_miss_no_event_and_repeat_no_alert() {
             *seen.keys().next().unwrap(),
             *seen.keys().next_back().unwrap(),
         );
-        let expected = expected_trades(first, last);
+        let mut expected = expected_trades(first, last);
+        expected.remove(&first);
+        expected.remove(&last);
+        assert!(
+            expected.len() >= 10,
+            "too few trades of {address} to check: {}",
+            expected.len()
+        );
         let missing: Vec<i64> = expected
             .iter()
             .filter(|(time, count)| seen.get(time).map_or(0, BTreeSet::len) < **count)
