@@ -5,7 +5,7 @@
 //! the ownership state, which is read at each scrape for the leases held and the live members.
 //! `/healthz` is 200 while the NATS connection is up.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use monitor_core::metrics::{
@@ -81,11 +81,23 @@ fn channel_labels(channel: Channel) -> Labels {
     vec![("channel", channel.as_str().to_owned())]
 }
 
-/// Records a text frame received from a feed.
+/// Records a text frame received from a feed. The counter of each channel is looked up in
+/// its family once and then kept, because the look-up built a label vector and took the
+/// family's lock for every frame. It is created on the channel's first frame, as before.
 pub fn feed_frame(channel: Channel) {
-    METRICS
-        .feed_frames
-        .get_or_create(&channel_labels(channel))
+    static PRICES: OnceLock<Counter> = OnceLock::new();
+    static TRADES: OnceLock<Counter> = OnceLock::new();
+    let counter = match channel {
+        Channel::Prices => &PRICES,
+        Channel::Trades => &TRADES,
+    };
+    counter
+        .get_or_init(|| {
+            METRICS
+                .feed_frames
+                .get_or_create(&channel_labels(channel))
+                .clone()
+        })
         .inc();
 }
 
@@ -193,5 +205,26 @@ impl Collector for OwnershipCollector {
             members.metric_type(),
         )?;
         members.encode(metric)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames_counted(channel: Channel) -> u64 {
+        METRICS
+            .feed_frames
+            .get_or_create(&channel_labels(channel))
+            .get()
+    }
+
+    #[test]
+    fn feed_frame_counts_in_family() {
+        // Other tests of this process may count frames too, so only a lower bound holds.
+        let before = frames_counted(Channel::Trades);
+        feed_frame(Channel::Trades);
+        feed_frame(Channel::Trades);
+        assert!(frames_counted(Channel::Trades) >= before + 2);
     }
 }
