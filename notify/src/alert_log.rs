@@ -9,15 +9,32 @@
 //! reached the Java side. When the Java side had already received the row, the state it
 //! received is kept in `alert_data.previousState`, so that the outbox sends an `alert_update`
 //! and not the whole alert again.
+//!
+//! Inserts and the background marking of pushed rows run concurrently and both change the
+//! `(notify_status, event_time)` index, so InnoDB now and then picks one of them as a deadlock
+//! victim and rolls it back. Every write here is one idempotent autocommit statement, so
+//! [`retry_lock_conflicts`] runs it again. Only a conflict that outlasts the retries reaches
+//! the caller.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime};
 use monitor_core::messages::{Alert, AlertState};
 use serde_json::Value;
-use sqlx::mysql::{MySql, MySqlPool};
+use sqlx::mysql::{MySql, MySqlDatabaseError, MySqlPool};
 use sqlx::query_builder::Separated;
 use sqlx::{QueryBuilder, Row};
+
+/// MariaDB error numbers of a statement rolled back by a lock conflict: deadlock victim, and
+/// lock wait timeout.
+const ER_LOCK_DEADLOCK: u16 = 1213;
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+/// Runs of a statement after its first one lost a lock conflict.
+const LOCK_RETRIES: u32 = 5;
+/// Pause before the first run again; it doubles with each further one (2 ms to 32 ms).
+const LOCK_RETRY_DELAY: Duration = Duration::from_millis(2);
 
 /// Lengths of the text columns that alerts fill with names taken from the feeds.
 const TITLE_MAX_CHARS: usize = 512;
@@ -85,6 +102,45 @@ fn is_data_error(error: &sqlx::Error) -> bool {
             .code()
             .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
         _ => false,
+    }
+}
+
+/// True when MariaDB rolled the statement back because of a lock conflict with another
+/// statement, so that running it again can succeed.
+pub fn is_lock_conflict(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .is_some_and(|db| matches!(db.number(), ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT)),
+        _ => false,
+    }
+}
+
+/// Runs an idempotent autocommit statement, and again after each lock conflict up to
+/// [`LOCK_RETRIES`] times, with a longer pause each time. Returns the last outcome.
+pub async fn retry_lock_conflicts<T, F, Fut>(statement: &str, mut run: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut retries = 0;
+    loop {
+        match run().await {
+            Err(error) if retries < LOCK_RETRIES && is_lock_conflict(&error) => {
+                let delay = LOCK_RETRY_DELAY * 2u32.pow(retries);
+                retries += 1;
+                tracing::debug!(
+                    statement,
+                    retry = retries,
+                    delay_ms = delay.as_millis() as u64,
+                    error = %error,
+                    "lock conflict, running the statement again"
+                );
+                crate::metrics::lock_conflict_retried();
+                tokio::time::sleep(delay).await;
+            }
+            outcome => return outcome,
+        }
     }
 }
 
@@ -270,14 +326,14 @@ impl AlertLog {
         };
 
         // `id = LAST_INSERT_ID(id)` makes a duplicate key report the existing row's id.
-        let mut query = QueryBuilder::<MySql>::new(INSERT_COLUMNS);
-        query.push_values([row], |values, row| bind_row(values, row, event_time));
-        query.push(" ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)");
-        let inserted = query
-            .build()
-            .execute(&self.pool)
-            .await
-            .map_err(insert_error)?;
+        let inserted = retry_lock_conflicts("insert alert", || async {
+            let mut query = QueryBuilder::<MySql>::new(INSERT_COLUMNS);
+            query.push_values([row], |values, row| bind_row(values, row, event_time));
+            query.push(" ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)");
+            query.build().execute(&self.pool).await
+        })
+        .await
+        .map_err(insert_error)?;
         let id = inserted.last_insert_id();
 
         let (status, state): (String, String) =
@@ -317,16 +373,16 @@ impl AlertLog {
         };
 
         // `id = id` leaves an existing row as it was.
-        let mut insert = QueryBuilder::<MySql>::new(INSERT_COLUMNS);
-        insert.push_values(rows.iter().zip(&event_times), |values, (row, time)| {
-            bind_row(values, row, *time)
-        });
-        insert.push(" ON DUPLICATE KEY UPDATE id = id");
-        insert
-            .build()
-            .execute(&self.pool)
-            .await
-            .map_err(insert_error)?;
+        retry_lock_conflicts("insert alerts", || async {
+            let mut insert = QueryBuilder::<MySql>::new(INSERT_COLUMNS);
+            insert.push_values(rows.iter().zip(&event_times), |values, (row, time)| {
+                bind_row(values, row, *time)
+            });
+            insert.push(" ON DUPLICATE KEY UPDATE id = id");
+            insert.build().execute(&self.pool).await
+        })
+        .await
+        .map_err(insert_error)?;
 
         let mut select = QueryBuilder::<MySql>::new(
             "SELECT id, alert_key, notify_status, state FROM monitor_alert_log_v2 WHERE alert_key IN ",
@@ -385,21 +441,21 @@ impl AlertLog {
                  notify_status = 'pending' \
              WHERE id = ?"
         };
-        let mut query = sqlx::query(statement)
-            .bind(state.as_str())
-            .bind(state.as_str());
-        if let Some(received) = received {
-            query = query.bind(received.as_str());
-        }
-        query
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|source| AlertLogError::UpdateState {
-                id,
-                state: state.as_str(),
-                source,
-            })?;
+        retry_lock_conflicts("update alert state", || {
+            let mut query = sqlx::query(statement)
+                .bind(state.as_str())
+                .bind(state.as_str());
+            if let Some(received) = received {
+                query = query.bind(received.as_str());
+            }
+            query.bind(id).execute(&self.pool)
+        })
+        .await
+        .map_err(|source| AlertLogError::UpdateState {
+            id,
+            state: state.as_str(),
+            source,
+        })?;
         Ok(())
     }
 
@@ -408,22 +464,22 @@ impl AlertLog {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut query = QueryBuilder::<MySql>::new(
-            "UPDATE monitor_alert_log_v2 SET notify_status = 'pushed' \
-             WHERE notify_status = 'pending' AND id IN ",
-        );
-        query.push_tuples(ids, |mut id, value| {
-            id.push_bind(*value);
-        });
-        query
-            .build()
-            .execute(&self.pool)
-            .await
-            .map_err(|source| AlertLogError::MarkPushed {
-                first_id: ids[0],
-                count: ids.len(),
-                source,
-            })?;
+        retry_lock_conflicts("mark alerts pushed", || async {
+            let mut query = QueryBuilder::<MySql>::new(
+                "UPDATE monitor_alert_log_v2 SET notify_status = 'pushed' \
+                 WHERE notify_status = 'pending' AND id IN ",
+            );
+            query.push_tuples(ids, |mut id, value| {
+                id.push_bind(*value);
+            });
+            query.build().execute(&self.pool).await
+        })
+        .await
+        .map_err(|source| AlertLogError::MarkPushed {
+            first_id: ids[0],
+            count: ids.len(),
+            source,
+        })?;
         Ok(())
     }
 

@@ -31,6 +31,7 @@ struct NotifyMetrics {
     websocket_connected: Gauge,
     websocket_sessions: Counter,
     outbox_pending: Gauge,
+    lock_conflicts_retried: Counter,
 }
 
 static METRICS: LazyLock<NotifyMetrics> = LazyLock::new(|| {
@@ -41,6 +42,7 @@ static METRICS: LazyLock<NotifyMetrics> = LazyLock::new(|| {
         websocket_connected: Gauge::default(),
         websocket_sessions: Counter::default(),
         outbox_pending: Gauge::default(),
+        lock_conflicts_retried: Counter::default(),
     };
     metrics::register(
         "notify_alerts_received",
@@ -72,6 +74,11 @@ static METRICS: LazyLock<NotifyMetrics> = LazyLock::new(|| {
         "Rows of monitor_alert_log_v2 not yet pushed (notify_status = 'pending')",
         m.outbox_pending.clone(),
     );
+    metrics::register(
+        "notify_lock_conflicts_retried",
+        "Alert log statements run again after MySQL rolled them back for a deadlock or lock wait timeout",
+        m.lock_conflicts_retried.clone(),
+    );
     m
 });
 
@@ -84,6 +91,11 @@ pub fn alert_received(alert: &Alert) {
 /// Records alert rows pushed and marked pushed.
 pub fn alerts_pushed(count: usize) {
     METRICS.alerts_pushed.inc_by(count as u64);
+}
+
+/// Records a statement run again after a lock conflict.
+pub fn lock_conflict_retried() {
+    METRICS.lock_conflicts_retried.inc();
 }
 
 /// Runs the handling of a batch of `count` alerts and records, for each, how long the batch
