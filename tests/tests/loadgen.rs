@@ -168,3 +168,40 @@ async fn raw_run_consumes_the_frames_it_publishes() {
     assert_eq!(fields["publish_errors"], "0");
     assert!(fields.contains_key("loadgen_cpu_s"), "{fields:?}");
 }
+
+#[tokio::test]
+async fn paced_raw_run_reports_hop_latency() {
+    let env = TestEnv::new("loadgen_raw_paced").await;
+
+    let fields = run_loadgen(
+        &env,
+        "loadgen-raw-paced",
+        &[
+            "raw",
+            "--targets",
+            "200",
+            "--rate",
+            "300",
+            "--duration",
+            "2",
+            "--warmup",
+            "1",
+            "--run-id",
+            env.id(),
+        ],
+    )
+    .await;
+
+    assert_eq!(fields["rate"], "300");
+    let frames_per_s = number(&fields, "frames_per_s");
+    assert!(
+        frames_per_s <= 330.0,
+        "publishers keep to the rate: {fields:?}"
+    );
+    assert!(frames_per_s > 0.0, "no frame consumed: {fields:?}");
+    assert!(number(&fields, "hop_latencies") > 0.0, "{fields:?}");
+    assert!(number(&fields, "ack_latencies") > 0.0, "{fields:?}");
+    assert_ne!(fields["hop_p50_ms"], "none");
+    assert_ne!(fields["ack_p99_ms"], "none");
+    assert!(number(&fields, "hop_p50_ms") <= number(&fields, "hop_p99_ms"));
+}

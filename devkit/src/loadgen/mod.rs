@@ -45,7 +45,7 @@ use schedule::DEFAULT_LARGE_TRADE_PERIOD;
 /// Targets per batch, the allocator's default `BATCH_SIZE`.
 pub const BATCH_SIZE: usize = 99;
 
-/// `devkit loadgen [pipeline|raw] ...`.
+/// `devkit loadgen [pipeline|raw|--raw|config-propagation] ...`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct LoadgenCommand {
@@ -62,7 +62,8 @@ pub enum LoadgenAction {
     /// default when no sub-command is given).
     Pipeline(Box<PipelineSettings>),
     /// Publish and consume event frames straight through JetStream: NATS's own rate for
-    /// frames of this size.
+    /// frames of this size (also `--raw`).
+    #[command(long_flag = "raw")]
     Raw(Box<RawSettings>),
     /// Measure the delay from a config change notice on Redis to the first frame judged with
     /// the new rules (allocator and evaluate as processes), and print its percentiles.
@@ -208,6 +209,12 @@ pub struct RawSettings {
     /// as ingest keeps one frame in flight per batch.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub in_flight: Option<u32>,
+
+    /// Frames per second over all publishers, or `max` to publish each frame as soon as the
+    /// previous one of its publisher is acknowledged. With a rate the run also reports the
+    /// latency of one JetStream hop (publish to delivery at the consumer).
+    #[arg(long, default_value = "max")]
+    pub rate: Rate,
 
     #[command(flatten)]
     pub nats: NatsSettings,
@@ -417,6 +424,8 @@ mod tests {
             "2.5",
             "--duration",
             "1",
+            "--rate",
+            "5000",
         ])
         .unwrap();
         let Some(LoadgenAction::Raw(raw)) = cli.loadgen.action else {
@@ -424,6 +433,16 @@ mod tests {
         };
         assert_eq!(raw.events_per_frame, 2.5);
         assert_eq!(raw.run.duration, Duration::from_secs(1));
+        assert_eq!(raw.rate, Rate::PerSecond(5_000.0));
+    }
+
+    #[test]
+    fn raw_flag_selects_raw() {
+        let cli = Cli::try_parse_from(["loadgen", "--raw", "--events-per-frame", "3"]).unwrap();
+        let Some(LoadgenAction::Raw(raw)) = cli.loadgen.action else {
+            panic!("expected raw");
+        };
+        assert_eq!(raw.events_per_frame, 3.0);
     }
 
     #[test]

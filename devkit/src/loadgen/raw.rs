@@ -12,10 +12,15 @@
 //! the measured interval, the publish rate, the stored size of a frame, and the CPU time and
 //! memory of this process and of the processes given with `--pid`. Nothing else runs, so this
 //! is the ceiling for the pipeline's rate with frames of this size on this machine.
+//!
+//! With `--rate` the publishers pace themselves to that many frames per second in all, and
+//! each frame carries its send time on the run clock in a header. The consumer then reports
+//! the latency of one JetStream hop (publish to delivery) and the publishers the latency of the
+//! store acknowledgement: the floor under each hop of the pipeline at that rate.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
@@ -35,10 +40,10 @@ use monitor_core::topology;
 use monitor_core::Subjects;
 
 use super::pipeline::{extra_processes, sample_all, usage};
-use super::report::{per_second, ResultLine};
+use super::report::{per_second, Latencies, ResultLine};
 use super::schedule::{Phase, TradeTag};
 use super::setup::target_address;
-use super::{cleanup_nats, sleep_or_stop, LoadgenError, RawSettings, BATCH_SIZE};
+use super::{cleanup_nats, sleep_or_stop, LoadgenError, Rate, RawSettings, RunClock, BATCH_SIZE};
 
 /// Task id written into the frames; no task exists, nothing judges them.
 const RAW_TASK_ID: u64 = 1;
@@ -51,6 +56,8 @@ const PULL_EXPIRES: Duration = Duration::from_secs(30);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Time that publishers and the consumer get to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Header with a paced frame's send time, nanoseconds on the run clock.
+const SENT_HEADER: &str = "Loadgen-Sent-Ns";
 
 /// The two frame payloads whose mix gives the requested mean number of events per frame.
 struct Payloads {
@@ -151,17 +158,44 @@ fn sample_event(index: usize) -> Event {
 }
 
 /// Counts shared by the publishers, the consumer and the run.
-#[derive(Default)]
 struct RawCounters {
+    clock: RunClock,
     phase: AtomicU8,
+    /// When the measured phase began, nanoseconds on the run clock.
+    measure_started_ns: AtomicU64,
     published_frames: AtomicU64,
     published_events: AtomicU64,
     consumed_frames: AtomicU64,
     consumed_events: AtomicU64,
     publish_errors: AtomicU64,
+    /// Latencies from send to delivery at the consumer, of paced frames sent while measuring.
+    hop_latency: Mutex<Latencies>,
+    /// Latencies from send to the store acknowledgement, of paced frames sent while measuring.
+    ack_latency: Mutex<Latencies>,
 }
 
 impl RawCounters {
+    fn new() -> Self {
+        RawCounters {
+            clock: RunClock::start(),
+            phase: AtomicU8::new(Phase::Idle as u8),
+            measure_started_ns: AtomicU64::new(u64::MAX),
+            published_frames: AtomicU64::new(0),
+            published_events: AtomicU64::new(0),
+            consumed_frames: AtomicU64::new(0),
+            consumed_events: AtomicU64::new(0),
+            publish_errors: AtomicU64::new(0),
+            hop_latency: Mutex::new(Latencies::default()),
+            ack_latency: Mutex::new(Latencies::default()),
+        }
+    }
+
+    fn record(latencies: &Mutex<Latencies>, sent_ns: u64, now_ns: u64) {
+        if let Ok(mut latencies) = latencies.lock() {
+            latencies.record(now_ns.saturating_sub(sent_ns) / 1000);
+        }
+    }
+
     fn phase(&self) -> Phase {
         Phase::from_u8(self.phase.load(Ordering::Relaxed))
     }
@@ -214,13 +248,20 @@ async fn measure(
     let payloads = Arc::new(Payloads::new(settings.events_per_frame)?);
     let batches = settings.run.target_count().div_ceil(BATCH_SIZE).max(1);
     let in_flight = settings.in_flight.map_or(batches, |n| n as usize);
-    let counters = Arc::new(RawCounters::default());
+    let counters = Arc::new(RawCounters::new());
+    // Each publisher keeps its share of the rate, starting at its own offset so that the
+    // publishers do not send in step.
+    let period = settings
+        .rate
+        .per_second()
+        .map(|rate| Duration::from_secs_f64(in_flight as f64 / rate));
     let stop = CancellationToken::new();
     tracing::info!(
         run_id,
         batches,
         in_flight,
         events_per_frame = settings.events_per_frame,
+        rate = %settings.rate,
         "loadgen raw run starting"
     );
 
@@ -230,10 +271,15 @@ async fn measure(
     for publisher in 0..in_flight {
         let subject =
             subjects.batch_events(Chain::Eth, RAW_TASK_ID, (publisher % batches) as u64 + 1);
+        let pace = period.map(|period| Pace {
+            period,
+            offset: period.mul_f64(publisher as f64 / in_flight as f64),
+        });
         publishers.spawn(publish_loop(
             js.clone(),
             subject,
             format!("{run_id}:{publisher}"),
+            pace,
             Arc::clone(&payloads),
             Arc::clone(&counters),
             stop.clone(),
@@ -257,6 +303,7 @@ async fn measure(
     line.push("targets", settings.run.targets);
     line.push("subjects", batches);
     line.push("in_flight", in_flight);
+    line.push("rate", settings.rate);
     line.push_f64("events_per_frame", settings.events_per_frame, 2);
     if let Some(stored) = stored {
         line.push("frame_bytes", stored);
@@ -281,6 +328,18 @@ async fn measure(
         "publish_errors",
         counters.publish_errors.load(Ordering::Relaxed),
     );
+    if settings.rate != Rate::Max {
+        for (prefix, latencies) in [
+            ("hop", &counters.hop_latency),
+            ("ack", &counters.ack_latency),
+        ] {
+            let mut latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+            line.push(&format!("{prefix}_latencies"), latencies.len());
+            line.push_ms(&format!("{prefix}_p50_ms"), latencies.percentile(0.50));
+            line.push_ms(&format!("{prefix}_p99_ms"), latencies.percentile(0.99));
+            line.push_ms(&format!("{prefix}_p999_ms"), latencies.percentile(0.999));
+        }
+    }
     line.push_usage(&usage);
     line.push("run_id", run_id);
     Ok(line)
@@ -301,6 +360,9 @@ async fn measure_window(
     let start = tokio::time::Instant::now();
     let counts_before = counters.snapshot();
     counters
+        .measure_started_ns
+        .store(counters.clock.elapsed_ns(), Ordering::Relaxed);
+    counters
         .phase
         .store(Phase::Measure as u8, Ordering::Relaxed);
 
@@ -316,20 +378,45 @@ async fn measure_window(
     Ok((seconds, deltas, usage(&processes, &before, &after)))
 }
 
-/// Publishes frames one at a time, each after the previous one was acknowledged.
+/// Schedule of one paced publisher: a frame every `period`, the first after `offset`.
+struct Pace {
+    period: Duration,
+    offset: Duration,
+}
+
+/// Publishes frames one at a time, each after the previous one was acknowledged. With a pace,
+/// each frame also waits for its tick, and a late frame delays the later ticks (no burst).
 async fn publish_loop(
     js: jetstream::Context,
     subject: String,
     id_prefix: String,
+    pace: Option<Pace>,
     payloads: Arc<Payloads>,
     counters: Arc<RawCounters>,
     stop: CancellationToken,
 ) {
+    let mut ticks = pace.map(|pace| {
+        let start = tokio::time::Instant::now() + pace.offset;
+        let mut ticks = tokio::time::interval_at(start, pace.period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     let mut n = 0u64;
     while !stop.is_cancelled() && counters.phase().is_sending() {
+        if let Some(ticks) = &mut ticks {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+        }
         let (payload, events) = payloads.frame(n);
         let mut headers = HeaderMap::new();
         headers.insert(NATS_MESSAGE_ID, format!("{id_prefix}:{n}").as_str());
+        let sent_ns = counters.clock.elapsed_ns();
+        let measured = counters.phase() == Phase::Measure;
+        if ticks.is_some() {
+            headers.insert(SENT_HEADER, sent_ns.to_string().as_str());
+        }
         let published = async {
             js.publish_with_headers(subject.clone(), headers, payload.clone())
                 .await?
@@ -341,6 +428,13 @@ async fn publish_loop(
         };
         match result {
             Ok(_) => {
+                if ticks.is_some() && measured {
+                    RawCounters::record(
+                        &counters.ack_latency,
+                        sent_ns,
+                        counters.clock.elapsed_ns(),
+                    );
+                }
                 counters.published_frames.fetch_add(1, Ordering::Relaxed);
                 counters
                     .published_events
@@ -400,6 +494,10 @@ async fn start_consumer(
             };
             match next {
                 Some(Ok(message)) => {
+                    let now_ns = counters.clock.elapsed_ns();
+                    if let Some(sent_ns) = sent_during_measure(&message, &counters) {
+                        RawCounters::record(&counters.hop_latency, sent_ns, now_ns);
+                    }
                     let events = events_by_len
                         .get(&message.payload.len())
                         .copied()
@@ -418,6 +516,23 @@ async fn start_consumer(
             }
         }
     }))
+}
+
+/// Returns the send time of a paced frame sent during the measured phase, read from its
+/// header, or `None` for any other frame.
+fn sent_during_measure(message: &jetstream::Message, counters: &RawCounters) -> Option<u64> {
+    if counters.phase() != Phase::Measure {
+        return None;
+    }
+    let sent_ns: u64 = message
+        .headers
+        .as_ref()?
+        .get(SENT_HEADER)?
+        .as_str()
+        .parse()
+        .ok()?;
+    // Skips frames sent in the warm-up but delivered after the measured phase began.
+    (sent_ns >= counters.measure_started_ns.load(Ordering::Relaxed)).then_some(sent_ns)
 }
 
 /// Mean stored size of a frame in the events stream, as JetStream accounts it.
