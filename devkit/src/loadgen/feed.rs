@@ -196,6 +196,8 @@ pub struct LoadFeed {
     phase: watch::Receiver<Phase>,
     clock: RunClock,
     counters: Arc<FeedCounters>,
+    /// Count of connections accepted so far, which numbers them.
+    connections: AtomicU64,
 }
 
 impl LoadFeed {
@@ -239,6 +241,7 @@ impl LoadFeed {
             phase,
             clock,
             counters: Arc::default(),
+            connections: AtomicU64::new(0),
         }
     }
 
@@ -372,12 +375,18 @@ struct Connection {
     next: u64,
     pacer: Pacer,
     phase_started: Instant,
+    /// Offset of this connection's sends within each period of its rate, from 0 to 1. All
+    /// connections switch phase at the same instant, so without the offset they would send in
+    /// bursts of one trade per connection, which real feeds do not.
+    send_offset: f64,
 }
 
 impl Connection {
     fn new(socket: Socket, feed: Arc<LoadFeed>) -> Self {
         let phase = feed.phase.clone();
+        let number = feed.connections.fetch_add(1, Ordering::Relaxed);
         Connection {
+            send_offset: spread_offset(number),
             socket,
             feed,
             phase,
@@ -437,7 +446,13 @@ impl Connection {
     fn restart_pacing(&mut self) {
         let rate = self.feed.connection_rate(self.current, self.targets.len());
         self.pacer = Pacer::new(rate);
-        self.phase_started = Instant::now();
+        let delay = match rate {
+            Some(rate) if rate > 0.0 => Duration::try_from_secs_f64(self.send_offset / rate)
+                .unwrap_or(Duration::ZERO)
+                .min(Duration::from_secs(1)),
+            _ => Duration::ZERO,
+        };
+        self.phase_started = Instant::now() + delay;
     }
 
     async fn on_text(&mut self, text: &str) -> WsResult<()> {
@@ -543,6 +558,13 @@ impl Connection {
         let target = &self.feed.targets[trade.target];
         (txs_frame(target, trade, tag, time_ms), time_ms)
     }
+}
+
+/// Returns the send offset of connection `number`, from 0 to 1: multiples of the golden ratio
+/// modulo 1 spread any number of connections evenly over the period.
+fn spread_offset(number: u64) -> f64 {
+    const GOLDEN_RATIO_FRACTION: f64 = 0.618_033_988_749_894_9;
+    (number as f64 * GOLDEN_RATIO_FRACTION).fract()
 }
 
 /// One side of a swap, as the `from` and `to` objects of `TXS_DATA` carry it.
@@ -664,6 +686,18 @@ mod tests {
             owner: format!("0x{:040x}", 7),
             price_usd: 2.0,
         }
+    }
+
+    #[test]
+    fn send_offsets_spread_over_the_period() {
+        let mut offsets: Vec<f64> = (0..102).map(spread_offset).collect();
+        assert!(offsets.iter().all(|o| (0.0..1.0).contains(o)));
+        offsets.sort_by(f64::total_cmp);
+        let widest_gap = offsets
+            .windows(2)
+            .map(|pair| pair[1] - pair[0])
+            .fold(0.0, f64::max);
+        assert!(widest_gap < 0.05, "gap {widest_gap}");
     }
 
     #[test]
