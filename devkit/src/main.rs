@@ -16,8 +16,9 @@ use monitor_devkit::feed_replay::{FeedReplay, FeedReplaySettings};
 use monitor_devkit::loadgen::{self, LoadgenCommand};
 use monitor_devkit::seed::{seed, SeedSettings};
 
-/// Development tools for the monitor pipeline: a Birdeye feed replay, a stub of the Java
-/// backend's WebSocket and a demo seed for the database.
+/// Development tools for the monitor pipeline: a Birdeye feed replay, an EVM and Solana node
+/// replay, a stub of the Java backend's WebSocket, a demo seed for the database and a load
+/// generator.
 #[derive(Debug, Parser)]
 #[command(name = "devkit", version)]
 struct Cli {
