@@ -181,7 +181,11 @@ impl NatsSettings {
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(10)));
+            .request_timeout(Some(Duration::from_secs(10)))
+            .event_callback({
+                let servers = self.redacted_url();
+                move |event| log_client_event(servers.clone(), event)
+            });
         if let Some(path) = &self.creds {
             options = options.credentials_file(path).await.map_err(|e| {
                 let message = format!(
@@ -208,6 +212,22 @@ impl NatsSettings {
         // A list, not the joined text: the client parses one string as a single server.
         let servers: Vec<&str> = urls.split(',').collect();
         options.connect(servers).await
+    }
+}
+
+/// Logs one event of the NATS client in one line, with the servers (credentials redacted).
+/// The client's own line for it (`client error: nats: IO error` at info) names no server, and
+/// the default log filter hides it.
+async fn log_client_event(servers: String, event: async_nats::Event) {
+    match event {
+        async_nats::Event::Connected => tracing::info!(servers, "connected to NATS"),
+        async_nats::Event::Disconnected => {
+            tracing::warn!(servers, "disconnected from NATS, reconnecting")
+        }
+        async_nats::Event::ClientError(error) => {
+            tracing::warn!(servers, error = %error, "NATS connection failed, retrying")
+        }
+        other => tracing::info!(servers, event = %other, "NATS client event"),
     }
 }
 

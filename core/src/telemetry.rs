@@ -1,5 +1,5 @@
 //! Tracing set-up: readable text by default, one JSON object per line with `LOG_FORMAT=json`,
-//! filtered by `RUST_LOG` (default `info`). Also the two log lines every binary writes at the
+//! filtered by `RUST_LOG` (default [`DEFAULT_FILTER`]). Also the two log lines every binary writes at the
 //! edges of its life: the settings in force ([`log_settings`]) and a fatal error
 //! ([`exit_code`]), so that with `LOG_FORMAT=json` every line on stderr is JSON.
 
@@ -26,10 +26,15 @@ impl FromStr for LogFormat {
     }
 }
 
+/// Log filter without `RUST_LOG`. The NATS client's own lines start at `warn`, because it
+/// logs every failed reconnect at `info` without the server. The stages log each client event
+/// themselves, with the servers named.
+pub const DEFAULT_FILTER: &str = "info,async_nats=warn";
+
 /// Installs the global subscriber; logs go to stderr so that stdout stays free for command
 /// output (alerts printed by the demo, replay results).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Colours only on a terminal: a log file or journal would otherwise be full of escapes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -350,3 +350,37 @@ fn settings_are_documented_in_both_readmes() {
     }
     assert!(names.contains("DB_PASSWORD"));
 }
+
+#[tokio::test]
+async fn unreachable_nats_logs_server_without_password() {
+    let env = TestEnv::new("ops_logs_nats_down").await;
+    let password = secret("nats-password");
+    // Nothing listens on a free port, so every connection attempt fails.
+    let address = format!("127.0.0.1:{}", monitor_tests::free_port());
+    let mut evaluate = env
+        .stage("evaluate")
+        .arg("run")
+        .env("NATS_URL", format!("nats://monitor:{password}@{address}"))
+        // The binary's own default, which the test harness replaces with plain `info`.
+        .env("RUST_LOG", monitor_core::telemetry::DEFAULT_FILTER)
+        .spawn("evaluate");
+
+    let logged = evaluate
+        .wait_for_log("NATS connection failed, retrying", Duration::from_secs(30))
+        .await;
+    evaluate.kill().await;
+    let log = evaluate.log();
+
+    assert!(logged, "no connection failure logged:\n{log}");
+    let line = log
+        .lines()
+        .find(|line| line.contains("NATS connection failed, retrying"))
+        .unwrap();
+    assert!(line.contains(&address), "the line names no server: {line}");
+    assert!(line.contains("WARN"), "not a warning: {line}");
+    assert!(!log.contains(&password), "the password is logged:\n{log}");
+    assert!(
+        !log.contains("client error: nats"),
+        "the client's own line without the server is still logged:\n{log}"
+    );
+}
