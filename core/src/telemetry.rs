@@ -59,14 +59,62 @@ pub fn log_settings(binary: &str, settings: &impl std::fmt::Debug) {
     tracing::info!(binary, settings = ?settings, "settings in force");
 }
 
+/// Returns an error and its causes in one line, leaving out a cause whose text the line
+/// already contains. Many errors here and in sqlx print their source in their own message,
+/// and `{:#}` would then repeat it once per level.
+pub fn error_line(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 /// Turns the result of a binary's work into its exit status, logging an error through
 /// tracing (one line, with its causes) instead of printing it to stderr.
 pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %format!("{error:#}"), "stopped on an error");
+            tracing::error!(error = %error_line(&error), "stopped on an error");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to connect: {source}")]
+    struct Outer {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn error_line_skips_repeated_causes() {
+        let source = std::io::Error::other("connection refused");
+        let error = anyhow::Error::new(Outer { source }).context("failed to start");
+
+        assert_eq!(
+            error_line(&error),
+            "failed to start: failed to connect: connection refused"
+        );
+        assert_eq!(
+            format!("{error:#}"),
+            "failed to start: failed to connect: connection refused: connection refused"
+        );
+    }
+
+    #[test]
+    fn error_line_keeps_new_causes() {
+        let error = anyhow::anyhow!("disk full").context("failed to write the log");
+
+        assert_eq!(error_line(&error), "failed to write the log: disk full");
     }
 }
