@@ -34,7 +34,8 @@ pub const DEFAULT_FILTER: &str = "info,async_nats=warn";
 /// Installs the global subscriber; logs go to stderr so that stdout stays free for command
 /// output (alerts printed by the demo, replay results).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Colours only on a terminal: a log file or journal would otherwise be full of escapes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
