@@ -1,6 +1,6 @@
-//! Fuzzing of the Solana adapter's parsers of node input: the messages of the PubSub socket
-//! ([`monitor_ingest::block_task::jsonrpc::route`], which routes the responses to subscribe
-//! requests and the notifications), `slotNotification` and `logsNotification` results
+//! Fuzzing of the Solana adapter's parsers of node input. They are: the messages of the PubSub
+//! socket ([`monitor_ingest::block_task::jsonrpc::route`], which routes the responses to
+//! subscribe requests and the notifications), `slotNotification` and `logsNotification` results
 //! ([`monitor_ingest::solana::runner`]), `getBlock` responses
 //! ([`monitor_ingest::solana::rpc::reply`]) and the SOL transfers of a block
 //! ([`monitor_ingest::solana::transfers::block_transfers`]).
@@ -782,8 +782,9 @@ fn check_block(block: &Value) -> Result<(), TestCaseError> {
 
 // ---- Valid frames ----
 
-/// A subscription id, a slot and a recorded transaction, from which [`check_valid_frames`]
-/// builds the response to a subscribe request, a logs notification and a slot notification.
+/// Generates a subscription id, a slot and a recorded transaction, from which
+/// [`check_valid_frames`] builds a subscribe response, a logs notification and a slot
+/// notification.
 fn valid_frames() -> impl Strategy<Value = (u64, u64, Value)> {
     (any::<u64>(), any::<u64>(), recorded_transaction())
 }

@@ -429,9 +429,9 @@ impl AlertForwarder {
     }
 
     /// Sends the messages of rows in order, up to the first failure, and starts marking the
-    /// rows sent as pushed, in one statement in the background; returns whether every message
-    /// was sent. The mark is off the path of the next alert: a row whose mark fails stays
-    /// pending and is pushed again by a later flush, a repeat and never a loss.
+    /// sent rows as pushed in one background statement. Returns whether every message was sent.
+    /// The mark is off the path of the next alert. A row whose mark fails stays pending, so a
+    /// later flush pushes it again: a repeat, never a loss.
     async fn push(&mut self, messages: Vec<(u64, Value)>) -> bool {
         let mut sent = Vec::with_capacity(messages.len());
         let mut complete = true;
@@ -520,8 +520,8 @@ impl Received {
     }
 }
 
-/// Returns `first` and the messages that the stream already holds after it, up to
-/// [`MAX_BATCH`], without waiting; and whether the stream ended.
+/// Returns `first` and the messages already buffered in the stream after it, up to
+/// [`MAX_BATCH`] and without waiting, and whether the stream ended.
 fn take_ready(first: Message, stream: &mut pull::Stream) -> (Vec<Message>, bool) {
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {

@@ -288,7 +288,7 @@ async fn retracted_alert_updates_row_and_pushes_alert_update() {
 }
 
 #[tokio::test]
-async fn burst_with_one_rejected_row_stores_every_other_alert_once() {
+async fn burst_with_rejected_row_stores_rest() {
     let env = Env::new("burst").await;
     let peer = JavaPeer::start("127.0.0.1:0".parse().unwrap(), true).await;
 

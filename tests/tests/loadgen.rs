@@ -131,28 +131,27 @@ async fn pipeline_run_prints_every_field_and_alerts_arrive() {
     assert!(number(&fields, "ingest_peak_rss_mib") > 0.0);
 }
 
+/// Runs `devkit loadgen raw` for 200 targets, 1 s of warm-up and 2 s measured, with `extra`.
+async fn run_raw(env: &TestEnv, name: &str, extra: &[&str]) -> BTreeMap<String, String> {
+    let mut args = vec![
+        "raw",
+        "--targets",
+        "200",
+        "--duration",
+        "2",
+        "--warmup",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--run-id", env.id()]);
+    run_loadgen(env, name, &args).await
+}
+
 #[tokio::test]
 async fn raw_run_consumes_the_frames_it_publishes() {
     let env = TestEnv::new("loadgen_raw").await;
 
-    let fields = run_loadgen(
-        &env,
-        "loadgen-raw",
-        &[
-            "raw",
-            "--targets",
-            "200",
-            "--events-per-frame",
-            "2.5",
-            "--duration",
-            "2",
-            "--warmup",
-            "1",
-            "--run-id",
-            env.id(),
-        ],
-    )
-    .await;
+    let fields = run_raw(&env, "loadgen-raw", &["--events-per-frame", "2.5"]).await;
 
     assert_eq!(fields["mode"], "raw");
     assert_eq!(
@@ -173,24 +172,7 @@ async fn raw_run_consumes_the_frames_it_publishes() {
 async fn paced_raw_run_reports_hop_latency() {
     let env = TestEnv::new("loadgen_raw_paced").await;
 
-    let fields = run_loadgen(
-        &env,
-        "loadgen-raw-paced",
-        &[
-            "raw",
-            "--targets",
-            "200",
-            "--rate",
-            "300",
-            "--duration",
-            "2",
-            "--warmup",
-            "1",
-            "--run-id",
-            env.id(),
-        ],
-    )
-    .await;
+    let fields = run_raw(&env, "loadgen-raw-paced", &["--rate", "300"]).await;
 
     assert_eq!(fields["rate"], "300");
     let frames_per_s = number(&fields, "frames_per_s");

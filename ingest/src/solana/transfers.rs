@@ -216,7 +216,7 @@ mod tests {
     }
 
     #[test]
-    fn block_time_outside_1970_to_2200_is_an_error() {
+    fn block_time_out_of_range_is_error() {
         for time in [
             json!(-1),
             json!(0),
