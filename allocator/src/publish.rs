@@ -459,7 +459,7 @@ impl Publisher {
 
     async fn read<T>(&self, key: SpecKey) -> Result<Option<T>, PublishError>
     where
-        T: serde::de::DeserializeOwned + codec::Versioned,
+        T: serde::de::DeserializeOwned + codec::Message,
     {
         Ok(self
             .read_entry(key)
@@ -521,7 +521,7 @@ enum TaskWrite {
 /// is overwritten or deleted like any stale entry.
 fn decode_entry<T>(entry: &kv::Entry) -> Option<T>
 where
-    T: serde::de::DeserializeOwned + codec::Versioned,
+    T: serde::de::DeserializeOwned + codec::Message,
 {
     match codec::decode::<T>(&entry.value) {
         Ok(spec) => Some(spec),

@@ -308,7 +308,7 @@ fn warn_about_untracked_windows(task: &TaskSpec, file_rules: &Rules) {
     }
 }
 
-async fn read_spec<T: serde::de::DeserializeOwned + codec::Versioned>(
+async fn read_spec<T: serde::de::DeserializeOwned + codec::Message>(
     store: &kv::Store,
     key: &str,
 ) -> Result<Option<T>, ReplayError> {
