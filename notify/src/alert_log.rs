@@ -31,6 +31,8 @@ use sqlx::{QueryBuilder, Row};
 /// lock wait timeout.
 const ER_LOCK_DEADLOCK: u16 = 1213;
 const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+/// MariaDB and MySQL error number of an `INSERT` that would duplicate a unique key.
+const ER_DUP_ENTRY: u16 = 1062;
 /// Runs of a statement after its first one lost a lock conflict.
 const LOCK_RETRIES: u32 = 5;
 /// Pause before the first run again; it doubles with each further one (2 ms to 32 ms).
@@ -101,6 +103,16 @@ fn is_data_error(error: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db
             .code()
             .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    }
+}
+
+/// True when an `INSERT` failed because a row with the same unique key exists.
+fn is_duplicate_key(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .is_some_and(|db| db.number() == ER_DUP_ENTRY),
         _ => false,
     }
 }
@@ -318,6 +330,10 @@ impl AlertLog {
 
     /// Inserts the alert as `pending`, or finds the row a previous delivery inserted; returns
     /// the row id and its push status.
+    ///
+    /// Most alerts are new, and a plain `INSERT` stores one in a single round trip, with the
+    /// row's status and state known from what it wrote. Only a redelivered alert, which hits
+    /// the unique `alert_key`, costs a second statement and a read of the existing row.
     pub async fn insert(&self, row: &NewAlertRow<'_>) -> Result<LoggedAlert, AlertLogError> {
         let event_time = event_time(row.alert)?;
         let insert_error = |source| AlertLogError::Insert {
@@ -325,8 +341,27 @@ impl AlertLog {
             source,
         };
 
-        // `id = LAST_INSERT_ID(id)` makes a duplicate key report the existing row's id.
         let inserted = retry_lock_conflicts("insert alert", || async {
+            let mut query = QueryBuilder::<MySql>::new(INSERT_COLUMNS);
+            query.push_values([row], |values, row| bind_row(values, row, event_time));
+            query.build().execute(&self.pool).await
+        })
+        .await;
+        match inserted {
+            Ok(inserted) => {
+                return Ok(LoggedAlert {
+                    id: inserted.last_insert_id(),
+                    notify_status: NotifyStatus::Pending,
+                    state: row.alert.state,
+                })
+            }
+            Err(error) if is_duplicate_key(&error) => {}
+            Err(error) => return Err(insert_error(error)),
+        }
+
+        // `id = LAST_INSERT_ID(id)` makes the duplicate key report the existing row's id, which
+        // is then read by id: the key's collation may equate keys that differ in bytes.
+        let found = retry_lock_conflicts("find alert", || async {
             let mut query = QueryBuilder::<MySql>::new(INSERT_COLUMNS);
             query.push_values([row], |values, row| bind_row(values, row, event_time));
             query.push(" ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)");
@@ -334,7 +369,7 @@ impl AlertLog {
         })
         .await
         .map_err(insert_error)?;
-        let id = inserted.last_insert_id();
+        let id = found.last_insert_id();
 
         let (status, state): (String, String) =
             sqlx::query_as("SELECT notify_status, state FROM monitor_alert_log_v2 WHERE id = ?")
