@@ -149,14 +149,16 @@ impl AlertForwarder {
                 _ = retry.tick() => self.flush_if_behind().await,
                 next = stream.next() => match next {
                     Some(Ok(message)) => {
-                        let (batch, ended) = take_ready(message, &mut stream);
+                        let (batch, reopen) = take_ready(message, &mut stream);
                         metrics::time_alerts(batch.len(), self.handle(batch, &shutdown)).await;
-                        if ended {
-                            tracing::warn!(consumer = name, "alert consumer stream ended, reopening it");
+                        if reopen {
                             stream = messages(&consumer, name).await?;
                         }
                     }
-                    Some(Err(error)) => tracing::warn!(consumer = name, error = %error, "failed to pull alerts, retrying"),
+                    Some(Err(error)) => {
+                        tracing::warn!(consumer = name, error = %error, "failed to pull alerts, reopening the stream");
+                        stream = messages(&consumer, name).await?;
+                    }
                     None => {
                         tracing::warn!(consumer = name, "alert consumer stream ended, reopening it");
                         stream = messages(&consumer, name).await?;
@@ -521,17 +523,23 @@ impl Received {
 }
 
 /// Returns `first` and the messages already buffered in the stream after it, up to
-/// [`MAX_BATCH`] and without waiting, and whether the stream ended.
+/// [`MAX_BATCH`] and without waiting, and whether the stream must be reopened (it ended or failed).
 fn take_ready(first: Message, stream: &mut pull::Stream) -> (Vec<Message>, bool) {
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
         match stream.next().now_or_never() {
             Some(Some(Ok(message))) => batch.push(message),
             Some(Some(Err(error))) => {
-                tracing::warn!(consumer = Subjects::NOTIFY_ALERTS_CONSUMER, error = %error, "failed to pull alerts, retrying");
-                break;
+                tracing::warn!(consumer = Subjects::NOTIFY_ALERTS_CONSUMER, error = %error, "failed to pull alerts, reopening the stream");
+                return (batch, true);
             }
-            Some(None) => return (batch, true),
+            Some(None) => {
+                tracing::warn!(
+                    consumer = Subjects::NOTIFY_ALERTS_CONSUMER,
+                    "alert consumer stream ended, reopening it"
+                );
+                return (batch, true);
+            }
             None => break,
         }
     }

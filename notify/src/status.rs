@@ -107,7 +107,10 @@ impl StatusForwarder {
                 }
                 next = stream.next() => match next {
                     Some(Ok(message)) => self.handle(message).await,
-                    Some(Err(error)) => warn!(consumer = name, error = %error, "failed to pull status messages, retrying"),
+                    Some(Err(error)) => {
+                        warn!(consumer = name, error = %error, "failed to pull status messages, reopening the stream");
+                        stream = messages(&consumer, name).await?;
+                    }
                     None => {
                         warn!(consumer = name, "status consumer stream ended, reopening it");
                         stream = messages(&consumer, name).await?;
