@@ -25,7 +25,7 @@ pub mod status;
 pub mod store;
 
 use anyhow::Context;
-use monitor_core::shutdown::Tasks;
+use monitor_core::shutdown::{start_up, Tasks};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +76,11 @@ pub async fn run(settings: AllocatorSettings, shutdown: CancellationToken) -> an
     let health = metrics::serve(&settings, shutdown.clone()).await?;
     let pool = monitor_core::db::connect(&settings.db).await?;
     health.attach_mysql(&pool);
-    let publisher = connect_publisher(&settings).await?;
+    let Some(publisher) = start_up(&shutdown, "allocator", connect_publisher(&settings)).await
+    else {
+        return Ok(());
+    };
+    let publisher = publisher?;
     health.attach_nats(&publisher.nats_client());
     let mut plane = ControlPlane::new(pool, publisher, ControlOptions::from(&settings));
     let entries = plane.load_published().await?;

@@ -46,6 +46,22 @@ async fn wait_for_signal() {
     }
 }
 
+/// Runs a start-up step of `stage` until it finishes or `shutdown` is cancelled, and returns
+/// `None` in the second case. Start-up waits on services that may be down: creating the
+/// streams times out while NATS is unreachable. A stage asked to stop meanwhile returns at
+/// once, with a clean exit, instead of waiting out the step's timeouts.
+pub async fn start_up<T>(
+    shutdown: &CancellationToken,
+    stage: &'static str,
+    step: impl Future<Output = T>,
+) -> Option<T> {
+    let outcome = shutdown.run_until_cancelled(step).await;
+    if outcome.is_none() {
+        tracing::info!(stage, "{stage} stopped during start-up");
+    }
+    outcome
+}
+
 /// Long-lived tasks of a stage. A task that fails cancels the others, so that one broken part
 /// stops the stage with an error instead of leaving it half alive.
 pub struct Tasks {

@@ -22,7 +22,7 @@ pub mod settings;
 pub mod watch;
 
 use async_nats::jetstream;
-use monitor_core::shutdown::Tasks;
+use monitor_core::shutdown::{start_up, Tasks};
 use monitor_core::topology;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -38,7 +38,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let client = settings.nats.connect("evaluate").await?;
     health.attach_nats(&client);
     let js = jetstream::new(client.clone());
-    let topology = topology::ensure(&js, &settings.nats).await?;
+    let ensure = topology::ensure(&js, &settings.nats);
+    let Some(topology) = start_up(&shutdown, "evaluate", ensure).await else {
+        return Ok(());
+    };
+    let topology = topology?;
     info!(events_stream = %topology.subjects.events_stream(), tasks_bucket = %topology.subjects.tasks_bucket(), "topology ready");
 
     let cache = cache::SharedCache::default();

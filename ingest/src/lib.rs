@@ -30,6 +30,7 @@ pub mod window;
 use std::sync::Arc;
 
 use async_nats::jetstream;
+use monitor_core::shutdown::start_up;
 use monitor_core::topology::{self, TopologyError};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -76,7 +77,11 @@ pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Resul
         })?;
     health.attach_nats(&client);
     let js = jetstream::new(client);
-    let topology = topology::ensure(&js, &settings.nats).await?;
+    let ensure = topology::ensure(&js, &settings.nats);
+    let Some(topology) = start_up(&shutdown, "ingest", ensure).await else {
+        return Ok(());
+    };
+    let topology = topology?;
 
     let ownership = Ownership::new(consumer_id.clone());
     metrics::watch_ownership(ownership.clone());

@@ -24,7 +24,7 @@ pub mod status;
 pub mod status_store;
 
 use anyhow::Context;
-use monitor_core::shutdown::Tasks;
+use monitor_core::shutdown::{start_up, Tasks};
 use monitor_core::{topology, Subjects};
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +47,11 @@ pub async fn run(settings: NotifySettings, shutdown: CancellationToken) -> anyho
     endpoint.attach_nats(&client);
     endpoint.attach_mysql(&pool);
     let js = async_nats::jetstream::new(client);
-    let subjects = topology::ensure(&js, &settings.nats).await?.subjects;
+    let ensure = topology::ensure(&js, &settings.nats);
+    let Some(topology) = start_up(&shutdown, "notify", ensure).await else {
+        return Ok(());
+    };
+    let subjects = topology?.subjects;
 
     let alert_consumer = jetstream::durable_consumer(
         &js,

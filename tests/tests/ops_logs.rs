@@ -384,3 +384,42 @@ async fn unreachable_nats_logs_server_without_password() {
         "the client's own line without the server is still logged:\n{log}"
     );
 }
+
+/// A stage asked to stop while NATS is unreachable stops during start-up with a clean exit,
+/// instead of waiting for the streams' creation to time out and exiting with an error.
+#[tokio::test]
+async fn stage_stops_cleanly_while_nats_is_down() {
+    let env = TestEnv::new("ops_logs_stop_nats_down").await;
+    let address = format!("127.0.0.1:{}", monitor_tests::free_port());
+    let mut stages: Vec<Process> = ["allocator", "ingest", "evaluate", "notify"]
+        .into_iter()
+        .map(|name| {
+            env.stage(name)
+                .arg("run")
+                .env("NATS_URL", format!("nats://{address}"))
+                .spawn(name)
+        })
+        .collect();
+
+    for stage in &mut stages {
+        let retrying = stage
+            .wait_for_log("NATS connection failed, retrying", Duration::from_secs(30))
+            .await;
+        assert!(
+            retrying,
+            "{} never tried NATS:\n{}",
+            stage.name(),
+            stage.log()
+        );
+        let status = stage.terminate().await;
+        let log = stage.log();
+        assert!(
+            status.success(),
+            "{} exited with {status}:\n{log}",
+            stage.name()
+        );
+        let stopped = format!("{} stopped during start-up", stage.name());
+        assert!(log.contains(&stopped), "no {stopped:?} in:\n{log}");
+        assert!(!log.contains("ERROR"), "an error is logged:\n{log}");
+    }
+}
