@@ -114,7 +114,7 @@ pub struct NatsTlsSettings {
     pub cert: Option<std::path::PathBuf>,
 
     /// PEM file of the client certificate's private key (needs NATS_TLS_CERT).
-    #[arg(id = "nats_tls_key", long = "nats-tls-key", env = "NATS_TLS_KEY", value_parser = parse_readable_file, requires = "cert")]
+    #[arg(id = "nats_tls_key", long = "nats-tls-key", env = "NATS_TLS_KEY", value_name = "KEY", value_parser = parse_readable_file, requires = "cert")]
     pub key: Option<std::path::PathBuf>,
 }
 
@@ -458,9 +458,22 @@ fn exit_with(command: &clap::Command, error: clap::Error) -> ! {
 
 /// Describes a command-line error on one line. An invalid value names its environment
 /// variable and flag (`error: invalid value "abc" for DB_PORT (--db-port): invalid digit
-/// found in string`); the value of a secret is left out. Other errors keep clap's first line.
+/// found in string`); the value of a secret is left out. A missing setting is named the same
+/// way (`error: missing NATS_TLS_KEY (--nats-tls-key)`). Other errors keep clap's first line.
 pub fn one_line_error(command: &clap::Command, error: &clap::Error) -> String {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() == ErrorKind::MissingRequiredArgument {
+        if let Some(ContextValue::Strings(missing)) = error.get(ContextKind::InvalidArg) {
+            let names: Vec<String> = missing
+                .iter()
+                .filter_map(|arg| arg.split_whitespace().next())
+                .map(|flag| setting_name(command, flag))
+                .collect();
+            if !names.is_empty() {
+                return format!("error: missing {}", names.join(", "));
+            }
+        }
+    }
     let flag = match error.get(ContextKind::InvalidArg) {
         Some(ContextValue::String(arg)) => arg.split_whitespace().next().map(str::to_owned),
         _ => None,
@@ -486,10 +499,7 @@ pub fn one_line_error(command: &clap::Command, error: &clap::Error) -> String {
     };
 
     let arg = find_arg(command, &flag);
-    let name = match arg.and_then(|arg| arg.get_env()) {
-        Some(env) => format!("{} ({flag})", env.to_string_lossy()),
-        None => flag,
-    };
+    let name = setting_name(command, &flag);
     let secret = arg.is_some_and(|arg| arg.is_hide_env_values_set());
     let value = match error.get(ContextKind::InvalidValue) {
         Some(ContextValue::String(value)) if !secret => format!(" {value:?}"),
@@ -509,6 +519,15 @@ pub fn one_line_error(command: &clap::Command, error: &clap::Error) -> String {
         "error: invalid value{value} for {name}: {}",
         reason.replace('\n', " ")
     )
+}
+
+/// Returns how an error names the setting of `flag`: `DB_PORT (--db-port)`, or the flag alone
+/// when it has no environment variable.
+fn setting_name(command: &clap::Command, flag: &str) -> String {
+    match find_arg(command, flag).and_then(|arg| arg.get_env()) {
+        Some(env) => format!("{} ({flag})", env.to_string_lossy()),
+        None => flag.to_owned(),
+    }
 }
 
 /// Finds the argument with the long flag `flag` (`--db-port`) in `command` or a subcommand.
@@ -583,6 +602,13 @@ mod tests {
             line,
             "error: invalid value \"xml\" for LOG_FORMAT (--log-format): expected text or json, got \"xml\""
         );
+    }
+
+    #[test]
+    fn missing_tls_key_error_names_the_variable() {
+        let cert = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let line = parse_error(&["x", "--nats-tls-cert", cert]);
+        assert_eq!(line, "error: missing NATS_TLS_KEY (--nats-tls-key)");
     }
 
     #[test]
