@@ -326,8 +326,9 @@ impl Window {
         let last = self.geometry.index(newest_ms);
         // An empty ring (a channel never observed) has no slot to start from.
         let mut slot = if ring.is_empty() { 0 } else { self.slot(first) };
-        let indices = if ring.is_empty() { 1..=0 } else { first..=last };
-        indices.filter_map(move |index| {
+        // `take(0)` gives no index at all for an empty ring.
+        let count = if ring.is_empty() { 0 } else { usize::MAX };
+        (first..=last).take(count).filter_map(move |index| {
             let bucket = ring[slot];
             slot += 1;
             if slot == ring.len() {
