@@ -78,8 +78,8 @@ pub struct ConfigPropagationSettings {
     pub sample_timeout: Duration,
 
     /// Name of the database, subject prefix and Redis channel prefix the run creates (letters,
-    /// digits and '_'); `loadgen_config_<unix time>_<pid>` when unset. DB_NAME and
-    /// MONITOR_SUBJECT_PREFIX are not used.
+    /// digits and '_'); `loadgen_config_<unix time>_<pid>` when unset. The run always uses its
+    /// own, so --db-name (DB_NAME) and --subject-prefix (MONITOR_SUBJECT_PREFIX) are ignored.
     #[arg(long, value_parser = parse_run_id)]
     pub run_id: Option<String>,
 

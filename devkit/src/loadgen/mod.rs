@@ -101,7 +101,8 @@ pub struct RunSettings {
     pub warmup: Duration,
 
     /// Name of the database and subject prefix the run creates (letters, digits and '_');
-    /// `loadgen_<unix time>_<pid>` when unset. DB_NAME and MONITOR_SUBJECT_PREFIX are not used.
+    /// `loadgen_<unix time>_<pid>` when unset. The run always uses its own database and prefix,
+    /// so --db-name (DB_NAME) and --subject-prefix (MONITOR_SUBJECT_PREFIX) are ignored.
     #[arg(long, value_parser = parse_run_id)]
     pub run_id: Option<String>,
 
