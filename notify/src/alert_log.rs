@@ -23,7 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime};
 use monitor_core::messages::{Alert, AlertState};
 use serde_json::Value;
-use sqlx::mysql::{MySql, MySqlDatabaseError, MySqlPool};
+use sqlx::mysql::{MySql, MySqlDatabaseError, MySqlPool, MySqlQueryResult};
 use sqlx::query_builder::Separated;
 use sqlx::{QueryBuilder, Row};
 
@@ -107,25 +107,28 @@ fn is_data_error(error: &sqlx::Error) -> bool {
     }
 }
 
-/// True when an `INSERT` failed because a row with the same unique key exists.
-fn is_duplicate_key(error: &sqlx::Error) -> bool {
+/// Returns the MariaDB (or MySQL) error number of a failed statement.
+fn error_number(error: &sqlx::Error) -> Option<u16> {
     match error {
         sqlx::Error::Database(db) => db
             .try_downcast_ref::<MySqlDatabaseError>()
-            .is_some_and(|db| db.number() == ER_DUP_ENTRY),
-        _ => false,
+            .map(MySqlDatabaseError::number),
+        _ => None,
     }
+}
+
+/// True when an `INSERT` failed because a row with the same unique key exists.
+fn is_duplicate_key(error: &sqlx::Error) -> bool {
+    error_number(error) == Some(ER_DUP_ENTRY)
 }
 
 /// True when MariaDB rolled the statement back because of a lock conflict with another
 /// statement, so that running it again can succeed.
 pub fn is_lock_conflict(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db
-            .try_downcast_ref::<MySqlDatabaseError>()
-            .is_some_and(|db| matches!(db.number(), ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT)),
-        _ => false,
-    }
+    matches!(
+        error_number(error),
+        Some(ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT)
+    )
 }
 
 /// Runs an idempotent autocommit statement, and again after each lock conflict up to
@@ -341,12 +344,8 @@ impl AlertLog {
             source,
         };
 
-        let inserted = retry_lock_conflicts("insert alert", || async {
-            let mut query = QueryBuilder::<MySql>::new(INSERT_COLUMNS);
-            query.push_values([row], |values, row| bind_row(values, row, event_time));
-            query.build().execute(&self.pool).await
-        })
-        .await;
+        let inserted =
+            retry_lock_conflicts("insert alert", || self.insert_row(row, event_time, "")).await;
         match inserted {
             Ok(inserted) => {
                 return Ok(LoggedAlert {
@@ -361,11 +360,12 @@ impl AlertLog {
 
         // `id = LAST_INSERT_ID(id)` makes the duplicate key report the existing row's id, which
         // is then read by id: the key's collation may equate keys that differ in bytes.
-        let found = retry_lock_conflicts("find alert", || async {
-            let mut query = QueryBuilder::<MySql>::new(INSERT_COLUMNS);
-            query.push_values([row], |values, row| bind_row(values, row, event_time));
-            query.push(" ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)");
-            query.build().execute(&self.pool).await
+        let found = retry_lock_conflicts("find alert", || {
+            self.insert_row(
+                row,
+                event_time,
+                " ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
+            )
         })
         .await
         .map_err(insert_error)?;
@@ -382,6 +382,19 @@ impl AlertLog {
             notify_status: parse_notify_status(&status),
             state: parse_state(&state),
         })
+    }
+
+    /// Runs the `INSERT` of one row as `pending`, followed by `suffix`.
+    async fn insert_row(
+        &self,
+        row: &NewAlertRow<'_>,
+        event_time: NaiveDateTime,
+        suffix: &str,
+    ) -> Result<MySqlQueryResult, sqlx::Error> {
+        let mut query = QueryBuilder::<MySql>::new(INSERT_COLUMNS);
+        query.push_values([row], |values, row| bind_row(values, row, event_time));
+        query.push(suffix);
+        query.build().execute(&self.pool).await
     }
 
     /// Inserts several alerts with distinct keys as [`AlertLog::insert`] does, in one statement

@@ -156,11 +156,11 @@ impl AlertForwarder {
                         }
                     }
                     Some(Err(error)) => {
-                        tracing::warn!(consumer = name, error = %error, "failed to pull alerts, reopening the stream");
+                        log_reopen(Some(&error));
                         stream = messages(&consumer, name).await?;
                     }
                     None => {
-                        tracing::warn!(consumer = name, "alert consumer stream ended, reopening it");
+                        log_reopen(None);
                         stream = messages(&consumer, name).await?;
                     }
                 },
@@ -530,20 +530,28 @@ fn take_ready(first: Message, stream: &mut pull::Stream) -> (Vec<Message>, bool)
         match stream.next().now_or_never() {
             Some(Some(Ok(message))) => batch.push(message),
             Some(Some(Err(error))) => {
-                tracing::warn!(consumer = Subjects::NOTIFY_ALERTS_CONSUMER, error = %error, "failed to pull alerts, reopening the stream");
+                log_reopen(Some(&error));
                 return (batch, true);
             }
             Some(None) => {
-                tracing::warn!(
-                    consumer = Subjects::NOTIFY_ALERTS_CONSUMER,
-                    "alert consumer stream ended, reopening it"
-                );
+                log_reopen(None);
                 return (batch, true);
             }
             None => break,
         }
     }
     (batch, false)
+}
+
+/// Logs why the alert stream is reopened: a pull error, or `None` when the stream ended.
+fn log_reopen(error: Option<&pull::MessagesError>) {
+    let consumer = Subjects::NOTIFY_ALERTS_CONSUMER;
+    match error {
+        Some(error) => {
+            tracing::warn!(consumer, error = %error, "failed to pull alerts, reopening the stream")
+        }
+        None => tracing::warn!(consumer, "alert consumer stream ended, reopening it"),
+    }
 }
 
 /// The alert's `alertData` with the state of this delivery, as [`AlertLog::update_state`]

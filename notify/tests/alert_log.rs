@@ -10,14 +10,6 @@ use monitor_core::messages::AlertState;
 use monitor_notify::alert_log::{AlertLog, LoggedAlert, NewAlertRow, NotifyStatus};
 use serde_json::json;
 
-async fn row_count(env: &Env, alert_key: &str) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM monitor_alert_log_v2 WHERE alert_key = ?")
-        .bind(alert_key)
-        .fetch_one(&env.pool)
-        .await
-        .expect("failed to count rows")
-}
-
 #[tokio::test]
 async fn redelivery_finds_first_row() {
     let env = Env::new("log_redelivery").await;
@@ -62,7 +54,7 @@ async fn redelivery_finds_first_row() {
             state: AlertState::Provisional,
         }
     );
-    assert_eq!(row_count(&env, &alert.id).await, 1);
+    assert_eq!(env.row_count(&alert.id).await, 1);
 
     env.cleanup().await;
 }

@@ -26,14 +26,6 @@ async fn alert_row(env: &Env, alert_key: &str) -> Option<(u64, String, String)> 
     Some((id as u64, row.get("notify_status"), row.get("title")))
 }
 
-async fn row_count(env: &Env, alert_key: &str) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM monitor_alert_log_v2 WHERE alert_key = ?")
-        .bind(alert_key)
-        .fetch_one(&env.pool)
-        .await
-        .expect("failed to count rows")
-}
-
 #[tokio::test]
 async fn alert_published_twice_is_stored_once_and_pushed_with_row_id() {
     let env = Env::new("once").await;
@@ -46,7 +38,7 @@ async fn alert_published_twice_is_stored_once_and_pushed_with_row_id() {
     env.wait_acked(&env.subjects.alerts_stream(), CONSUMER, 2)
         .await;
 
-    assert_eq!(row_count(&env, &alert.id).await, 1);
+    assert_eq!(env.row_count(&alert.id).await, 1);
     let (row_id, _, title) = alert_row(&env, &alert.id).await.expect("alert row");
     assert_eq!(title, titles::alert_title(&alert, Locale::ZhCn));
     let pushed = peer.wait_for("alert", 1).await;
@@ -234,7 +226,7 @@ async fn alert_unacked_until_table_returns() {
     let pushed = peer.wait_for("alert", 1).await;
     let (row_id, _, _) = alert_row(&env, &alert.id).await.expect("alert row");
     assert_eq!(pushed[0].message["data"]["alertId"], row_id);
-    assert_eq!(row_count(&env, &alert.id).await, 1);
+    assert_eq!(env.row_count(&alert.id).await, 1);
     env.wait_acked(&env.subjects.alerts_stream(), CONSUMER, 1)
         .await;
 
@@ -266,7 +258,7 @@ async fn retracted_alert_updates_row_and_pushes_alert_update() {
     assert_eq!(updates[0].message["data"]["alertId"], row_id);
     assert_eq!(updates[0].message["data"]["state"], "retracted");
     assert_eq!(updates[0].message["data"]["reason"], "区块重组，告警已撤回");
-    assert_eq!(row_count(&env, &alert.id).await, 1);
+    assert_eq!(env.row_count(&alert.id).await, 1);
     let (state, data_state): (String, String) = sqlx::query_as(
         "SELECT state, CAST(JSON_UNQUOTE(JSON_EXTRACT(alert_data, '$.state')) AS CHAR) FROM monitor_alert_log_v2 WHERE id = ?",
     )
@@ -315,9 +307,9 @@ async fn burst_with_rejected_row_stores_rest() {
         .await;
 
     for alert in &alerts {
-        assert_eq!(row_count(&env, &alert.id).await, 1, "rows of {}", alert.id);
+        assert_eq!(env.row_count(&alert.id).await, 1, "rows of {}", alert.id);
     }
-    assert_eq!(row_count(&env, &rejected.id).await, 0);
+    assert_eq!(env.row_count(&rejected.id).await, 0);
     let pushed = peer.wait_for("alert", alerts.len()).await;
     let mut times: Vec<i64> = pushed
         .iter()

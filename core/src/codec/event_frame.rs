@@ -11,8 +11,8 @@
 //! error. So the reader changes the speed of decoding, never its result; the tests in
 //! `core/tests/fuzz_codec.rs` compare it with serde on random and damaged frames.
 //!
-//! Block task events (blocks, transactions, logs, program logs) are rare next to trades and
-//! hold nested strings and lists; their bodies go to serde as a sub-slice.
+//! Block task events (blocks, transactions, logs, program logs) are rare next to trades, and
+//! they hold nested strings and lists. Their bodies go to serde as a sub-slice.
 
 use serde::de::DeserializeOwned;
 
@@ -55,9 +55,9 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, len: usize) -> Option<&'a [u8]> {
         let end = self.pos.checked_add(len)?;
-        let taken = self.bytes.get(self.pos..end)?;
+        let slice = self.bytes.get(self.pos..end)?;
         self.pos = end;
-        Some(taken)
+        Some(slice)
     }
 
     fn byte(&mut self) -> Option<u8> {
@@ -214,6 +214,17 @@ impl<'a> Reader<'a> {
         Some(())
     }
 
+    /// Reads an array, each item with `read`.
+    fn list<T>(&mut self, read: impl Fn(&mut Self) -> Option<T>) -> Option<Vec<T>> {
+        let len = self.array_len()?;
+        // Every item takes at least one byte, so a forged length cannot reserve more.
+        let mut items = Vec::with_capacity(len.min(self.bytes.len() - self.pos));
+        for _ in 0..len {
+            items.push(read(self)?);
+        }
+        Some(items)
+    }
+
     /// Hands one value to serde, for the event kinds this reader leaves to it.
     fn serde<T: DeserializeOwned>(&mut self) -> Option<T> {
         let start = self.pos;
@@ -233,7 +244,7 @@ impl<'a> Reader<'a> {
                 b"chain" => set(&mut chain, self.chain()?)?,
                 b"producer" => set(&mut producer, self.string()?)?,
                 b"seq" => set(&mut seq, self.u64()?)?,
-                b"events" => set(&mut events, self.events()?)?,
+                b"events" => set(&mut events, self.list(Self::event)?)?,
                 _ => self.skip(0)?,
             }
         }
@@ -256,16 +267,6 @@ impl<'a> Reader<'a> {
             b"bsc" => Some(Chain::Bsc),
             _ => None,
         }
-    }
-
-    fn events(&mut self) -> Option<Vec<Event>> {
-        let len = self.array_len()?;
-        // Every event takes at least one byte, so a forged length cannot reserve more.
-        let mut events = Vec::with_capacity(len.min(self.bytes.len() - self.pos));
-        for _ in 0..len {
-            events.push(self.event()?);
-        }
-        Some(events)
     }
 
     fn event(&mut self) -> Option<Event> {
@@ -400,7 +401,7 @@ impl<'a> Reader<'a> {
                 b"liquidity" => set(&mut liquidity, self.option(Self::f64)?)?,
                 b"holders" => set(&mut holders, self.option(Self::u64)?)?,
                 b"top_share_pct" => set(&mut top_share_pct, self.option(Self::f64)?)?,
-                b"windows" => set(&mut windows, self.windows()?)?,
+                b"windows" => set(&mut windows, self.list(Self::window)?)?,
                 _ => self.skip(0)?,
             }
         }
@@ -412,15 +413,6 @@ impl<'a> Reader<'a> {
             top_share_pct: top_share_pct.flatten(),
             windows: windows.unwrap_or_default(),
         })
-    }
-
-    fn windows(&mut self) -> Option<Vec<WindowStats>> {
-        let len = self.array_len()?;
-        let mut windows = Vec::with_capacity(len.min(self.bytes.len() - self.pos));
-        for _ in 0..len {
-            windows.push(self.window()?);
-        }
-        Some(windows)
     }
 
     fn window(&mut self) -> Option<WindowStats> {

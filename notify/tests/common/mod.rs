@@ -138,6 +138,15 @@ impl Env {
         }
     }
 
+    /// Counts the rows of `monitor_alert_log_v2` with the key `alert_key`.
+    pub async fn row_count(&self, alert_key: &str) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM monitor_alert_log_v2 WHERE alert_key = ?")
+            .bind(alert_key)
+            .fetch_one(&self.pool)
+            .await
+            .expect("failed to count rows")
+    }
+
     /// Waits until the consumer `name` has acked or terminated the first `count` messages.
     pub async fn wait_acked(&self, stream: &str, name: &str, count: u64) {
         eventually(
