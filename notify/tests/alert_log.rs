@@ -87,6 +87,7 @@ async fn new_alerts_get_distinct_rows() {
         );
         ids.push(logged.id);
     }
+    ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 3);
 
