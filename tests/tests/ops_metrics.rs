@@ -128,8 +128,13 @@ async fn pipeline_stages_report_metrics_and_health() {
         *expected_by_type.entry(row.alert_type).or_default() += 1.0;
     }
 
+    // Every expected alert can be stored before ingest has counted the last trades of the
+    // recording, so the scrape waits for the full count.
     let metrics = metrics_when(&ingest, |m| {
         total(m, "monitor_ingest_frames_published_total") > 0.0
+            && samples(m, "monitor_ingest_feed_frames_total")
+                .iter()
+                .any(|(series, count)| series.contains("channel=\"trades\"") && *count >= 1000.0)
     })
     .await;
     assert_names(
