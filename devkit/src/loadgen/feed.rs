@@ -16,7 +16,6 @@
 //! so the feed goes as fast as the pipeline takes.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -608,9 +607,10 @@ fn leg<'a>(
 const FRAME_CAPACITY: usize = 1024;
 
 /// Writes `TXS_DATA` in feed-replay's simple layout (token subscription). The frame is built
-/// for every trade of the load, so it is written with `write!` instead of serde_json. Its
-/// strings are the run's hex addresses, `LG<n>` symbols and fixed words, which need no
-/// escaping. Its numbers are finite, and Rust's `Display` writes those as valid JSON numbers.
+/// for every trade of the load, so it is assembled from string pieces, with `ryu` and `itoa`
+/// for the numbers, instead of serde_json or `write!`. Its strings are the run's hex
+/// addresses, `LG<n>` symbols and fixed words, which need no escaping. Its floats are finite,
+/// and `ryu` writes those as valid JSON numbers.
 fn txs_frame(target: &TargetInfo, trade: &PlannedTrade, tag: TradeTag, time_ms: i64) -> String {
     let token_amount = trade.volume_usd / target.price_usd;
     let token_given = trade.side == Side::Sell;
@@ -636,42 +636,70 @@ fn txs_frame(target: &TargetInfo, trade: &PlannedTrade, tag: TradeTag, time_ms: 
         Side::Sell => (token, usdt, "sell"),
     };
 
-    let mut frame = String::with_capacity(FRAME_CAPACITY);
-    // `fmt::Write` for `String` never returns an error, so the results of write! are ignored.
-    let _ = write!(
-        frame,
-        r#"{{"type":"TXS_DATA","data":{{"blockUnixTime":{},"blockUnixTimeMs":{time_ms},"owner":"{}","source":"uniswap_v3","txHash":""#,
-        time_ms.div_euclid(1000),
-        target.owner,
-    );
-    tag.write_tx_hash(&mut frame);
-    let _ = write!(
-        frame,
-        r#"","side":"{side}","tokenAddress":"{}","alias":null,"isTradeOnBe":false,"platform":"uniswap","volumeUSD":{},"from":"#,
-        target.address, trade.volume_usd,
-    );
-    write_leg(&mut frame, &from);
-    frame.push_str(r#","to":"#);
-    write_leg(&mut frame, &to);
-    let _ = write!(frame, r#","tokenPrice":{}}}}}"#, target.price_usd);
-    frame
+    let mut frame = FrameText(String::with_capacity(FRAME_CAPACITY));
+    frame.push(r#"{"type":"TXS_DATA","data":{"blockUnixTime":"#);
+    frame.integer(time_ms.div_euclid(1000));
+    frame.push(r#","blockUnixTimeMs":"#);
+    frame.integer(time_ms);
+    frame.push(r#","owner":""#);
+    frame.push(&target.owner);
+    frame.push(r#"","source":"uniswap_v3","txHash":""#);
+    tag.write_tx_hash(&mut frame.0);
+    frame.push(r#"","side":""#);
+    frame.push(side);
+    frame.push(r#"","tokenAddress":""#);
+    frame.push(&target.address);
+    frame.push(r#"","alias":null,"isTradeOnBe":false,"platform":"uniswap","volumeUSD":"#);
+    frame.float(trade.volume_usd);
+    frame.push(r#","from":"#);
+    frame.leg(&from);
+    frame.push(r#","to":"#);
+    frame.leg(&to);
+    frame.push(r#","tokenPrice":"#);
+    frame.float(target.price_usd);
+    frame.push("}}");
+    frame.0
 }
 
-fn write_leg(frame: &mut String, leg: &Leg<'_>) {
-    let _ = write!(
-        frame,
-        r#"{{"symbol":"{}","decimals":{},"address":"{}","amount":{},"uiAmount":{},"price":{},"nearestPrice":{},"changeAmount":{},"uiChangeAmount":{},"typeSwap":"{}"}}"#,
-        leg.symbol,
-        leg.decimals,
-        leg.address,
-        leg.amount,
-        leg.ui_amount,
-        leg.price,
-        leg.price,
-        leg.change_amount,
-        leg.ui_change_amount,
-        leg.type_swap,
-    );
+/// The text of a trade frame being written.
+struct FrameText(String);
+
+impl FrameText {
+    fn push(&mut self, text: &str) {
+        self.0.push_str(text);
+    }
+
+    fn integer(&mut self, value: impl itoa::Integer) {
+        self.0.push_str(itoa::Buffer::new().format(value));
+    }
+
+    fn float(&mut self, value: f64) {
+        self.0.push_str(ryu::Buffer::new().format_finite(value));
+    }
+
+    fn leg(&mut self, leg: &Leg<'_>) {
+        self.push(r#"{"symbol":""#);
+        self.push(leg.symbol);
+        self.push(r#"","decimals":"#);
+        self.integer(leg.decimals);
+        self.push(r#","address":""#);
+        self.push(leg.address);
+        self.push(r#"","amount":"#);
+        self.integer(leg.amount);
+        self.push(r#","uiAmount":"#);
+        self.float(leg.ui_amount);
+        self.push(r#","price":"#);
+        self.float(leg.price);
+        self.push(r#","nearestPrice":"#);
+        self.float(leg.price);
+        self.push(r#","changeAmount":"#);
+        self.integer(leg.change_amount);
+        self.push(r#","uiChangeAmount":"#);
+        self.float(leg.ui_change_amount);
+        self.push(r#","typeSwap":""#);
+        self.push(leg.type_swap);
+        self.push(r#""}"#);
+    }
 }
 
 #[cfg(test)]
