@@ -128,13 +128,19 @@ async fn pipeline_stages_report_metrics_and_health() {
         *expected_by_type.entry(row.alert_type).or_default() += 1.0;
     }
 
-    // Every expected alert can be stored before ingest has counted the last trades of the
-    // recording, so the scrape waits for the full count.
+    // Every expected alert can be stored before ingest has read and published the last
+    // frames of the recording, so the scrape waits for the counts asserted below.
+    let feed_frames = |m: &str, channel: &str| {
+        samples(m, "monitor_ingest_feed_frames_total")
+            .iter()
+            .filter(|(series, _)| series.contains(&format!("channel=\"{channel}\"")))
+            .map(|(_, count)| count)
+            .sum::<f64>()
+    };
     let metrics = metrics_when(&ingest, |m| {
-        total(m, "monitor_ingest_frames_published_total") > 0.0
-            && samples(m, "monitor_ingest_feed_frames_total")
-                .iter()
-                .any(|(series, count)| series.contains("channel=\"trades\"") && *count >= 1000.0)
+        feed_frames(m, "trades") >= 1000.0
+            && feed_frames(m, "prices") > 0.0
+            && total(m, "monitor_ingest_events_published_total") >= 1000.0
     })
     .await;
     assert_names(
