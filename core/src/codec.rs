@@ -56,7 +56,7 @@ pub trait Message: Sized {
         None
     }
 
-    /// Estimates the encoded size in bytes, so that [`encode`] allocates its buffer once.
+    /// Estimates the encoded size in bytes, so that [`encode`] usually allocates its buffer once.
     fn encoded_len_hint(&self) -> usize {
         256
     }
