@@ -29,7 +29,7 @@ use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, PullConsumer};
+use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::message::Message;
 use async_nats::jetstream::{self, AckKind};
 use futures::{FutureExt, StreamExt};
@@ -49,7 +49,7 @@ use crate::counters::AlertCounters;
 use crate::db_health::DbHealth;
 use crate::java_messages;
 use crate::java_ws::JavaWs;
-use crate::jetstream::{acknowledge, dead_letter, messages, JetStreamError};
+use crate::jetstream::{acknowledge, dead_letter, DurableConsumer, JetStreamError};
 use crate::metrics;
 
 /// First pause before an insert is tried again while MySQL is unavailable; it doubles after
@@ -128,11 +128,10 @@ impl AlertForwarder {
     /// Consumes alerts until `shutdown`; the alert in hand is finished first.
     pub async fn run(
         mut self,
-        consumer: PullConsumer,
+        mut consumer: DurableConsumer,
         shutdown: CancellationToken,
     ) -> Result<(), JetStreamError> {
-        let name = Subjects::NOTIFY_ALERTS_CONSUMER;
-        let mut stream = messages(&consumer, name).await?;
+        let mut stream = consumer.messages().await?;
         let mut connection = self.ws.watch();
         let mut retry = tokio::time::interval(FLUSH_RETRY_PERIOD);
 
@@ -147,23 +146,29 @@ impl AlertForwarder {
                     self.flush_if_behind().await;
                 }
                 _ = retry.tick() => self.flush_if_behind().await,
-                next = stream.next() => match next {
-                    Some(Ok(message)) => {
-                        let (batch, reopen) = take_ready(message, &mut stream);
-                        metrics::time_alerts(batch.len(), self.handle(batch, &shutdown)).await;
-                        if reopen {
-                            stream = messages(&consumer, name).await?;
+                next = stream.next() => {
+                    let reopen = match next {
+                        Some(Ok(message)) => {
+                            let (batch, reopen) = take_ready(message, &mut stream);
+                            metrics::time_alerts(batch.len(), self.handle(batch, &shutdown)).await;
+                            reopen
+                        }
+                        Some(Err(error)) => {
+                            log_reopen(Some(&error));
+                            true
+                        }
+                        None => {
+                            log_reopen(None);
+                            true
+                        }
+                    };
+                    if reopen {
+                        match consumer.reopen(&shutdown).await {
+                            Some(reopened) => stream = reopened,
+                            None => break,
                         }
                     }
-                    Some(Err(error)) => {
-                        log_reopen(Some(&error));
-                        stream = messages(&consumer, name).await?;
-                    }
-                    None => {
-                        log_reopen(None);
-                        stream = messages(&consumer, name).await?;
-                    }
-                },
+                }
             }
         }
         self.settle_marks().await;

@@ -1,5 +1,5 @@
-//! The two JetStream operations both forwarders share: opening their durable pull consumer
-//! and moving an undecodable message to the dead stream.
+//! The JetStream operations both forwarders share: reading their durable pull consumer, and
+//! moving an undecodable message to the dead stream.
 
 use std::time::Duration;
 
@@ -8,6 +8,9 @@ use async_nats::jetstream::message::Message;
 use async_nats::jetstream::{self, AckKind};
 use async_nats::HeaderMap;
 use monitor_core::Subjects;
+use tokio::time::{sleep, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 /// Header of a dead message with the reason it could not be handled.
 pub const DEAD_REASON_HEADER: &str = "Monitor-Dead-Reason";
@@ -37,8 +40,112 @@ pub enum JetStreamError {
     },
 }
 
-/// Creates (or opens) a durable pull consumer with explicit acks over every subject of `stream`.
-pub async fn durable_consumer(
+/// Expiry of each pull request of [`DurableConsumer::messages`].
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// Idle heartbeat of each pull request. Two missed heartbeats end a stream with an error.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// First pause before a failed or ended stream is reopened. It doubles while reopened streams
+/// keep failing soon, up to [`REOPEN_MAX`].
+const REOPEN_MIN: Duration = Duration::from_millis(500);
+const REOPEN_MAX: Duration = Duration::from_secs(10);
+
+/// A durable pull consumer with explicit acks over the subjects of one stream, created again
+/// when the server has lost it (deleted by an operator, or a stream recreated).
+pub struct DurableConsumer {
+    js: jetstream::Context,
+    stream: String,
+    name: &'static str,
+    filter_subject: String,
+    consumer: PullConsumer,
+    /// Pause before the next reopen attempt.
+    reopen_delay: Duration,
+    /// Time the current stream was opened.
+    opened_at: Instant,
+}
+
+impl DurableConsumer {
+    /// Creates (or opens) the consumer `name` on `stream`.
+    pub async fn open(
+        js: &jetstream::Context,
+        stream: &str,
+        name: &'static str,
+        filter_subject: &str,
+    ) -> Result<DurableConsumer, JetStreamError> {
+        let consumer = create_consumer(js, stream, name, filter_subject).await?;
+        Ok(DurableConsumer {
+            js: js.clone(),
+            stream: stream.to_owned(),
+            name,
+            filter_subject: filter_subject.to_owned(),
+            consumer,
+            reopen_delay: REOPEN_MIN,
+            opened_at: Instant::now(),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Opens the message stream of the consumer.
+    ///
+    /// The stream requests idle heartbeats, so that a pull request lost between client and
+    /// server shows up as a "missed idle heartbeat" error within two seconds. The callers then
+    /// reopen it. Without heartbeats, the client found out only when the request expired, and
+    /// full-speed loadgen runs showed notify idle for 35 s with hundreds of alerts pending and
+    /// no pull request waiting at the server.
+    pub async fn messages(&mut self) -> Result<pull::Stream, JetStreamError> {
+        self.opened_at = Instant::now();
+        self.consumer
+            .stream()
+            .max_messages_per_batch(64)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await
+            .map_err(|source| JetStreamError::Messages {
+                consumer: self.name.to_owned(),
+                source,
+            })
+    }
+
+    /// Opens a new stream after the current one failed or ended, creating the consumer again
+    /// first. Each attempt waits a pause, which doubles while streams keep failing within
+    /// [`REOPEN_MAX`] of being opened, so a consumer that fails every pull costs one attempt
+    /// and one log line per pause. Returns `None` when `shutdown` is cancelled first.
+    pub async fn reopen(&mut self, shutdown: &CancellationToken) -> Option<pull::Stream> {
+        if self.opened_at.elapsed() > REOPEN_MAX {
+            self.reopen_delay = REOPEN_MIN;
+        }
+        loop {
+            let delay = self.reopen_delay;
+            self.reopen_delay = (delay * 2).min(REOPEN_MAX);
+            shutdown.run_until_cancelled(sleep(delay)).await?;
+            let opened = match create_consumer(
+                &self.js,
+                &self.stream,
+                self.name,
+                &self.filter_subject,
+            )
+            .await
+            {
+                Ok(consumer) => {
+                    self.consumer = consumer;
+                    self.messages().await
+                }
+                Err(error) => Err(error),
+            };
+            match opened {
+                Ok(stream) => return Some(stream),
+                Err(error) => {
+                    warn!(consumer = self.name, error = %error, retry_in_ms = self.reopen_delay.as_millis() as u64, "failed to reopen the consumer, retrying")
+                }
+            }
+        }
+    }
+}
+
+async fn create_consumer(
     js: &jetstream::Context,
     stream: &str,
     name: &str,
@@ -63,32 +170,6 @@ pub async fn durable_consumer(
         .await
         .map_err(|source| JetStreamError::Consumer {
             stream: stream.to_owned(),
-            consumer: name.to_owned(),
-            source,
-        })
-}
-
-/// Expiry of each pull request of [`messages`].
-const PULL_EXPIRES: Duration = Duration::from_secs(10);
-/// Idle heartbeat of each pull request. Two missed heartbeats end a stream with an error.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
-
-/// Opens the message stream of a pull consumer.
-///
-/// The stream requests idle heartbeats, so that a pull request lost between client and server
-/// shows up as a "missed idle heartbeat" error within two seconds. The callers then open a
-/// new stream. Without heartbeats, the client found out only when the request expired, and
-/// full-speed loadgen runs showed notify idle for 35 s with hundreds of alerts pending and no
-/// pull request waiting at the server.
-pub async fn messages(consumer: &PullConsumer, name: &str) -> Result<pull::Stream, JetStreamError> {
-    consumer
-        .stream()
-        .max_messages_per_batch(64)
-        .expires(PULL_EXPIRES)
-        .heartbeat(PULL_HEARTBEAT)
-        .messages()
-        .await
-        .map_err(|source| JetStreamError::Messages {
             consumer: name.to_owned(),
             source,
         })

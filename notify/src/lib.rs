@@ -53,14 +53,14 @@ pub async fn run(settings: NotifySettings, shutdown: CancellationToken) -> anyho
     };
     let subjects = topology?.subjects;
 
-    let alert_consumer = jetstream::durable_consumer(
+    let alert_consumer = jetstream::DurableConsumer::open(
         &js,
         &subjects.alerts_stream(),
         Subjects::NOTIFY_ALERTS_CONSUMER,
         &subjects.all_alerts(),
     )
     .await?;
-    let status_consumer = jetstream::durable_consumer(
+    let status_consumer = jetstream::DurableConsumer::open(
         &js,
         &subjects.status_stream(),
         Subjects::NOTIFY_STATUS_CONSUMER,

@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::Message;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
@@ -30,7 +29,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::counters::AlertCounters;
 use crate::java_messages;
 use crate::java_ws::JavaWs;
-use crate::jetstream::{acknowledge, dead_letter, messages, JetStreamError};
+use crate::jetstream::{acknowledge, dead_letter, DurableConsumer, JetStreamError};
 use crate::status_store::{StatusStore, StatusStoreError};
 
 /// Age after which a heartbeat is stale: two heartbeat intervals of 30 s.
@@ -87,12 +86,12 @@ impl StatusForwarder {
     /// Reads the stored statuses, then consumes status messages until `shutdown`.
     pub async fn run(
         mut self,
-        consumer: PullConsumer,
+        mut consumer: DurableConsumer,
         shutdown: CancellationToken,
     ) -> Result<(), StatusForwarderError> {
         self.restore().await?;
-        let name = Subjects::NOTIFY_STATUS_CONSUMER;
-        let mut stream = messages(&consumer, name).await?;
+        let name = consumer.name();
+        let mut stream = consumer.messages().await?;
         let mut connection = self.ws.watch();
 
         loop {
@@ -105,17 +104,20 @@ impl StatusForwarder {
                     }
                     self.resend_if_new_session().await;
                 }
-                next = stream.next() => match next {
-                    Some(Ok(message)) => self.handle(message).await,
-                    Some(Err(error)) => {
-                        warn!(consumer = name, error = %error, "failed to pull status messages, reopening the stream");
-                        stream = messages(&consumer, name).await?;
+                next = stream.next() => {
+                    match next {
+                        Some(Ok(message)) => {
+                            self.handle(message).await;
+                            continue;
+                        }
+                        Some(Err(error)) => warn!(consumer = name, error = %error, "failed to pull status messages, reopening the stream"),
+                        None => warn!(consumer = name, "status consumer stream ended, reopening it"),
                     }
-                    None => {
-                        warn!(consumer = name, "status consumer stream ended, reopening it");
-                        stream = messages(&consumer, name).await?;
+                    match consumer.reopen(&shutdown).await {
+                        Some(reopened) => stream = reopened,
+                        None => break,
                     }
-                },
+                }
             }
         }
         info!("status forwarder stopped");

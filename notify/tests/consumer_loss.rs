@@ -1,0 +1,68 @@
+//! Notify's alert consumer deleted under a running notify process, against real NATS
+//! JetStream, MariaDB and the backend stub.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on a broken set-up.
+
+mod common;
+
+use common::{price_alert, Env, Stub};
+use monitor_core::Subjects;
+
+const CONSUMER: &str = Subjects::NOTIFY_ALERTS_CONSUMER;
+
+#[tokio::test]
+async fn deleted_alert_consumer_is_recreated() {
+    let env = Env::new("consumer_loss").await;
+    let stub = Stub::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &env.test.work_dir().join("stub"),
+    )
+    .await;
+    let mut notify = env
+        .notify_process(&stub.url())
+        .env("RUST_LOG", "info")
+        .spawn("notify");
+    let before = price_alert("4:0xc02a:price_change:1", 1_700_000_000_001);
+    env.publish_alert(&before, "before-deletion").await;
+    stub.wait_for("alert", 1).await;
+
+    let stream = env
+        .js
+        .get_stream(env.subjects.alerts_stream())
+        .await
+        .unwrap();
+    stream
+        .delete_consumer(CONSUMER)
+        .await
+        .expect("failed to delete the alert consumer");
+    let after = price_alert("4:0xc02a:price_change:2", 1_700_000_000_002);
+    env.publish_alert(&after, "after-deletion").await;
+
+    // The alert published after the deletion arrives through the recreated consumer.
+    stub.wait_for("alert", 2).await;
+    assert!(stream.consumer_info(CONSUMER).await.is_ok());
+    assert_eq!(env.row_count(&before.id).await, 1);
+    assert_eq!(env.row_count(&after.id).await, 1);
+
+    // The first alert comes again through the new consumer, and its row stops the push.
+    env.wait_acked(&env.subjects.alerts_stream(), CONSUMER, 2)
+        .await;
+    assert_eq!(stub.received("alert").len(), 2);
+
+    // A few reopens at most: without a pause, a consumer that fails every pull made notify
+    // reopen its stream thousands of times a second.
+    let log = notify.log();
+    let reopens = log.matches("reopening").count();
+    assert!(
+        reopens >= 1,
+        "notify did not notice the lost consumer:\n{log}"
+    );
+    assert!(
+        reopens <= 5,
+        "notify reopened its stream {reopens} times:\n{log}"
+    );
+
+    notify.terminate().await;
+    stub.stop().await;
+    env.cleanup().await;
+}
