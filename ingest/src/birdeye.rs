@@ -19,7 +19,7 @@ use monitor_core::messages::{Chain, Side};
 use serde_json::Value;
 use url::Url;
 
-use json::{Json, Object};
+use json::{Fields, Json, Object};
 
 /// Maximum addresses in one `SUBSCRIBE_PRICE` or `SUBSCRIBE_TXS` query.
 pub const MAX_ADDRESSES_PER_QUERY: usize = 100;
@@ -172,16 +172,60 @@ pub struct ParseError {
     pub problem: String,
 }
 
+/// The members of a frame that [`parse_frame`] reads: about 14 of a trade frame's 35 values.
+/// The others are checked for JSON syntax only.
+const FRAME_FIELDS: Fields = Fields::Only(&[("type", Fields::All), ("data", DATA_FIELDS)]);
+
+const DATA_FIELDS: Fields = Fields::Only(&[
+    // TXS_DATA
+    ("volumeUSD", Fields::All),
+    ("blockUnixTimeMs", Fields::All),
+    ("blockUnixTime", Fields::All),
+    ("txHash", Fields::All),
+    ("owner", Fields::All),
+    ("tokenAddress", Fields::All),
+    ("side", Fields::All),
+    ("tokenPrice", Fields::All),
+    ("from", LEG_FIELDS),
+    ("to", LEG_FIELDS),
+    ("pairAddress", Fields::All),
+    // PRICE_DATA (and the pair's address in TXS_DATA)
+    ("address", Fields::All),
+    ("o", Fields::All),
+    ("h", Fields::All),
+    ("l", Fields::All),
+    ("c", Fields::All),
+    ("v", Fields::All),
+    ("unixTime", Fields::All),
+    // ERROR
+    ("message", Fields::All),
+]);
+
+const LEG_FIELDS: Fields = Fields::Only(&[("address", Fields::All), ("price", Fields::All)]);
+
 /// Parses one text frame. `is_watched` returns whether an address is one of the batch's
 /// targets, which decides which side of a complex trade is the watched token.
 pub fn parse_frame(
     text: &str,
     is_watched: impl Fn(&str) -> bool,
 ) -> Result<FeedMessage, ParseError> {
-    let value = json::from_str(text).map_err(|e| ParseError {
+    let value = json::from_str_fields(text, FRAME_FIELDS).map_err(invalid_json)?;
+    parse_value(text, &value, &is_watched)
+}
+
+fn invalid_json(error: serde_json::Error) -> ParseError {
+    ParseError {
         frame_type: "<invalid JSON>".into(),
-        problem: e.to_string(),
-    })?;
+        problem: error.to_string(),
+    }
+}
+
+/// Interprets the parsed frame `value` of `text`.
+fn parse_value(
+    text: &str,
+    value: &Json<'_>,
+    is_watched: &impl Fn(&str) -> bool,
+) -> Result<FeedMessage, ParseError> {
     let Some(frame_type) = value.get("type").and_then(Json::as_str) else {
         return Err(ParseError {
             frame_type: "<no type>".into(),
@@ -194,13 +238,13 @@ pub fn parse_frame(
     };
     match frame_type {
         "WELCOME" => Ok(FeedMessage::Welcome),
-        "PRICE_DATA" => parse_price(data(&value).map_err(error)?)
+        "PRICE_DATA" => parse_price(data(value).map_err(error)?)
             .map(FeedMessage::Price)
             .map_err(error),
-        "TXS_DATA" => parse_trades(data(&value).map_err(error)?, &is_watched)
+        "TXS_DATA" => parse_trades(data(value).map_err(error)?, is_watched)
             .map(FeedMessage::Trades)
             .map_err(error),
-        "ERROR" => Ok(FeedMessage::Error(error_message(&value))),
+        "ERROR" => Ok(FeedMessage::Error(error_message(text, value))),
         other => Ok(FeedMessage::Other(other.to_owned())),
     }
 }
@@ -213,13 +257,16 @@ fn data<'a>(frame: &'a Json<'a>) -> Result<&'a Object<'a>, String> {
     }
 }
 
-fn error_message(frame: &Json<'_>) -> String {
+/// Returns the `message` of an `ERROR` frame, or else its whole `data`, which it reads again
+/// from `text` with every member.
+fn error_message(text: &str, frame: &Json<'_>) -> String {
     let data = frame.get("data");
-    let message = data
-        .and_then(|d| d.get("message"))
-        .and_then(Json::as_str)
-        .map(str::to_owned);
-    message.unwrap_or_else(|| data.map_or_else(|| "no message".into(), short))
+    if let Some(message) = data.and_then(|d| d.get("message")).and_then(Json::as_str) {
+        return message.to_owned();
+    }
+    let whole = json::from_str(text);
+    let data = whole.as_ref().ok().and_then(|w| w.get("data")).or(data);
+    data.map_or_else(|| "no message".into(), short)
 }
 
 fn parse_price(data: &Object<'_>) -> Result<PriceData, String> {

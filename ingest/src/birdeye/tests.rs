@@ -158,6 +158,30 @@ fn error_frame_keeps_server_message() {
 }
 
 #[test]
+fn error_frame_without_message_shows_all_of_data() {
+    let text = r#"{"type":"ERROR","data":{"code":401,"reason":"unauthorized"}}"#;
+    assert_eq!(
+        parse(text),
+        Ok(FeedMessage::Error(
+            r#"{"code":401,"reason":"unauthorized"}"#.into()
+        ))
+    );
+}
+
+#[test]
+fn unread_member_is_checked_for_syntax_only() {
+    let trade = simple_trade("1650.2");
+    let with = |member: &str| trade.replacen(r#""alias":null"#, member, 1);
+
+    let out_of_range = parse(&with(r#""alias":1e400"#)).expect("an unread number is not converted");
+    assert_eq!(out_of_range, parse(&trade).unwrap());
+    let broken = problem(&with(r#""alias":[1,"#));
+    assert_eq!(broken.frame_type, "<invalid JSON>");
+    // The same number where the parser reads it still fails.
+    assert_eq!(problem(&simple_trade("1e400")).frame_type, "<invalid JSON>");
+}
+
+#[test]
 fn unknown_type_is_other() {
     let text = r#"{"type":"PRICE_ACK","data":{}}"#;
     assert_eq!(parse(text), Ok(FeedMessage::Other("PRICE_ACK".into())));
@@ -296,4 +320,69 @@ fn feed_url_adds_chain_and_key() {
         feed_url(&trailing, Chain::Eth, "k").as_str(),
         "ws://127.0.0.1:9000/ethereum?x-api-key=k"
     );
+}
+
+mod same_as_whole_tree {
+    //! `parse_frame` reads only the members it needs. On every text whose whole tree parses,
+    //! it must give what interpreting the whole tree gives.
+
+    use super::*;
+    use monitor_tests::fuzz;
+    use proptest::prelude::*;
+
+    const TYPES: &[&str] = &["PRICE_DATA", "TXS_DATA", "ERROR", "WELCOME", ""];
+    const KEYS: &[&str] = &[
+        "o",
+        "h",
+        "l",
+        "c",
+        "v",
+        "unixTime",
+        "address",
+        "blockUnixTime",
+        "blockUnixTimeMs",
+        "owner",
+        "txHash",
+        "side",
+        "tokenAddress",
+        "alias",
+        "volumeUSD",
+        "from",
+        "to",
+        "price",
+        "uiAmount",
+        "tokenPrice",
+        "pairAddress",
+        "message",
+        "type",
+        "data",
+    ];
+    const WORDS: &[&str] = &[WETH, USDT, "buy", "sell", "1m"];
+
+    fn frames() -> impl Strategy<Value = String> {
+        let complex = format!(
+            r#"{{"type":"TXS_DATA","data":{{"blockUnixTime":1675296001,"address":"{PAIR}","volumeUSD":99.5,"from":{{"address":"{WETH}","price":1650,"amount":1}},"to":{{"address":"{USDT}","price":1}}}}}}"#
+        );
+        let samples = vec![
+            simple_trade("1650.2"),
+            complex,
+            price_frame(r#""o":1,"h":2,"l":0.5,"c":1.5"#),
+            r#"{"type":"ERROR","data":{"message":"bad key","code":1}}"#.to_owned(),
+        ];
+        prop_oneof![
+            fuzz::texts(fuzz::typed_frame("type", TYPES, KEYS, WORDS)),
+            proptest::sample::select(samples).prop_flat_map(fuzz::mutate),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(fuzz::short_config())]
+
+        #[test]
+        fn gives_what_the_whole_tree_gives(text in frames()) {
+            if let Ok(whole) = json::from_str(&text) {
+                prop_assert_eq!(parse(&text), parse_value(&text, &whole, &watched));
+            }
+        }
+    }
 }
