@@ -65,6 +65,21 @@ struct TargetInfo {
     symbol: String,
     owner: String,
     price_usd: f64,
+    /// `price_usd` as JSON, written once for every frame of the target.
+    price_text: String,
+}
+
+impl TargetInfo {
+    fn new(address: String, symbol: String, owner: String, price_usd: f64) -> Self {
+        let price_text = ryu::Buffer::new().format_finite(price_usd).to_owned();
+        TargetInfo {
+            address,
+            symbol,
+            owner,
+            price_usd,
+            price_text,
+        }
+    }
 }
 
 /// Counts shared by the connections and read by the run.
@@ -214,11 +229,13 @@ impl LoadFeed {
         let targets: Vec<TargetInfo> = addresses
             .iter()
             .enumerate()
-            .map(|(i, address)| TargetInfo {
-                address: address.clone(),
-                symbol: format!("LG{i}"),
-                owner: format!("0x{:040x}", 0xa11ce_u64 << 32 | i as u64),
-                price_usd: 0.5 + (i % 1000) as f64 / 100.0,
+            .map(|(i, address)| {
+                TargetInfo::new(
+                    address.clone(),
+                    format!("LG{i}"),
+                    format!("0x{:040x}", 0xa11ce_u64 << 32 | i as u64),
+                    0.5 + (i % 1000) as f64 / 100.0,
+                )
             })
             .collect();
         let index = addresses
@@ -566,40 +583,24 @@ fn spread_offset(number: u64) -> f64 {
     (number as f64 * GOLDEN_RATIO_FRACTION).fract()
 }
 
-/// One side of a swap, as the `from` and `to` objects of `TXS_DATA` carry it.
+/// One side of a swap, as the `from` and `to` objects of `TXS_DATA` carry it, with its
+/// numbers already written as JSON.
 struct Leg<'a> {
     symbol: &'a str,
     decimals: u32,
     address: &'a str,
-    amount: u128,
-    ui_amount: f64,
-    price: f64,
-    change_amount: i128,
-    ui_change_amount: f64,
-    type_swap: &'static str,
+    /// Base units, without a sign.
+    amount: &'a str,
+    /// Token units, without a sign.
+    ui_amount: &'a str,
+    price: &'a str,
+    /// The trader gives this side: its change amounts are negative.
+    given: bool,
 }
 
-fn leg<'a>(
-    symbol: &'a str,
-    decimals: u32,
-    address: &'a str,
-    ui_amount: f64,
-    price: f64,
-    given: bool,
-) -> Leg<'a> {
-    let amount = (ui_amount * 10f64.powi(decimals as i32)) as u128;
-    let sign = if given { -1 } else { 1 };
-    Leg {
-        symbol,
-        decimals,
-        address,
-        amount,
-        ui_amount,
-        price,
-        change_amount: sign * amount as i128,
-        ui_change_amount: sign as f64 * ui_amount,
-        type_swap: if given { "from" } else { "to" },
-    }
+/// Base units of `ui_amount` tokens of `decimals` decimals.
+fn base_units(ui_amount: f64, decimals: u32) -> u128 {
+    (ui_amount * 10f64.powi(decimals as i32)) as u128
 }
 
 /// Initial capacity of a trade frame's string, so that it never grows: a frame is about 830
@@ -608,28 +609,36 @@ const FRAME_CAPACITY: usize = 1024;
 
 /// Writes `TXS_DATA` in feed-replay's simple layout (token subscription). The frame is built
 /// for every trade of the load, so it is assembled from string pieces, with `ryu` and `itoa`
-/// for the numbers, instead of serde_json or `write!`. Its strings are the run's hex
-/// addresses, `LG<n>` symbols and fixed words, which need no escaping. Its floats are finite,
-/// and `ryu` writes those as valid JSON numbers.
+/// for the numbers, instead of serde_json or `write!`, and each number is formatted once
+/// however often the frame repeats it. Its strings are the run's hex addresses, `LG<n>`
+/// symbols and fixed words, which need no escaping. Its floats are finite, and `ryu` writes
+/// those as valid JSON numbers.
 fn txs_frame(target: &TargetInfo, trade: &PlannedTrade, tag: TradeTag, time_ms: i64) -> String {
     let token_amount = trade.volume_usd / target.price_usd;
+    let mut volume_text = ryu::Buffer::new();
+    let volume = volume_text.format_finite(trade.volume_usd);
+    let mut token_amount_text = ryu::Buffer::new();
+    let mut token_units = itoa::Buffer::new();
+    let mut usdt_units = itoa::Buffer::new();
     let token_given = trade.side == Side::Sell;
-    let token = leg(
-        &target.symbol,
-        TOKEN_DECIMALS,
-        &target.address,
-        token_amount,
-        target.price_usd,
-        token_given,
-    );
-    let usdt = leg(
-        "USDT",
-        USDT_DECIMALS,
-        USDT_ADDRESS,
-        trade.volume_usd,
-        1.0,
-        !token_given,
-    );
+    let token = Leg {
+        symbol: &target.symbol,
+        decimals: TOKEN_DECIMALS,
+        address: &target.address,
+        amount: token_units.format(base_units(token_amount, TOKEN_DECIMALS)),
+        ui_amount: token_amount_text.format_finite(token_amount),
+        price: &target.price_text,
+        given: token_given,
+    };
+    let usdt = Leg {
+        symbol: "USDT",
+        decimals: USDT_DECIMALS,
+        address: USDT_ADDRESS,
+        amount: usdt_units.format(base_units(trade.volume_usd, USDT_DECIMALS)),
+        ui_amount: volume,
+        price: "1.0",
+        given: !token_given,
+    };
     // A buy takes the token out of the pool: the trader gives USDT and receives the token.
     let (from, to, side) = match trade.side {
         Side::Buy => (usdt, token, "buy"),
@@ -650,13 +659,13 @@ fn txs_frame(target: &TargetInfo, trade: &PlannedTrade, tag: TradeTag, time_ms: 
     frame.push(r#"","tokenAddress":""#);
     frame.push(&target.address);
     frame.push(r#"","alias":null,"isTradeOnBe":false,"platform":"uniswap","volumeUSD":"#);
-    frame.float(trade.volume_usd);
+    frame.push(volume);
     frame.push(r#","from":"#);
     frame.leg(&from);
     frame.push(r#","to":"#);
     frame.leg(&to);
     frame.push(r#","tokenPrice":"#);
-    frame.float(target.price_usd);
+    frame.push(&target.price_text);
     frame.push("}}");
     frame.0
 }
@@ -673,8 +682,12 @@ impl FrameText {
         self.0.push_str(itoa::Buffer::new().format(value));
     }
 
-    fn float(&mut self, value: f64) {
-        self.0.push_str(ryu::Buffer::new().format_finite(value));
+    /// Writes a number given as JSON text, negated when `negative`.
+    fn signed(&mut self, number: &str, negative: bool) {
+        if negative && number != "0" {
+            self.push("-");
+        }
+        self.push(number);
     }
 
     fn leg(&mut self, leg: &Leg<'_>) {
@@ -685,19 +698,19 @@ impl FrameText {
         self.push(r#","address":""#);
         self.push(leg.address);
         self.push(r#"","amount":"#);
-        self.integer(leg.amount);
+        self.push(leg.amount);
         self.push(r#","uiAmount":"#);
-        self.float(leg.ui_amount);
+        self.push(leg.ui_amount);
         self.push(r#","price":"#);
-        self.float(leg.price);
+        self.push(leg.price);
         self.push(r#","nearestPrice":"#);
-        self.float(leg.price);
+        self.push(leg.price);
         self.push(r#","changeAmount":"#);
-        self.integer(leg.change_amount);
+        self.signed(leg.amount, leg.given);
         self.push(r#","uiChangeAmount":"#);
-        self.float(leg.ui_change_amount);
+        self.signed(leg.ui_amount, leg.given);
         self.push(r#","typeSwap":""#);
-        self.push(leg.type_swap);
+        self.push(if leg.given { "from" } else { "to" });
         self.push(r#""}"#);
     }
 }
@@ -708,12 +721,12 @@ mod tests {
     use serde_json::Value;
 
     fn target() -> TargetInfo {
-        TargetInfo {
-            address: "0x10ad000000000000000000000000000000000007".into(),
-            symbol: "LG7".into(),
-            owner: format!("0x{:040x}", 7),
-            price_usd: 2.0,
-        }
+        TargetInfo::new(
+            "0x10ad000000000000000000000000000000000007".into(),
+            "LG7".into(),
+            format!("0x{:040x}", 7),
+            2.0,
+        )
     }
 
     #[test]
@@ -755,7 +768,21 @@ mod tests {
         assert_eq!(data["to"]["address"], target().address);
         assert_eq!(data["to"]["uiAmount"], 75_000.0);
         assert_eq!(data["from"]["address"], USDT_ADDRESS);
-        assert!(data["from"]["changeAmount"].as_i64().unwrap() < 0);
+        assert_eq!(data["from"]["amount"], 150_000_000_000u64);
+        assert_eq!(data["from"]["changeAmount"], -150_000_000_000i64);
+        assert_eq!(data["from"]["uiChangeAmount"], -150_000.0);
+        assert_eq!(data["from"]["typeSwap"], "from");
+        assert_eq!(data["to"]["changeAmount"], data["to"]["amount"]);
+        assert_eq!(data["to"]["uiChangeAmount"], 75_000.0);
+        assert_eq!(data["to"]["typeSwap"], "to");
+        for price in [
+            &data["tokenPrice"],
+            &data["to"]["price"],
+            &data["to"]["nearestPrice"],
+        ] {
+            assert_eq!(*price, 2.0);
+        }
+        assert_eq!(data["from"]["price"], 1.0);
         let hash = data["txHash"].as_str().unwrap();
         assert_eq!(TradeTag::from_tx_hash(hash), Some(tag));
     }
