@@ -29,6 +29,8 @@
 //! - Each ring is allocated on the first observation of its channel, so a target without
 //!   holder polls, for example, costs nothing for holders.
 
+use std::cell::Cell;
+
 use monitor_core::messages::{Side, WindowStats};
 
 /// Maximum number of buckets that one window keeps.
@@ -203,6 +205,60 @@ struct Window {
     trades: Vec<TradeBucket>,
     prices: Vec<PriceBucket>,
     holders: Vec<HolderBucket>,
+    /// Trade figures of the covered buckets before the newest one, see [`Prefix`].
+    trade_prefix: Cell<Option<Prefix<TradeFigures>>>,
+    /// Price figures of the covered buckets before the newest one, see [`Prefix`].
+    price_prefix: Cell<Option<Prefix<PriceFigures>>>,
+}
+
+/// Figures of the covered buckets before bucket `last`, the newest of the window, kept from
+/// one call of [`Window::stats`] to the next. While observations land in bucket `last`, the
+/// figures of a window of 64 buckets cost one bucket instead of 64. A window that moves on
+/// (a newer `last`) computes them again, and an observation placed in an older bucket clears
+/// them. Adding the newest bucket to the kept figures performs the same operations in the same
+/// order as summing every bucket, so the floating-point results are identical.
+#[derive(Debug, Clone, Copy)]
+struct Prefix<F> {
+    last: i64,
+    figures: F,
+}
+
+/// Trade figures summed over buckets, oldest first.
+#[derive(Debug, Clone, Copy, Default)]
+struct TradeFigures {
+    volume_usd: f64,
+    buy_usd: f64,
+    sell_usd: f64,
+    trades: u32,
+}
+
+impl TradeFigures {
+    fn add(&mut self, bucket: &TradeBucket) {
+        self.volume_usd += bucket.buy_usd + bucket.sell_usd;
+        self.buy_usd += bucket.buy_usd;
+        self.sell_usd += bucket.sell_usd;
+        self.trades += bucket.trades;
+    }
+}
+
+/// Price figures merged over buckets, oldest first: the first bucket gives the start.
+#[derive(Debug, Clone, Copy, Default)]
+struct PriceFigures {
+    start_time_ms: Option<i64>,
+    start_price: Option<f64>,
+    high: Option<f64>,
+    low: Option<f64>,
+}
+
+impl PriceFigures {
+    fn add(&mut self, bucket: &PriceBucket, first_time_ms: i64) {
+        if self.start_time_ms.is_none() {
+            self.start_time_ms = Some(first_time_ms);
+            self.start_price = Some(bucket.first_open);
+        }
+        self.high = Some(self.high.map_or(bucket.high, |h| h.max(bucket.high)));
+        self.low = Some(self.low.map_or(bucket.low, |l| l.min(bucket.low)));
+    }
 }
 
 /// Returns the ring, allocating its slots on first use.
@@ -220,6 +276,8 @@ impl Window {
             trades: Vec::new(),
             prices: Vec::new(),
             holders: Vec::new(),
+            trade_prefix: Cell::new(None),
+            price_prefix: Cell::new(None),
         }
     }
 
@@ -252,6 +310,7 @@ impl Window {
             Side::Sell => bucket.sell_usd += volume_usd,
         }
         bucket.trades += 1;
+        clear_if_before(&self.trade_prefix, index);
         true
     }
 
@@ -283,6 +342,7 @@ impl Window {
                 low,
             };
         }
+        clear_if_before(&self.price_prefix, index);
         true
     }
 
@@ -323,7 +383,16 @@ impl Window {
         newest_ms: i64,
     ) -> impl Iterator<Item = (i64, T)> + 'r {
         let first = self.geometry.first_covered(newest_ms);
-        let last = self.geometry.index(newest_ms);
+        self.buckets_between(ring, first, self.geometry.index(newest_ms))
+    }
+
+    /// Returns the buckets of indices `first..=last` in `ring`, as [`Window::covered`] does.
+    fn buckets_between<'r, T: Tagged>(
+        &self,
+        ring: &'r [T],
+        first: i64,
+        last: i64,
+    ) -> impl Iterator<Item = (i64, T)> + 'r {
         // An empty ring (a channel never observed) has no slot to start from.
         let mut slot = if ring.is_empty() { 0 } else { self.slot(first) };
         // `take(0)` gives no index at all for an empty ring.
@@ -338,6 +407,39 @@ impl Window {
         })
     }
 
+    /// Returns the trade figures of the covered buckets before `last`, from the kept ones when
+    /// they end there.
+    fn trade_prefix(&self, last: i64) -> TradeFigures {
+        if let Some(prefix) = self.trade_prefix.get().filter(|p| p.last == last) {
+            return prefix.figures;
+        }
+        let first = last - i64::from(self.geometry.buckets) + 1;
+        let mut figures = TradeFigures::default();
+        for (_, bucket) in self.buckets_between(&self.trades, first, last - 1) {
+            figures.add(&bucket);
+        }
+        self.trade_prefix.set(Some(Prefix { last, figures }));
+        figures
+    }
+
+    /// Returns the price figures of the covered buckets before `last`, from the kept ones when
+    /// they end there.
+    fn price_prefix(&self, last: i64) -> PriceFigures {
+        if let Some(prefix) = self.price_prefix.get().filter(|p| p.last == last) {
+            return prefix.figures;
+        }
+        let first = last - i64::from(self.geometry.buckets) + 1;
+        let mut figures = PriceFigures::default();
+        for (index, bucket) in self.buckets_between(&self.prices, first, last - 1) {
+            figures.add(
+                &bucket,
+                self.geometry.time_ms(index, bucket.first_offset_ms),
+            );
+        }
+        self.price_prefix.set(Some(Prefix { last, figures }));
+        figures
+    }
+
     /// Figures of the window: each channel's part ends at that channel's newest time.
     /// Buckets are visited from oldest to newest, so sums are added in a fixed order.
     fn stats(&self, newest: &NewestTimes) -> WindowStats {
@@ -346,18 +448,29 @@ impl Window {
             ..WindowStats::default()
         };
         if let Some(newest) = newest.trade_ms {
-            for (_, bucket) in self.covered(&self.trades, newest) {
-                stats.volume_usd += bucket.buy_usd + bucket.sell_usd;
-                stats.buy_usd += bucket.buy_usd;
-                stats.sell_usd += bucket.sell_usd;
-                stats.trades += bucket.trades;
+            let last = self.geometry.index(newest);
+            let mut figures = self.trade_prefix(last);
+            for (_, bucket) in self.buckets_between(&self.trades, last, last) {
+                figures.add(&bucket);
             }
+            stats.volume_usd = figures.volume_usd;
+            stats.buy_usd = figures.buy_usd;
+            stats.sell_usd = figures.sell_usd;
+            stats.trades = figures.trades;
         }
         if let Some(newest) = newest.price_ms {
-            for (index, bucket) in self.covered(&self.prices, newest) {
-                let first_time_ms = self.geometry.time_ms(index, bucket.first_offset_ms);
-                merge_price(&mut stats, &bucket, first_time_ms);
+            let last = self.geometry.index(newest);
+            let mut figures = self.price_prefix(last);
+            for (index, bucket) in self.buckets_between(&self.prices, last, last) {
+                figures.add(
+                    &bucket,
+                    self.geometry.time_ms(index, bucket.first_offset_ms),
+                );
             }
+            stats.start_time_ms = figures.start_time_ms;
+            stats.start_price = figures.start_price;
+            stats.high = figures.high;
+            stats.low = figures.low;
         }
         if let Some(newest) = newest.holders_ms {
             // The first bucket found in index order has the earliest time.
@@ -370,14 +483,11 @@ impl Window {
     }
 }
 
-fn merge_price(stats: &mut WindowStats, bucket: &PriceBucket, first_time_ms: i64) {
-    // Buckets are visited in index order, so the first one seen has the earliest time.
-    if stats.start_time_ms.is_none() {
-        stats.start_time_ms = Some(first_time_ms);
-        stats.start_price = Some(bucket.first_open);
+/// Clears the kept figures of a window when a bucket before their newest one changed.
+fn clear_if_before<F: Copy>(prefix: &Cell<Option<Prefix<F>>>, index: i64) {
+    if prefix.get().is_some_and(|p| index < p.last) {
+        prefix.set(None);
     }
-    stats.high = Some(stats.high.map_or(bucket.high, |h| h.max(bucket.high)));
-    stats.low = Some(stats.low.map_or(bucket.low, |l| l.min(bucket.low)));
 }
 
 /// Newest source time of each channel.

@@ -465,6 +465,50 @@ proptest! {
     }
 }
 
+/// Returns the figures computed with every kept prefix cleared, so from every bucket.
+fn stats_from_scratch(windows: &TargetWindows) -> Vec<WindowStats> {
+    let fresh = windows.clone();
+    for window in &fresh.windows {
+        window.trade_prefix.set(None);
+        window.price_prefix.set(None);
+    }
+    fresh.stats()
+}
+
+/// Amounts with fractions, whose sums depend on the order of the additions.
+fn with_fractions(stream: Vec<Arrival>) -> Vec<Arrival> {
+    stream
+        .into_iter()
+        .map(|arrival| match arrival.observation {
+            Observation::Trade { side, volume_usd } => Arrival {
+                observation: Observation::Trade {
+                    side,
+                    volume_usd: volume_usd * 0.1 + 0.013,
+                },
+                ..arrival
+            },
+            _ => arrival,
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn kept_prefix_gives_identical_figures(
+        lengths in window_lengths(),
+        stream in arrivals().prop_map(with_fractions),
+    ) {
+        let mut windows = TargetWindows::new(&lengths);
+        for (order, arrival) in stream.iter().enumerate() {
+            windows.observe(arrival.time_ms, arrival.observation);
+            let expected = stats_from_scratch(&windows);
+            prop_assert_eq!(windows.stats(), expected, "after arrival {}", order);
+        }
+    }
+}
+
 #[test]
 fn buckets_stay_small() {
     // The memory of 10,000 targets is mostly these buckets, 60 of each per 300 s window.
