@@ -223,6 +223,14 @@ struct Prefix<F> {
     figures: F,
 }
 
+/// Figures of one channel, added up bucket by bucket from the oldest covered bucket.
+trait Figures: Copy + Default {
+    type Bucket: Tagged;
+
+    /// Adds bucket `index` of a window with `geometry`.
+    fn add(&mut self, geometry: &Geometry, index: i64, bucket: &Self::Bucket);
+}
+
 /// Trade figures summed over buckets, oldest first.
 #[derive(Debug, Clone, Copy, Default)]
 struct TradeFigures {
@@ -232,8 +240,10 @@ struct TradeFigures {
     trades: u32,
 }
 
-impl TradeFigures {
-    fn add(&mut self, bucket: &TradeBucket) {
+impl Figures for TradeFigures {
+    type Bucket = TradeBucket;
+
+    fn add(&mut self, _geometry: &Geometry, _index: i64, bucket: &TradeBucket) {
         self.volume_usd += bucket.buy_usd + bucket.sell_usd;
         self.buy_usd += bucket.buy_usd;
         self.sell_usd += bucket.sell_usd;
@@ -241,7 +251,7 @@ impl TradeFigures {
     }
 }
 
-/// Price figures merged over buckets, oldest first: the first bucket gives the start.
+/// Price figures merged over buckets, oldest first, so the first bucket gives the start.
 #[derive(Debug, Clone, Copy, Default)]
 struct PriceFigures {
     start_time_ms: Option<i64>,
@@ -250,10 +260,12 @@ struct PriceFigures {
     low: Option<f64>,
 }
 
-impl PriceFigures {
-    fn add(&mut self, bucket: &PriceBucket, first_time_ms: i64) {
+impl Figures for PriceFigures {
+    type Bucket = PriceBucket;
+
+    fn add(&mut self, geometry: &Geometry, index: i64, bucket: &PriceBucket) {
         if self.start_time_ms.is_none() {
-            self.start_time_ms = Some(first_time_ms);
+            self.start_time_ms = Some(geometry.time_ms(index, bucket.first_offset_ms));
             self.start_price = Some(bucket.first_open);
         }
         self.high = Some(self.high.map_or(bucket.high, |h| h.max(bucket.high)));
@@ -407,36 +419,32 @@ impl Window {
         })
     }
 
-    /// Returns the trade figures of the covered buckets before `last`, from the kept ones when
-    /// they end there.
-    fn trade_prefix(&self, last: i64) -> TradeFigures {
-        if let Some(prefix) = self.trade_prefix.get().filter(|p| p.last == last) {
-            return prefix.figures;
+    /// Returns the figures of the window ending at bucket `last` in `ring`. The figures of the
+    /// buckets before `last` come from `prefix`, which is computed again unless it ends there.
+    fn figures<F: Figures>(
+        &self,
+        ring: &[F::Bucket],
+        prefix: &Cell<Option<Prefix<F>>>,
+        last: i64,
+    ) -> F {
+        let mut figures = match prefix.get().filter(|kept| kept.last == last) {
+            Some(kept) => kept.figures,
+            None => {
+                let first = last - i64::from(self.geometry.buckets) + 1;
+                let mut before = F::default();
+                for (index, bucket) in self.buckets_between(ring, first, last - 1) {
+                    before.add(&self.geometry, index, &bucket);
+                }
+                prefix.set(Some(Prefix {
+                    last,
+                    figures: before,
+                }));
+                before
+            }
+        };
+        for (index, bucket) in self.buckets_between(ring, last, last) {
+            figures.add(&self.geometry, index, &bucket);
         }
-        let first = last - i64::from(self.geometry.buckets) + 1;
-        let mut figures = TradeFigures::default();
-        for (_, bucket) in self.buckets_between(&self.trades, first, last - 1) {
-            figures.add(&bucket);
-        }
-        self.trade_prefix.set(Some(Prefix { last, figures }));
-        figures
-    }
-
-    /// Returns the price figures of the covered buckets before `last`, from the kept ones when
-    /// they end there.
-    fn price_prefix(&self, last: i64) -> PriceFigures {
-        if let Some(prefix) = self.price_prefix.get().filter(|p| p.last == last) {
-            return prefix.figures;
-        }
-        let first = last - i64::from(self.geometry.buckets) + 1;
-        let mut figures = PriceFigures::default();
-        for (index, bucket) in self.buckets_between(&self.prices, first, last - 1) {
-            figures.add(
-                &bucket,
-                self.geometry.time_ms(index, bucket.first_offset_ms),
-            );
-        }
-        self.price_prefix.set(Some(Prefix { last, figures }));
         figures
     }
 
@@ -449,10 +457,7 @@ impl Window {
         };
         if let Some(newest) = newest.trade_ms {
             let last = self.geometry.index(newest);
-            let mut figures = self.trade_prefix(last);
-            for (_, bucket) in self.buckets_between(&self.trades, last, last) {
-                figures.add(&bucket);
-            }
+            let figures = self.figures(&self.trades, &self.trade_prefix, last);
             stats.volume_usd = figures.volume_usd;
             stats.buy_usd = figures.buy_usd;
             stats.sell_usd = figures.sell_usd;
@@ -460,13 +465,7 @@ impl Window {
         }
         if let Some(newest) = newest.price_ms {
             let last = self.geometry.index(newest);
-            let mut figures = self.price_prefix(last);
-            for (index, bucket) in self.buckets_between(&self.prices, last, last) {
-                figures.add(
-                    &bucket,
-                    self.geometry.time_ms(index, bucket.first_offset_ms),
-                );
-            }
+            let figures = self.figures(&self.prices, &self.price_prefix, last);
             stats.start_time_ms = figures.start_time_ms;
             stats.start_price = figures.start_price;
             stats.high = figures.high;
