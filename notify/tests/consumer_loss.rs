@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{price_alert, Env, Stub};
+use common::{price_alert, Env};
 use monitor_core::Subjects;
 
 const CONSUMER: &str = Subjects::NOTIFY_ALERTS_CONSUMER;
@@ -13,11 +13,7 @@ const CONSUMER: &str = Subjects::NOTIFY_ALERTS_CONSUMER;
 #[tokio::test]
 async fn deleted_alert_consumer_is_recreated() {
     let env = Env::new("consumer_loss").await;
-    let stub = Stub::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &env.test.work_dir().join("stub"),
-    )
-    .await;
+    let stub = env.start_stub().await;
     let mut notify = env
         .notify_process(&stub.url())
         .env("RUST_LOG", "info")

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{price_alert, Env, Stub};
+use common::{price_alert, Env};
 use monitor_core::messages::{
     AlertState, AlertType, BatchStatus, StatusChange, StatusMessage, StatusScope, MESSAGE_VERSION,
 };
@@ -30,11 +30,7 @@ async fn shown_texts(
     locale_env: Option<&str>,
 ) -> (Shown, Vec<monitor_core::messages::Alert>) {
     let env = Env::new(name).await;
-    let stub = Stub::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &env.test.work_dir().join("stub"),
-    )
-    .await;
+    let stub = env.start_stub().await;
     let mut builder = env.notify_process(&stub.url());
     if let Some(locale) = locale_env {
         builder = builder.env("MONITOR_LOCALE", locale);

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, price_alert, Env, Stub};
+use common::{eventually, price_alert, Env};
 use monitor_core::{codec, Subjects};
 use monitor_tests::MariaDb;
 use sqlx::MySqlPool;
@@ -86,11 +86,7 @@ async fn mysql_outage_under_load_loses_no_alert() {
     let pool = monitor_core::db::migrate(&mariadb.settings(&env.test))
         .await
         .expect("failed to migrate the private MariaDB");
-    let stub = Stub::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &env.test.work_dir().join("stub"),
-    )
-    .await;
+    let stub = env.start_stub().await;
     let mut notify = env
         .notify_process(&stub.url())
         .envs(mariadb.stage_env())

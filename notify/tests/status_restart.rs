@@ -112,11 +112,7 @@ async fn pass_marker(env: &Env, stub: &Stub) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_statuses_resent_after_restart() {
     let env = Env::new("status_restart").await;
-    let stub = Stub::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &env.test.work_dir().join("stub"),
-    )
-    .await;
+    let stub = env.start_stub().await;
     let notify = env.notify_process(&stub.url());
     let mut first_run = notify.spawn("notify");
     // Heartbeats are forwarded only while connected.
@@ -185,11 +181,7 @@ async fn latest_statuses_resent_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_messages_carry_alert_counts() {
     let env = Env::new("status_counts").await;
-    let stub = Stub::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &env.test.work_dir().join("stub"),
-    )
-    .await;
+    let stub = env.start_stub().await;
     let notify = env.start_notify(env.notify_settings(&stub.url()));
 
     // Three alerts of batch 12345 and two of batch 12346, all of task 4.

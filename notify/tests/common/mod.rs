@@ -105,6 +105,15 @@ impl Env {
         }
     }
 
+    /// Starts a backend stub on a free port, writing to the test's `stub` directory.
+    pub async fn start_stub(&self) -> Stub {
+        Stub::start(
+            "127.0.0.1:0".parse().expect("valid address"),
+            &self.test.work_dir().join("stub"),
+        )
+        .await
+    }
+
     /// The notify binary with this test's settings, pushing to `ws_url`. It runs with the
     /// protocol's timings: reconnects back off up to 30 s.
     pub fn notify_process(&self, ws_url: &str) -> ProcessBuilder {
