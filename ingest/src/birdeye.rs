@@ -172,8 +172,8 @@ pub struct ParseError {
     pub problem: String,
 }
 
-/// The members of a frame that [`parse_frame`] reads: about 14 of a trade frame's 35 values.
-/// The others are checked for JSON syntax only.
+/// The members of a frame that [`parse_frame`] reads, 16 of the 36 values of a trade frame as
+/// `devkit loadgen` sends it. The others are checked for JSON syntax only.
 const FRAME_FIELDS: Fields = Fields::Only(&[("type", Fields::All), ("data", DATA_FIELDS)]);
 
 const DATA_FIELDS: Fields = Fields::Only(&[

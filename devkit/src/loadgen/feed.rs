@@ -594,11 +594,11 @@ struct Leg<'a> {
     /// Token units, without a sign.
     ui_amount: &'a str,
     price: &'a str,
-    /// The trader gives this side: its change amounts are negative.
-    given: bool,
+    /// Whether the trader gives this side, which makes its change amounts negative.
+    given_by_trader: bool,
 }
 
-/// Base units of `ui_amount` tokens of `decimals` decimals.
+/// Converts `ui_amount` tokens of `decimals` decimals to base units.
 fn base_units(ui_amount: f64, decimals: u32) -> u128 {
     (ui_amount * 10f64.powi(decimals as i32)) as u128
 }
@@ -628,7 +628,7 @@ fn txs_frame(target: &TargetInfo, trade: &PlannedTrade, tag: TradeTag, time_ms: 
         amount: token_units.format(base_units(token_amount, TOKEN_DECIMALS)),
         ui_amount: token_amount_text.format_finite(token_amount),
         price: &target.price_text,
-        given: token_given,
+        given_by_trader: token_given,
     };
     let usdt = Leg {
         symbol: "USDT",
@@ -637,7 +637,7 @@ fn txs_frame(target: &TargetInfo, trade: &PlannedTrade, tag: TradeTag, time_ms: 
         amount: usdt_units.format(base_units(trade.volume_usd, USDT_DECIMALS)),
         ui_amount: volume,
         price: "1.0",
-        given: !token_given,
+        given_by_trader: !token_given,
     };
     // A buy takes the token out of the pool: the trader gives USDT and receives the token.
     let (from, to, side) = match trade.side {
@@ -706,11 +706,11 @@ impl FrameText {
         self.push(r#","nearestPrice":"#);
         self.push(leg.price);
         self.push(r#","changeAmount":"#);
-        self.signed(leg.amount, leg.given);
+        self.signed(leg.amount, leg.given_by_trader);
         self.push(r#","uiChangeAmount":"#);
-        self.signed(leg.ui_amount, leg.given);
+        self.signed(leg.ui_amount, leg.given_by_trader);
         self.push(r#","typeSwap":""#);
-        self.push(if leg.given { "from" } else { "to" });
+        self.push(if leg.given_by_trader { "from" } else { "to" });
         self.push(r#""}"#);
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! [`from_str_fields`] reads only the members that the caller names in a [`Fields`] and skips
 //! the others with `serde_json`'s `IgnoredAny`, which checks their syntax but converts no
-//! number and keeps no entry. A trade frame has about 35 values and the parser reads 14 of
+//! number and keeps no entry. A trade frame has about 36 values and the parser reads 16 of
 //! them. A skipped member never makes the text invalid for a reason other than its syntax:
 //! a number out of `f64` range or a lone surrogate escape there is accepted, as nothing reads
 //! it.
@@ -99,7 +99,7 @@ pub enum Fields {
 }
 
 impl Fields {
-    /// How to read the member `key`, or `None` to skip it.
+    /// Returns how to read the member `key`, or `None` when it is skipped.
     fn member(self, key: &str) -> Option<Fields> {
         match self {
             Fields::All => Some(Fields::All),
