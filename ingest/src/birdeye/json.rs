@@ -14,6 +14,10 @@
 //! them. A skipped member never makes the text invalid for a reason other than its syntax:
 //! a number out of `f64` range or a lone surrogate escape there is accepted, as nothing reads
 //! it.
+//!
+//! [`from_str_fields`] first tries the [`direct`] reader, which walks the bytes once and
+//! returns the same tree for the frames Birdeye sends. It leaves every other text to
+//! `serde_json`.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -22,6 +26,8 @@ use serde::de::{
     Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
 use serde_json::{Map, Number, Value};
+
+mod direct;
 
 /// A parsed JSON value.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +125,14 @@ pub fn from_str(text: &str) -> Result<Json<'_>, serde_json::Error> {
 /// Parses a text, keeping only the members `fields` names. The text must still be one JSON
 /// value with nothing after it, and the errors are `serde_json`'s.
 pub fn from_str_fields(text: &str, fields: Fields) -> Result<Json<'_>, serde_json::Error> {
+    match direct::read(text, fields) {
+        Some(value) => Ok(value),
+        None => from_str_fields_by_serde(text, fields),
+    }
+}
+
+/// [`from_str_fields`] without the direct reader.
+fn from_str_fields_by_serde(text: &str, fields: Fields) -> Result<Json<'_>, serde_json::Error> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let value = JsonVisitor(fields).deserialize(&mut deserializer)?;
     deserializer.end()?;
@@ -305,5 +319,132 @@ mod tests {
             json.get("escaped"),
             Some(Json::String(Cow::Owned(_)))
         ));
+    }
+
+    /// A trade frame as the load generator sends it, a price candle and an error.
+    const BIRDEYE_FRAMES: &[&str] = &[
+        r#"{"type":"TXS_DATA","data":{"blockUnixTime":1700000000,"blockUnixTimeMs":1700000000123,"owner":"0x00000000000000000000000000000a11ce00000007","source":"uniswap_v3","txHash":"0x10ad03000000000000000000000000000000000000000007000000000bebc200","side":"buy","tokenAddress":"0x10ad000000000000000000000000000000000007","alias":null,"isTradeOnBe":false,"platform":"uniswap","volumeUSD":1234.56,"from":{"symbol":"USDT","decimals":6,"address":"0xdac17f958d2ee523a2206206994597c13d831ec7","amount":1234560000,"uiAmount":1234.56,"price":1.0,"nearestPrice":1.0,"changeAmount":-1234560000,"uiChangeAmount":-1234.56,"typeSwap":"from"},"to":{"symbol":"LG7","decimals":18,"address":"0x10ad000000000000000000000000000000000007","amount":1003707317073170700000,"uiAmount":1003.7073170731707,"price":1.23,"nearestPrice":1.23,"changeAmount":1003707317073170700000,"uiChangeAmount":1003.7073170731707,"typeSwap":"to"},"tokenPrice":1.23}}"#,
+        r#"{ "type": "PRICE_DATA", "data": { "o": 24.6, "h": 24.9, "l": 24.5, "c": 24.8, "eventType": "ohlcv", "type": "1m", "unixTime": 1675296000, "v": 3035.5, "symbol": "SOL", "address": "So11111111111111111111111111111111111111112" } }"#,
+        r#"{"type":"ERROR","data":{"message":"invalid api key","code":-1}}"#,
+    ];
+
+    #[test]
+    fn direct_reader_reads_birdeye_frames() {
+        let fields = crate::birdeye::FRAME_FIELDS;
+        for text in BIRDEYE_FRAMES {
+            let direct = direct::read(text, fields);
+            assert!(direct.is_some(), "the direct reader gave up on {text}");
+            assert_eq!(direct, from_str_fields_by_serde(text, fields).ok());
+        }
+    }
+
+    #[test]
+    fn direct_reader_leaves_escapes_to_serde() {
+        for text in [
+            r#"{"a":"quote\"d"}"#,
+            r#"{"a\u0062":1}"#,
+            r#"{"a":"tab\t"}"#,
+        ] {
+            assert_eq!(direct::read(text, Fields::All), None, "{text}");
+            assert_same_as_value(text);
+        }
+    }
+
+    #[test]
+    fn direct_reader_matches_serde_numbers() {
+        for text in [
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "-0",
+            "0.1",
+            "2.2250738585072011e-308",
+            "1e-400",
+            "-1.5E+3",
+            "1003.7073170731707",
+            "130.65331632653061",
+        ] {
+            let direct = direct::read(text, Fields::All);
+            assert!(direct.is_some(), "the direct reader gave up on {text}");
+            assert_eq!(
+                direct,
+                from_str_fields_by_serde(text, Fields::All).ok(),
+                "{text}"
+            );
+        }
+    }
+
+    /// Checks that the direct reader gives up on `text` or gives what `serde_json` gives.
+    fn assert_direct_agrees(text: &str, fields: Fields) {
+        if let Some(direct) = direct::read(text, fields) {
+            let by_serde = from_str_fields_by_serde(text, fields).map_err(|e| e.to_string());
+            assert_eq!(Ok(direct), by_serde, "text: {text}");
+        }
+    }
+
+    #[test]
+    fn direct_reader_agrees_after_edits() {
+        const INSERTED: &[char] = &[
+            ',', ':', '{', '}', '[', ']', '"', '\\', ' ', '\n', '\u{1}', '0', '-', '+', '.', 'e',
+            'x',
+        ];
+        for frame in BIRDEYE_FRAMES {
+            let fields = crate::birdeye::FRAME_FIELDS;
+            for (at, _) in frame.char_indices() {
+                let mut removed = frame.to_string();
+                removed.remove(at);
+                assert_direct_agrees(&removed, fields);
+                for c in INSERTED {
+                    let mut inserted = frame.to_string();
+                    inserted.insert(at, *c);
+                    assert_direct_agrees(&inserted, fields);
+                    assert_direct_agrees(&inserted, Fields::All);
+                }
+            }
+        }
+    }
+
+    mod direct_reader {
+        //! Whatever the direct reader returns, the `serde_json` path returns too.
+
+        use super::*;
+        use monitor_tests::fuzz;
+        use proptest::prelude::*;
+
+        const KEYS: &[&str] = &["type", "data", "volumeUSD", "from", "to", "price", "a"];
+        const WORDS: &[&str] = &[
+            "TXS_DATA",
+            "buy",
+            "0xdac17f958d2ee523a2206206994597c13d831ec7",
+        ];
+        const SOME_FIELDS: Fields = Fields::Only(&[
+            ("a", Fields::All),
+            (
+                "data",
+                Fields::Only(&[("from", Fields::Only(&[("price", Fields::All)]))]),
+            ),
+        ]);
+
+        fn texts() -> impl Strategy<Value = String> {
+            prop_oneof![
+                fuzz::texts(fuzz::tree(KEYS, WORDS)),
+                proptest::sample::select(BIRDEYE_FRAMES)
+                    .prop_flat_map(|t| fuzz::mutate(t.to_owned())),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(fuzz::short_config())]
+
+            #[test]
+            fn gives_what_serde_gives(text in texts(), which in 0..3usize) {
+                let fields = [Fields::All, crate::birdeye::FRAME_FIELDS, SOME_FIELDS][which];
+                if let Some(direct) = direct::read(&text, fields) {
+                    let by_serde = from_str_fields_by_serde(&text, fields).map_err(|e| e.to_string());
+                    prop_assert_eq!(Ok(direct), by_serde, "text: {}", text);
+                }
+            }
+        }
     }
 }
