@@ -435,23 +435,22 @@ impl AlertForwarder {
         }
     }
 
-    /// Sends the messages of rows in order, up to the first failure, and starts marking the
-    /// sent rows as pushed in one background statement. Returns whether every message was sent.
-    /// The mark is off the path of the next alert. A row whose mark fails stays pending, so a
-    /// later flush pushes it again: a repeat, never a loss.
+    /// Sends the messages of rows in order with one flush, and starts marking the rows as
+    /// pushed in one background statement. Returns whether every message was sent. The mark is
+    /// off the path of the next alert. When the write fails, no row is marked, so a later flush
+    /// pushes them all again: a repeat for those that got through, never a loss.
     async fn push(&mut self, messages: Vec<(u64, Value)>) -> bool {
-        let mut sent = Vec::with_capacity(messages.len());
-        let mut complete = true;
-        for (id, message) in &messages {
-            if !self.ws.send(message).await {
-                self.outbox.dirty = true;
-                debug!(alert_row = id, "push failed, alert stays pending");
-                complete = false;
-                break;
-            }
-            debug!(alert_row = id, message_type = %message["type"], "pushed alert");
-            sent.push(*id);
+        let (sent, messages): (Vec<u64>, Vec<Value>) = messages.into_iter().unzip();
+        if !self.ws.send_all(&messages).await {
+            self.outbox.dirty = true;
+            debug!(
+                alert_rows = sent.len(),
+                first_alert_row = sent.first(),
+                "push failed, alerts stay pending"
+            );
+            return false;
         }
+        debug!(alert_rows = sent.len(), "pushed alerts");
         if !sent.is_empty() {
             if self.marks.len() >= MAX_MARKS_IN_FLIGHT {
                 if let Some(outcome) = self.marks.join_next().await {
@@ -465,7 +464,7 @@ impl AlertForwarder {
                 (sent, marked)
             });
         }
-        complete
+        true
     }
 
     /// Takes the outcomes of the `pushed` marks that have finished.

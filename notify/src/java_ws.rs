@@ -2,9 +2,10 @@
 //!
 //! One task owns the socket ([`SocketTask`]); the rest of the stage talks to it through a
 //! [`JavaWs`] handle. [`JavaWs::send`] queues one JSON message and returns whether it was
-//! written to a connected socket. While the socket is down it returns `false` at once and
-//! nothing is queued for later, because the callers decide what deserves a resend: the alert
-//! log is the outbox for alerts, and stale heartbeats are worthless.
+//! written to a connected socket, and [`JavaWs::send_all`] does the same for several messages
+//! written with one flush. While the socket is down both return `false` at once and nothing
+//! is queued for later, because the callers decide what deserves a resend: the alert log is
+//! the outbox for alerts, and stale heartbeats are worthless.
 //!
 //! The task connects to `WS_URL` (`wss://` uses rustls with the system's root certificates),
 //! sends `Authorization: Bearer <WS_TOKEN>` when a token is set, logs the server's `connected`
@@ -85,8 +86,9 @@ enum SessionEnd {
     PongTimeout(Duration),
 }
 
+/// Messages written together, in order, and then flushed once.
 struct Outgoing {
-    text: String,
+    texts: Vec<String>,
     written: oneshot::Sender<bool>,
 }
 
@@ -121,12 +123,21 @@ impl JavaWs {
 
     /// Sends one message; returns whether it was written to an open socket.
     pub async fn send(&self, message: &Value) -> bool {
+        self.send_all(std::slice::from_ref(message)).await
+    }
+
+    /// Sends messages in order with one flush; returns whether all of them were written to an
+    /// open socket. When it returns `false`, any number of them may have been written.
+    pub async fn send_all(&self, messages: &[Value]) -> bool {
+        if messages.is_empty() {
+            return true;
+        }
         if !self.connection().connected {
             return false;
         }
         let (written_tx, written_rx) = oneshot::channel();
         let outgoing = Outgoing {
-            text: message.to_string(),
+            texts: messages.iter().map(Value::to_string).collect(),
             written: written_tx,
         };
         let delivered = async {
@@ -342,23 +353,32 @@ impl Session {
     }
 
     async fn write_queued(&mut self, message: Outgoing) -> Result<(), SessionEnd> {
-        let result = self.write(message.text).await;
+        let result = self.write(message.texts).await;
         let _ = message.written.send(result.is_ok());
         result
     }
 
     async fn ping(&mut self) -> Result<(), SessionEnd> {
         self.next_ping = Instant::now() + self.timing.ping_interval;
-        self.write(crate::java_messages::ping().to_string()).await?;
+        self.write(vec![crate::java_messages::ping().to_string()])
+            .await?;
         // An unanswered earlier ping keeps its deadline: the server must answer in time.
         self.pong_deadline
             .get_or_insert(Instant::now() + self.timing.pong_timeout);
         Ok(())
     }
 
-    async fn write(&mut self, text: String) -> Result<(), SessionEnd> {
+    /// Writes the texts as text frames and flushes the socket once.
+    async fn write(&mut self, texts: Vec<String>) -> Result<(), SessionEnd> {
         let timeout = self.timing.send_timeout;
-        match tokio::time::timeout(timeout, self.socket.send(Message::text(text))).await {
+        let socket = &mut self.socket;
+        let written = async {
+            for text in texts {
+                socket.feed(Message::text(text)).await?;
+            }
+            socket.flush().await
+        };
+        match tokio::time::timeout(timeout, written).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(SessionEnd::Write(error)),
             Err(_) => Err(SessionEnd::WriteTimeout(timeout)),

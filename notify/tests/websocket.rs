@@ -339,6 +339,35 @@ async fn client_sends_bearer_token_and_reports_written_messages() {
 }
 
 #[tokio::test]
+async fn send_all_writes_messages_in_order() {
+    let peer = JavaPeer::start("127.0.0.1:0".parse().unwrap(), true).await;
+    let (ws, socket) = JavaWs::new(WsSettings::local(&peer.url()));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(socket.run(shutdown.clone()));
+    eventually("the client to connect", || async {
+        ws.connection().connected.then_some(())
+    })
+    .await;
+
+    let messages: Vec<_> = (0..300).map(|n| json!({"type": "probe", "n": n})).collect();
+    assert!(ws.send_all(&messages).await);
+    assert!(ws.send_all(&[]).await);
+    let received = peer.wait_for("probe", 300).await;
+    let order: Vec<_> = received.iter().map(|r| r.message["n"].clone()).collect();
+    assert_eq!(order, (0..300).map(|n| json!(n)).collect::<Vec<_>>());
+
+    peer.stop().await;
+    eventually("the client to notice the closed socket", || async {
+        (!ws.connection().connected).then_some(())
+    })
+    .await;
+    assert!(!ws.send_all(&messages[..2]).await);
+
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
 async fn wss_url_starts_tls_handshake() {
     use tokio::io::AsyncReadExt;
 
