@@ -49,7 +49,7 @@ use crate::counters::AlertCounters;
 use crate::db_health::DbHealth;
 use crate::java_messages;
 use crate::java_ws::JavaWs;
-use crate::jetstream::{acknowledge, dead_letter, DurableConsumer, JetStreamError};
+use crate::jetstream::{acknowledge, dead_letter, DurableConsumer, JetStreamError, StreamEnd};
 use crate::metrics;
 
 /// First pause before an insert is tried again while MySQL is unavailable; it doubles after
@@ -147,23 +147,17 @@ impl AlertForwarder {
                 }
                 _ = retry.tick() => self.flush_if_behind().await,
                 next = stream.next() => {
-                    let reopen = match next {
+                    let end = match next {
                         Some(Ok(message)) => {
-                            let (batch, reopen) = take_ready(message, &mut stream);
+                            let (batch, end) = take_ready(message, &mut stream);
                             metrics::time_alerts(batch.len(), self.handle(batch, &shutdown)).await;
-                            reopen
+                            end
                         }
-                        Some(Err(error)) => {
-                            log_reopen(Some(&error));
-                            true
-                        }
-                        None => {
-                            log_reopen(None);
-                            true
-                        }
+                        Some(Err(error)) => Some(log_reopen(Some(&error))),
+                        None => Some(log_reopen(None)),
                     };
-                    if reopen {
-                        match consumer.reopen(&shutdown).await {
+                    if let Some(end) = end {
+                        match consumer.reopen(end, &shutdown).await {
                             Some(reopened) => stream = reopened,
                             None => break,
                         }
@@ -527,28 +521,23 @@ impl Received {
 }
 
 /// Returns `first` and the messages already buffered in the stream after it, up to
-/// [`MAX_BATCH`] and without waiting, and whether the stream must be reopened (it ended or failed).
-fn take_ready(first: Message, stream: &mut pull::Stream) -> (Vec<Message>, bool) {
+/// [`MAX_BATCH`] and without waiting, and why the stream must be reopened when it ended or
+/// failed.
+fn take_ready(first: Message, stream: &mut pull::Stream) -> (Vec<Message>, Option<StreamEnd>) {
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
         match stream.next().now_or_never() {
             Some(Some(Ok(message))) => batch.push(message),
-            Some(Some(Err(error))) => {
-                log_reopen(Some(&error));
-                return (batch, true);
-            }
-            Some(None) => {
-                log_reopen(None);
-                return (batch, true);
-            }
+            Some(Some(Err(error))) => return (batch, Some(log_reopen(Some(&error)))),
+            Some(None) => return (batch, Some(log_reopen(None))),
             None => break,
         }
     }
-    (batch, false)
+    (batch, None)
 }
 
 /// Logs why the alert stream is reopened: a pull error, or `None` when the stream ended.
-fn log_reopen(error: Option<&pull::MessagesError>) {
+fn log_reopen(error: Option<&pull::MessagesError>) -> StreamEnd {
     let consumer = Subjects::NOTIFY_ALERTS_CONSUMER;
     match error {
         Some(error) => {
@@ -556,6 +545,7 @@ fn log_reopen(error: Option<&pull::MessagesError>) {
         }
         None => tracing::warn!(consumer, "alert consumer stream ended, reopening it"),
     }
+    StreamEnd::of(error)
 }
 
 /// The alert's `alertData` with the state of this delivery, as [`AlertLog::update_state`]

@@ -40,6 +40,26 @@ pub enum JetStreamError {
     },
 }
 
+/// The reason a pull stream is reopened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The stream failed or ended.
+    Failed,
+    /// The server's idle heartbeats stopped: it no longer has the stream's pull request, though
+    /// it may still answer.
+    LostPull,
+}
+
+impl StreamEnd {
+    /// Classifies the error that ended a stream, `None` for a stream that ended.
+    pub fn of(error: Option<&pull::MessagesError>) -> StreamEnd {
+        match error.map(|error| error.kind()) {
+            Some(pull::MessagesErrorKind::MissingHeartbeat) => StreamEnd::LostPull,
+            _ => StreamEnd::Failed,
+        }
+    }
+}
+
 /// Expiry of each pull request of [`DurableConsumer::messages`].
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// Idle heartbeat of each pull request. Two missed heartbeats end a stream with an error.
@@ -109,18 +129,28 @@ impl DurableConsumer {
             })
     }
 
-    /// Opens a new stream after the current one failed or ended, creating the consumer again
+    /// Opens a new stream after the current one ended for `end`, creating the consumer again
     /// first. Each attempt waits a pause, which doubles while streams keep failing within
     /// [`REOPEN_MAX`] of being opened, so a consumer that fails every pull costs one attempt
-    /// and one log line per pause. Returns `None` when `shutdown` is cancelled first.
-    pub async fn reopen(&mut self, shutdown: &CancellationToken) -> Option<pull::Stream> {
+    /// and one log line per pause. After a lost pull request the first attempt is made at
+    /// once: the heartbeat that revealed it already took two seconds. Returns `None` when
+    /// `shutdown` is cancelled first.
+    pub async fn reopen(
+        &mut self,
+        end: StreamEnd,
+        shutdown: &CancellationToken,
+    ) -> Option<pull::Stream> {
         if self.opened_at.elapsed() > REOPEN_MAX {
             self.reopen_delay = REOPEN_MIN;
         }
+        let mut pause = end != StreamEnd::LostPull;
         loop {
-            let delay = self.reopen_delay;
-            self.reopen_delay = (delay * 2).min(REOPEN_MAX);
-            shutdown.run_until_cancelled(sleep(delay)).await?;
+            if pause {
+                let delay = self.reopen_delay;
+                self.reopen_delay = (delay * 2).min(REOPEN_MAX);
+                shutdown.run_until_cancelled(sleep(delay)).await?;
+            }
+            pause = true;
             let opened = match create_consumer(
                 &self.js,
                 &self.stream,
@@ -220,4 +250,23 @@ pub async fn acknowledge(message: &Message, kind: AckKind) {
 /// Header values cannot contain line breaks.
 fn one_line(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::consumer::pull::{MessagesError, MessagesErrorKind};
+
+    #[test]
+    fn missed_heartbeat_means_lost_pull() {
+        let missed = MessagesError::new(MessagesErrorKind::MissingHeartbeat);
+        assert_eq!(StreamEnd::of(Some(&missed)), StreamEnd::LostPull);
+    }
+
+    #[test]
+    fn other_stream_ends_are_failures() {
+        let deleted = MessagesError::new(MessagesErrorKind::ConsumerDeleted);
+        assert_eq!(StreamEnd::of(Some(&deleted)), StreamEnd::Failed);
+        assert_eq!(StreamEnd::of(None), StreamEnd::Failed);
+    }
 }

@@ -29,7 +29,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::counters::AlertCounters;
 use crate::java_messages;
 use crate::java_ws::JavaWs;
-use crate::jetstream::{acknowledge, dead_letter, DurableConsumer, JetStreamError};
+use crate::jetstream::{acknowledge, dead_letter, DurableConsumer, JetStreamError, StreamEnd};
 use crate::status_store::{StatusStore, StatusStoreError};
 
 /// Age after which a heartbeat is stale: two heartbeat intervals of 30 s.
@@ -105,15 +105,21 @@ impl StatusForwarder {
                     self.resend_if_new_session().await;
                 }
                 next = stream.next() => {
-                    match next {
+                    let end = match next {
                         Some(Ok(message)) => {
                             self.handle(message).await;
                             continue;
                         }
-                        Some(Err(error)) => warn!(consumer = name, error = %error, "failed to pull status messages, reopening the stream"),
-                        None => warn!(consumer = name, "status consumer stream ended, reopening it"),
-                    }
-                    match consumer.reopen(&shutdown).await {
+                        Some(Err(error)) => {
+                            warn!(consumer = name, error = %error, "failed to pull status messages, reopening the stream");
+                            StreamEnd::of(Some(&error))
+                        }
+                        None => {
+                            warn!(consumer = name, "status consumer stream ended, reopening it");
+                            StreamEnd::Failed
+                        }
+                    };
+                    match consumer.reopen(end, &shutdown).await {
                         Some(reopened) => stream = reopened,
                         None => break,
                     }

@@ -1,5 +1,5 @@
-//! Notify's alert consumer deleted under a running notify process, against real NATS
-//! JetStream, MariaDB and the backend stub.
+//! Notify's alert consumer deleted under a running notify process, and its stream reopened,
+//! against real NATS JetStream, MariaDB and the backend stub.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on a broken set-up.
 
@@ -7,6 +7,8 @@ mod common;
 
 use common::{price_alert, Env};
 use monitor_core::Subjects;
+use monitor_notify::jetstream::{DurableConsumer, StreamEnd};
+use tokio_util::sync::CancellationToken;
 
 const CONSUMER: &str = Subjects::NOTIFY_ALERTS_CONSUMER;
 
@@ -60,5 +62,30 @@ async fn deleted_alert_consumer_is_recreated() {
 
     notify.terminate().await;
     stub.stop().await;
+    env.cleanup().await;
+}
+
+/// A lost pull request reopens the stream without the pause that other failures wait: with
+/// shutdown already requested, only the reopen that does not pause gets to open a stream.
+#[tokio::test]
+async fn lost_pull_reopens_without_pause() {
+    let env = Env::new("reopen_at_once").await;
+    let stream = env.subjects.alerts_stream();
+    let filter = env.subjects.all_alerts();
+    let mut consumer = DurableConsumer::open(&env.js, &stream, CONSUMER, &filter)
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+
+    assert!(consumer
+        .reopen(StreamEnd::LostPull, &shutdown)
+        .await
+        .is_some());
+    assert!(consumer
+        .reopen(StreamEnd::Failed, &shutdown)
+        .await
+        .is_none());
+
     env.cleanup().await;
 }
