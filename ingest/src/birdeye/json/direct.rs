@@ -314,6 +314,7 @@ fn string_length(bytes: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use monitor_tests::fuzz;
     use proptest::prelude::*;
 
     fn string_length_bytewise(bytes: &[u8]) -> Option<usize> {
@@ -323,6 +324,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(fuzz::short_config())]
+
         #[test]
         fn string_length_matches_bytewise_scan(
             bytes in proptest::collection::vec(
