@@ -63,6 +63,11 @@ impl Subjects {
         format!("{}_leases", self.prefix)
     }
 
+    /// Bucket in which notify keeps the latest status message of each scope.
+    pub fn notify_status_bucket(&self) -> String {
+        format!("{}_notify_status", self.prefix)
+    }
+
     // Subjects.
 
     /// Subject of the event frames of one batch of a token task.

@@ -33,11 +33,6 @@ pub enum StatusStoreError {
     },
 }
 
-/// Name of the bucket under the pipeline's prefix.
-pub fn bucket_name(subjects: &Subjects) -> String {
-    format!("{}_notify_status", subjects.prefix())
-}
-
 /// Key of a batch or task in the bucket.
 pub fn key(scope: StatusScope) -> String {
     match scope {
@@ -60,7 +55,7 @@ impl StatusStore {
         js: &jetstream::Context,
         subjects: &Subjects,
     ) -> Result<Self, StatusStoreError> {
-        let bucket = bucket_name(subjects);
+        let bucket = subjects.notify_status_bucket();
         let open_error = |source: BoxError| StatusStoreError::Open {
             bucket: bucket.clone(),
             source,
@@ -188,6 +183,6 @@ mod tests {
     #[test]
     fn bucket_is_under_the_prefix() {
         let subjects = Subjects::new("t_abc").unwrap();
-        assert_eq!(bucket_name(&subjects), "t_abc_notify_status");
+        assert_eq!(subjects.notify_status_bucket(), "t_abc_notify_status");
     }
 }

@@ -129,6 +129,21 @@ async fn pipeline_run_prints_every_field_and_alerts_arrive() {
     assert_eq!(fields["complete"], "yes");
     assert_ne!(fields["latency_p50_ms"], "none");
     assert!(number(&fields, "ingest_peak_rss_mib") > 0.0);
+
+    // The run removes what it created, the bucket that notify made included.
+    let js = env.jetstream().await;
+    let subjects = env.subjects();
+    for bucket in [
+        subjects.tasks_bucket(),
+        subjects.leases_bucket(),
+        subjects.notify_status_bucket(),
+    ] {
+        assert!(
+            js.get_key_value(&bucket).await.is_err(),
+            "bucket {bucket} is left after the run"
+        );
+    }
+    assert!(js.get_stream(subjects.alerts_stream()).await.is_err());
 }
 
 /// Runs `devkit loadgen raw` for 200 targets, 1 s of warm-up and 2 s measured, with `extra`.

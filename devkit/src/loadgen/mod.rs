@@ -378,9 +378,14 @@ async fn cleanup_nats(js: &jetstream::Context, subjects: &Subjects) {
         }
     }
     for bucket in [subjects.tasks_bucket(), subjects.leases_bucket()] {
-        if let Err(error) = js.delete_key_value(&bucket).await {
-            tracing::warn!(bucket, error = %error, "failed to delete a bucket of the run");
-        }
+        delete_bucket(js, &bucket).await;
+    }
+}
+
+/// Deletes a key-value bucket of the run, logging a failure.
+async fn delete_bucket(js: &jetstream::Context, bucket: &str) {
+    if let Err(error) = js.delete_key_value(bucket).await {
+        tracing::warn!(bucket, error = %error, "failed to delete a bucket of the run");
     }
 }
 

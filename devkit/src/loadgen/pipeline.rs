@@ -40,7 +40,8 @@ use super::schedule::Phase;
 use super::setup::{create_task, target_address};
 use super::stages::{Launcher, Stage};
 use super::{
-    cleanup_nats, drop_database, sleep_or_stop, LoadgenError, PipelineSettings, Rate, RunClock,
+    cleanup_nats, delete_bucket, drop_database, sleep_or_stop, LoadgenError, PipelineSettings,
+    Rate, RunClock,
 };
 use crate::backend_stub::{run_backend_stub, BackendStub};
 
@@ -203,7 +204,10 @@ pub async fn run(
     let _ = stub_task.await;
     let _ = published_task.await;
     if !pipeline.settings.run.keep {
-        cleanup_nats(&pipeline.js, &pipeline.nats.subjects()).await;
+        let subjects = pipeline.nats.subjects();
+        cleanup_nats(&pipeline.js, &subjects).await;
+        // Notify creates this bucket itself, so only a pipeline run has one.
+        delete_bucket(&pipeline.js, &subjects.notify_status_bucket()).await;
         drop_database(&pool, &pipeline.run_id).await;
     }
     pool.close().await;

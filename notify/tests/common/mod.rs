@@ -76,7 +76,7 @@ impl Env {
         for bucket in [
             self.subjects.tasks_bucket(),
             self.subjects.leases_bucket(),
-            monitor_notify::status_store::bucket_name(&self.subjects),
+            self.subjects.notify_status_bucket(),
         ] {
             let _ = self.js.delete_key_value(&bucket).await;
         }
