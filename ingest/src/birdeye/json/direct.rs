@@ -172,8 +172,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Reads the string at the reader's position; gives up on escapes and on the control
-    /// characters JSON forbids inside strings.
+    /// Reads the string at the reader's position. Gives up on escapes and on the control
+    /// characters that JSON forbids inside strings.
     fn string(&mut self) -> Option<&'a str> {
         let start = self.pos + 1;
         let end = start + string_length(&self.bytes[start..])?;
@@ -201,7 +201,7 @@ impl<'a> Reader<'a> {
         converted.or_else(|| serde_json::from_str(token).ok())
     }
 
-    /// Moves past a number of JSON's grammar; returns its text and whether it has neither a
+    /// Moves past a number of JSON's grammar. Returns its text and whether it has neither a
     /// fraction nor an exponent.
     fn number_token(&mut self) -> Option<(&'a str, bool)> {
         let start = self.pos;
@@ -292,8 +292,8 @@ fn string_length(bytes: &[u8]) -> Option<usize> {
     let mut offset = 0;
     while let Some(chunk) = bytes[offset..].first_chunk::<8>() {
         let word = u64::from_le_bytes(*chunk);
-        // The lowest flagged byte of each test is a true match (a borrow only flags bytes
-        // above one), so the lowest bit of the union marks the first byte that ends the scan.
+        // The lowest flagged byte of each test is a true match, because a borrow can only flag
+        // bytes above a true match. So the lowest bit of the union marks where the scan ends.
         let quotes = word ^ (ONES * u64::from(b'"'));
         let backslashes = word ^ (ONES * u64::from(b'\\'));
         let flags = ((quotes.wrapping_sub(ONES) & !quotes)
