@@ -63,7 +63,7 @@ impl StreamEnd {
 /// Messages asked for by each pull request of [`DurableConsumer::messages`]. The client asks
 /// again when half of them have arrived, so this sets how often a busy stream sends a request.
 /// With 64, a full-speed loadgen run sent about 50 requests a second, and the server lost one
-/// in four runs of five. With 256 it lost none in eleven runs. Alerts are still handled in
+/// in four runs of five. With 256 it lost none in fourteen runs. Alerts are still handled in
 /// batches of at most `alerts::MAX_BATCH`.
 const PULL_BATCH: usize = 256;
 /// Expiry of each pull request.
