@@ -23,6 +23,12 @@ use crate::runner::{HolderNeeds, RunnerConfig};
 /// reach `running`. Matches the grace period after which the allocator deletes old epochs.
 pub const OVERLAP_LIMIT: Duration = Duration::from_secs(600);
 
+/// Time a new epoch's runner must have reported `running` before an old epoch's runner may
+/// stop. A runner reports `running` once its subscriptions are written to the socket, and
+/// the feed applies them a little later. A live feed sends a trade due in between to the old
+/// connection only, so an old runner that stopped at once could miss it.
+pub const SUBSCRIBE_SETTLE: Duration = Duration::from_secs(2);
+
 /// Reason a task runs no batch on this stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skip {
@@ -128,6 +134,13 @@ pub fn stop_now(
         return true;
     }
     runnable_batches(task, batches).all(|(batch_id, _)| is_running(batch_id))
+}
+
+/// Returns whether a runner counts as running for an epoch switch, given how long it has
+/// reported `running` (`None` when it reports another status): once [`SUBSCRIBE_SETTLE`]
+/// has passed.
+pub fn running_settled(running_for: Option<Duration>) -> bool {
+    running_for.is_some_and(|running_for| running_for >= SUBSCRIBE_SETTLE)
 }
 
 #[cfg(test)]
@@ -312,5 +325,26 @@ mod tests {
             stop_now(1, 2, Duration::ZERO, &tasks, &batches, |_| false),
             "same epoch"
         );
+    }
+
+    #[test]
+    fn running_counts_once_settled() {
+        assert!(!running_settled(None), "not running");
+        assert!(!running_settled(Some(Duration::ZERO)), "just subscribed");
+        let almost = SUBSCRIBE_SETTLE - Duration::from_millis(1);
+        assert!(!running_settled(Some(almost)), "still settling");
+        assert!(running_settled(Some(SUBSCRIBE_SETTLE)), "settled");
+    }
+
+    #[test]
+    fn old_epoch_waits_for_new_runner_to_settle() {
+        let (tasks, batches) = state(vec![task(1, 2, &[21])], vec![batch(21, 1, 2)]);
+        let running_for = |running_for: Duration| {
+            stop_now(1, 1, Duration::ZERO, &tasks, &batches, |_| {
+                running_settled(Some(running_for))
+            })
+        };
+        assert!(!running_for(Duration::from_millis(10)));
+        assert!(running_for(SUBSCRIBE_SETTLE));
     }
 }

@@ -60,7 +60,8 @@ enum WatchError {
 struct RunnerSlot {
     task_id: u64,
     epoch: u32,
-    status: BatchStatus,
+    /// Since when the runner reports `running`, `None` while it reports another status.
+    running_since: Option<Instant>,
     config_tx: watch::Sender<RunnerConfig>,
     stop: StopSignal,
     /// Since when the runner is no longer wanted but kept for an epoch switch.
@@ -308,10 +309,13 @@ impl Supervisor {
         let Some(slot) = self.runners.get_mut(&notice.batch_id) else {
             return;
         };
-        slot.status = notice.status;
         if notice.status == BatchStatus::Running {
-            // A new epoch's batch running may let an old epoch's runner stop.
+            // A new epoch's batch running lets an old epoch's runner stop once it has settled,
+            // which a later tick finds.
+            slot.running_since.get_or_insert_with(Instant::now);
             self.reconcile();
+        } else {
+            slot.running_since = None;
         }
     }
 
@@ -421,9 +425,10 @@ impl Supervisor {
         // NOTE: a batch leased by another instance counts as running, because this instance
         // cannot see the status of other instances' runners.
         let is_running = |id: u64| {
-            let here = runners
-                .get(&id)
-                .is_some_and(|s| s.status == BatchStatus::Running && s.retiring_since.is_none());
+            let here = runners.get(&id).is_some_and(|slot| {
+                let running_for = slot.running_since.map(|since| now.duration_since(since));
+                slot.retiring_since.is_none() && plan::running_settled(running_for)
+            });
             here || ownership.held_elsewhere(LeaseKey::batch(id))
         };
         if plan::stop_now(
@@ -479,7 +484,7 @@ impl Supervisor {
             RunnerSlot {
                 task_id,
                 epoch,
-                status: BatchStatus::Pending,
+                running_since: None,
                 config_tx,
                 stop,
                 retiring_since: None,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use monitor_core::messages::{BatchStatus, EventKind, Side, StatusMessage, StatusScope};
 use monitor_core::rules::{PriceChangeRule, TokenRules, VolumeRule};
 use monitor_ingest::birdeye;
+use monitor_ingest::plan::SUBSCRIBE_SETTLE;
 use monitor_ingest::settings::IngestSettings;
 use support::*;
 use tokio::task::JoinHandle;
@@ -57,6 +58,18 @@ impl Ingest {
 fn is_change(record: &StatusRecord, batch_id: u64, status: BatchStatus) -> bool {
     matches!(&record.message, StatusMessage::Change(c)
         if c.status == status && matches!(c.scope, StatusScope::Batch { batch_id: b, .. } if b == batch_id))
+}
+
+/// Time (`sent_ms`) of the first change of batch `batch_id` to `status` in `records`.
+fn change_sent_ms(records: &[StatusRecord], batch_id: u64, status: BatchStatus) -> i64 {
+    records
+        .iter()
+        .find(|r| is_change(r, batch_id, status))
+        .map(|r| match &r.message {
+            StatusMessage::Change(change) => change.sent_ms,
+            _ => unreachable!("is_change matched a change"),
+        })
+        .unwrap_or_else(|| panic!("batch {batch_id} never changed to {status}"))
 }
 
 fn event_count(frames: &[Published]) -> usize {
@@ -493,18 +506,36 @@ async fn epoch_switch_keeps_old_batch_until_new_runs() {
         "batch 401 stopped before batch 402 ran: {records:#?}"
     );
 
-    // Once the new epoch runs, the old batch stops and the new one carries the events.
+    // Once the new epoch runs, the old batch keeps reading while the feed applies the new
+    // subscriptions, then stops, and the new one carries the events.
     server.refuse_handshakes(false);
-    read_status_until(
-        &mut status,
-        &mut records,
-        "402 running and 401 stopped",
-        |r| {
-            r.iter().any(|r| is_change(r, 402, BatchStatus::Running))
-                && r.iter().any(|r| is_change(r, 401, BatchStatus::Stopped))
-        },
+    read_status_until(&mut status, &mut records, "batch 402 running", |r| {
+        r.iter().any(|r| is_change(r, 402, BatchStatus::Running))
+    })
+    .await;
+    server.push(
+        FeedChannel::Trades,
+        WETH,
+        simple_trade_frame(WETH, &trades[2], 2),
+    );
+    read_frames_until(
+        &mut events,
+        &mut frames,
+        "the old batch publishing after the new one runs",
+        |f| trade_hashes(f, 401).contains(&tx_hash(2)),
     )
     .await;
+    read_status_until(&mut status, &mut records, "batch 401 stopped", |r| {
+        r.iter().any(|r| is_change(r, 401, BatchStatus::Stopped))
+    })
+    .await;
+    let ran_ms = change_sent_ms(&records, 402, BatchStatus::Running);
+    let stopped_ms = change_sent_ms(&records, 401, BatchStatus::Stopped);
+    assert!(
+        stopped_ms - ran_ms >= SUBSCRIBE_SETTLE.as_millis() as i64,
+        "batch 401 stopped {} ms after batch 402 ran",
+        stopped_ms - ran_ms
+    );
     server.push(
         FeedChannel::Trades,
         PEPE,
