@@ -136,9 +136,8 @@ pub fn stop_now(
     runnable_batches(task, batches).all(|(batch_id, _)| is_running(batch_id))
 }
 
-/// Returns whether a runner counts as running for an epoch switch, given how long it has
-/// reported `running` (`None` when it reports another status): once [`SUBSCRIBE_SETTLE`]
-/// has passed.
+/// Returns whether a runner counts as running for an epoch switch. `running_for` is how long
+/// it has reported `running`, `None` while it reports another status.
 pub fn running_settled(running_for: Option<Duration>) -> bool {
     running_for.is_some_and(|running_for| running_for >= SUBSCRIBE_SETTLE)
 }
@@ -331,20 +330,20 @@ mod tests {
     fn running_counts_once_settled() {
         assert!(!running_settled(None), "not running");
         assert!(!running_settled(Some(Duration::ZERO)), "just subscribed");
-        let almost = SUBSCRIBE_SETTLE - Duration::from_millis(1);
-        assert!(!running_settled(Some(almost)), "still settling");
+        let settling = SUBSCRIBE_SETTLE - Duration::from_millis(1);
+        assert!(!running_settled(Some(settling)), "still settling");
         assert!(running_settled(Some(SUBSCRIBE_SETTLE)), "settled");
     }
 
     #[test]
     fn old_epoch_waits_for_new_runner_to_settle() {
         let (tasks, batches) = state(vec![task(1, 2, &[21])], vec![batch(21, 1, 2)]);
-        let running_for = |running_for: Duration| {
+        let stops_after = |running_for: Duration| {
             stop_now(1, 1, Duration::ZERO, &tasks, &batches, |_| {
                 running_settled(Some(running_for))
             })
         };
-        assert!(!running_for(Duration::from_millis(10)));
-        assert!(running_for(SUBSCRIBE_SETTLE));
+        assert!(!stops_after(Duration::from_millis(10)));
+        assert!(stops_after(SUBSCRIBE_SETTLE));
     }
 }

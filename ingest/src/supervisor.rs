@@ -60,7 +60,7 @@ enum WatchError {
 struct RunnerSlot {
     task_id: u64,
     epoch: u32,
-    /// Since when the runner reports `running`, `None` while it reports another status.
+    /// Time since which the runner reports `running`, `None` while it reports another status.
     running_since: Option<Instant>,
     config_tx: watch::Sender<RunnerConfig>,
     stop: StopSignal,
@@ -309,11 +309,10 @@ impl Supervisor {
         let Some(slot) = self.runners.get_mut(&notice.batch_id) else {
             return;
         };
+        // A new batch that has just started running cannot let an old epoch's runner stop
+        // yet, so no reconcile runs here. The tick after SUBSCRIBE_SETTLE finds it settled.
         if notice.status == BatchStatus::Running {
-            // A new epoch's batch running lets an old epoch's runner stop once it has settled,
-            // which a later tick finds.
             slot.running_since.get_or_insert_with(Instant::now);
-            self.reconcile();
         } else {
             slot.running_since = None;
         }
@@ -425,11 +424,11 @@ impl Supervisor {
         // NOTE: a batch leased by another instance counts as running, because this instance
         // cannot see the status of other instances' runners.
         let is_running = |id: u64| {
-            let here = runners.get(&id).is_some_and(|slot| {
+            let running_here = runners.get(&id).is_some_and(|slot| {
                 let running_for = slot.running_since.map(|since| now.duration_since(since));
                 slot.retiring_since.is_none() && plan::running_settled(running_for)
             });
-            here || ownership.held_elsewhere(LeaseKey::batch(id))
+            running_here || ownership.held_elsewhere(LeaseKey::batch(id))
         };
         if plan::stop_now(
             task_id,

@@ -60,8 +60,8 @@ impl StreamEnd {
     }
 }
 
-/// Messages asked for by each pull request of [`DurableConsumer::messages`]. The client asks
-/// again when half of them have arrived, so this sets how often a busy stream sends a request.
+/// Messages requested by each pull request of [`DurableConsumer::messages`]. The client sends
+/// the next request when half of them have arrived, so this sets how often a busy stream pulls.
 /// With 64, a full-speed loadgen run sent about 50 requests a second, and the server lost one
 /// in four runs of five. With 256 it lost none in fourteen runs. Alerts are still handled in
 /// batches of at most `alerts::MAX_BATCH`.
