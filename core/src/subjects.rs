@@ -105,6 +105,11 @@ impl Subjects {
         format!("{}.status.task.{}", self.prefix, task_id)
     }
 
+    /// Status subjects of every batch, of every task.
+    pub fn all_batch_status(&self) -> String {
+        format!("{}.status.batch.>", self.prefix)
+    }
+
     pub fn all_status(&self) -> String {
         format!("{}.status.>", self.prefix)
     }

@@ -17,6 +17,7 @@ pub mod feed;
 pub mod holders;
 pub mod metrics;
 pub mod ownership;
+pub mod peer_runners;
 pub mod plan;
 pub mod publish;
 pub mod runner;

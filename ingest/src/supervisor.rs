@@ -1,12 +1,14 @@
 //! The supervisor: decides which batches run on this instance and owns their runners.
 //!
-//! Consumes the tasks bucket and the status notices of its runners. The bucket is read through
+//! Consumes the tasks bucket, the status notices of its runners and the status changes that
+//! other instances publish for theirs. The bucket is read through
 //! a watch of `task.*` and `batch.*` keys that delivers the current values first and then the
 //! updates, and that is re-opened whenever it fails or ends. It produces one [`BatchRunner`] task per batch to run ([`plan::desired_runners`]),
 //! sends a runner the new window lengths when its task's config changes, and stops runners
 //! that are no longer wanted. When a task moves to a new epoch, the old epoch's runners stop
-//! only once every batch of the new epoch is `running` ([`plan::stop_now`]), so the targets
-//! are watched without a gap.
+//! only once every batch of the new epoch has been `running` for [`plan::SUBSCRIBE_SETTLE`]
+//! ([`plan::stop_now`]), here or on the instance with its lease ([`PeerRunners`]), so the
+//! targets are watched without a gap.
 //!
 //! A batch runs on this instance only while [`Ownership::should_run`] says this instance holds
 //! its lease. The supervisor reports the batches it wants and those whose runners are alive
@@ -23,9 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use monitor_core::codec;
-use monitor_core::messages::{BatchSpec, BatchStatus, TaskSpec};
+use monitor_core::messages::{BatchSpec, BatchStatus, StatusMessage, TaskSpec};
 use monitor_core::{Locale, Subjects};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{Id, JoinError, JoinSet};
@@ -35,6 +38,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::block_task::BlockTasks;
 use crate::ownership::{LeaseKey, LeaseKind, Ownership};
+use crate::peer_runners::PeerRunners;
 use crate::plan::{self, Skip};
 use crate::runner::{
     BatchRunner, RunnerConfig, RunnerContext, RunnerNotice, StopSignal, DRAIN_TIMEOUT,
@@ -103,6 +107,8 @@ pub struct Supervisor {
     notices_rx: mpsc::UnboundedReceiver<RunnerNotice>,
     /// Runners of block tasks, when this instance serves them.
     block_tasks: Option<BlockTasks>,
+    /// Batches that other instances report `running`.
+    peers: PeerRunners,
 }
 
 impl Supervisor {
@@ -131,6 +137,7 @@ impl Supervisor {
             notices_tx,
             notices_rx,
             block_tasks: None,
+            peers: PeerRunners::default(),
         }
     }
 
@@ -142,6 +149,7 @@ impl Supervisor {
 
     /// Runs until the shutdown token is cancelled, then waits for every runner to drain.
     pub async fn run(mut self) {
+        let mut peer_changes = self.subscribe_peer_changes().await;
         let Some(mut entries) = self.open_watch().await else {
             return self.stop_all().await;
         };
@@ -169,6 +177,7 @@ impl Supervisor {
                     }
                 },
                 Some(notice) = self.notices_rx.recv() => self.on_notice(notice),
+                Some(message) = peer_changes.next() => self.on_peer_status(&message),
                 Ok(()) = self.ownership_changes.changed() => self.reconcile(),
                 Some(joined) = self.joins.join_next_with_id(), if !self.joins.is_empty() => {
                     self.on_runner_exit(joined);
@@ -177,6 +186,20 @@ impl Supervisor {
             }
         }
         self.stop_all().await;
+    }
+
+    /// Subscribes to the status subjects of every batch. The client subscribes again by
+    /// itself after a reconnect. Without the subscription no batch of another instance counts
+    /// as running, so an old epoch's batch keeps running until the overlap limit.
+    async fn subscribe_peer_changes(&self) -> BoxStream<'static, async_nats::Message> {
+        let subject = self.context.subjects.all_batch_status();
+        match self.context.js.client().subscribe(subject.clone()).await {
+            Ok(subscriber) => subscriber.boxed(),
+            Err(error) => {
+                warn!(subject = %subject, error = %error, "failed to subscribe to the batch status of other instances, old epochs overlap up to the limit");
+                futures::stream::pending().boxed()
+            }
+        }
     }
 
     /// Opens the watch, retrying with backoff; `None` once shutdown was requested.
@@ -318,6 +341,19 @@ impl Supervisor {
         }
     }
 
+    fn on_peer_status(&mut self, message: &async_nats::Message) {
+        match codec::decode::<StatusMessage>(&message.payload) {
+            Ok(StatusMessage::Change(change)) => {
+                self.peers
+                    .record(&change, self.ownership.consumer_id(), Instant::now());
+            }
+            Ok(StatusMessage::Heartbeat(_)) => {}
+            Err(error) => {
+                warn!(subject = %message.subject, error = %error, "status message cannot be decoded, ignored");
+            }
+        }
+    }
+
     fn on_tick(&mut self) {
         let now = Instant::now();
         self.restart_not_before.retain(|_, at| *at > now);
@@ -325,6 +361,9 @@ impl Supervisor {
         self.next_seqs.retain(|batch_id, (_, last_used)| {
             runners.contains_key(batch_id) || now.duration_since(*last_used) < SEQ_RETENTION
         });
+        let batches = &self.batches;
+        self.peers
+            .retain(|batch_id| batches.contains_key(&batch_id));
         self.reconcile();
     }
 
@@ -421,14 +460,16 @@ impl Supervisor {
 
         let runners = &self.runners;
         let ownership = &self.ownership;
-        // NOTE: a batch leased by another instance counts as running, because this instance
-        // cannot see the status of other instances' runners.
+        let peers = &self.peers;
         let is_running = |id: u64| {
             let running_here = runners.get(&id).is_some_and(|slot| {
                 let running_for = slot.running_since.map(|since| now.duration_since(since));
                 slot.retiring_since.is_none() && plan::running_settled(running_for)
             });
-            running_here || ownership.held_elsewhere(LeaseKey::batch(id))
+            let key = LeaseKey::batch(id);
+            let running_elsewhere = ownership.held_elsewhere(key)
+                && peers.running_settled(id, ownership.owner_of(key).as_deref(), now);
+            running_here || running_elsewhere
         };
         if plan::stop_now(
             task_id,

@@ -7,9 +7,12 @@ mod support;
 
 use std::time::Duration;
 
-use monitor_core::messages::{BatchStatus, EventKind, Side, StatusMessage, StatusScope};
+use monitor_core::messages::{
+    BatchStatus, EventKind, Side, StatusChange, StatusMessage, StatusScope,
+};
 use monitor_core::rules::{PriceChangeRule, TokenRules, VolumeRule};
 use monitor_ingest::birdeye;
+use monitor_ingest::ownership::{self, rendezvous_owner, LeaseKey};
 use monitor_ingest::plan::SUBSCRIBE_SETTLE;
 use monitor_ingest::settings::IngestSettings;
 use support::*;
@@ -60,16 +63,43 @@ fn is_change(record: &StatusRecord, batch_id: u64, status: BatchStatus) -> bool 
         if c.status == status && matches!(c.scope, StatusScope::Batch { batch_id: b, .. } if b == batch_id))
 }
 
-/// Time (`sent_ms`) of the first change of batch `batch_id` to `status` in `records`.
-fn change_sent_ms(records: &[StatusRecord], batch_id: u64, status: BatchStatus) -> i64 {
+/// Returns the first change of batch `batch_id` to `status` in `records`.
+fn first_change(records: &[StatusRecord], batch_id: u64, status: BatchStatus) -> &StatusChange {
     records
         .iter()
-        .find(|r| is_change(r, batch_id, status))
-        .map(|r| match &r.message {
-            StatusMessage::Change(change) => change.sent_ms,
-            _ => unreachable!("is_change matched a change"),
+        .find_map(|r| match &r.message {
+            StatusMessage::Change(change) if is_change(r, batch_id, status) => Some(change),
+            _ => None,
         })
         .unwrap_or_else(|| panic!("batch {batch_id} never changed to {status}"))
+}
+
+/// Reads status messages into `records` until batch `batch_id` has changed to `status`.
+async fn read_change(
+    reader: &mut StreamReader,
+    records: &mut Vec<StatusRecord>,
+    batch_id: u64,
+    status: BatchStatus,
+) {
+    let what = format!("batch {batch_id} {status}");
+    read_status_until(reader, records, &what, |r| {
+        r.iter().any(|r| is_change(r, batch_id, status))
+    })
+    .await;
+}
+
+/// Reads frames into `frames` until batch `batch_id` has published the trade `tx_hash(tx)`.
+async fn read_trade(
+    reader: &mut StreamReader,
+    frames: &mut Vec<Published>,
+    batch_id: u64,
+    tx: usize,
+    what: &str,
+) {
+    read_frames_until(reader, frames, what, |f| {
+        trade_hashes(f, batch_id).contains(&tx_hash(tx))
+    })
+    .await;
 }
 
 fn event_count(frames: &[Published]) -> usize {
@@ -475,10 +505,7 @@ async fn epoch_switch_keeps_old_batch_until_new_runs() {
     let ingest = Ingest::start(&nats, &server, |_| {});
 
     let mut records = Vec::new();
-    read_status_until(&mut status, &mut records, "batch 401 running", |r| {
-        r.iter().any(|r| is_change(r, 401, BatchStatus::Running))
-    })
-    .await;
+    read_change(&mut status, &mut records, 401, BatchStatus::Running).await;
 
     // The new epoch cannot connect yet: the old batch must keep publishing.
     server.refuse_handshakes(true);
@@ -492,13 +519,8 @@ async fn epoch_switch_keeps_old_batch_until_new_runs() {
         simple_trade_frame(WETH, &trades[0], 0),
     );
     let mut frames = Vec::new();
-    read_frames_until(
-        &mut events,
-        &mut frames,
-        "the old batch publishing during the switch",
-        |f| trade_hashes(f, 401).contains(&tx_hash(0)),
-    )
-    .await;
+    let during_switch = "the old batch publishing during the switch";
+    read_trade(&mut events, &mut frames, 401, 0, during_switch).await;
     assert!(
         !records
             .iter()
@@ -509,28 +531,17 @@ async fn epoch_switch_keeps_old_batch_until_new_runs() {
     // Once the new epoch runs, the old batch keeps reading while the feed applies the new
     // subscriptions, then stops, and the new one carries the events.
     server.refuse_handshakes(false);
-    read_status_until(&mut status, &mut records, "batch 402 running", |r| {
-        r.iter().any(|r| is_change(r, 402, BatchStatus::Running))
-    })
-    .await;
+    read_change(&mut status, &mut records, 402, BatchStatus::Running).await;
     server.push(
         FeedChannel::Trades,
         WETH,
         simple_trade_frame(WETH, &trades[2], 2),
     );
-    read_frames_until(
-        &mut events,
-        &mut frames,
-        "the old batch publishing after the new one runs",
-        |f| trade_hashes(f, 401).contains(&tx_hash(2)),
-    )
-    .await;
-    read_status_until(&mut status, &mut records, "batch 401 stopped", |r| {
-        r.iter().any(|r| is_change(r, 401, BatchStatus::Stopped))
-    })
-    .await;
-    let ran_ms = change_sent_ms(&records, 402, BatchStatus::Running);
-    let stopped_ms = change_sent_ms(&records, 401, BatchStatus::Stopped);
+    let after_run = "the old batch publishing after the new one runs";
+    read_trade(&mut events, &mut frames, 401, 2, after_run).await;
+    read_change(&mut status, &mut records, 401, BatchStatus::Stopped).await;
+    let ran_ms = first_change(&records, 402, BatchStatus::Running).sent_ms;
+    let stopped_ms = first_change(&records, 401, BatchStatus::Stopped).sent_ms;
     assert!(
         stopped_ms - ran_ms >= SUBSCRIBE_SETTLE.as_millis() as i64,
         "batch 401 stopped {} ms after batch 402 ran",
@@ -557,6 +568,111 @@ async fn epoch_switch_keeps_old_batch_until_new_runs() {
     assert_eq!(new_frame.frame.epoch, 2);
 
     ingest.stop().await;
+    nats.cleanup().await;
+}
+
+/// Returns the first batch id from `from` whose lease rendezvous hashing gives to `owner`
+/// among `members`.
+fn batch_owned_by(from: u64, owner: &str, members: [&str; 2]) -> u64 {
+    (from..)
+        .find(|id| rendezvous_owner(&LeaseKey::batch(*id).to_string(), members) == Some(owner))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn epoch_switch_across_instances_keeps_old_batch() {
+    let prefix = unique_prefix("epoch_peer");
+    let nats = Nats::new(&prefix).await;
+    let trades = recorded_trades(3);
+    let server = FeedServer::start(|_| vec![]).await;
+    let mut events = StreamReader::new(&nats.js, &nats.subjects().events_stream()).await;
+    let mut status = StreamReader::new(&nats.js, &nats.subjects().status_stream()).await;
+    let instance = |name: &str| {
+        let prefix = format!("{prefix}-{name}");
+        move |settings: &mut IngestSettings| settings.runtime.consumer_id_prefix = Some(prefix)
+    };
+    let a = Ingest::start(&nats, &server, instance("a"));
+    let (old_batch, new_batch) = {
+        let b_id = format!("{prefix}-b-{}", std::process::id());
+        let members = [a.consumer_id.as_str(), b_id.as_str()];
+        (
+            batch_owned_by(6100, members[0], members),
+            batch_owned_by(6200, members[1], members),
+        )
+    };
+    nats.put_batch(&batch(old_batch, 6, 1, &[(61, WETH, None)]))
+        .await;
+    nats.put_task(&task(6, 1, token_rules(), &[old_batch]))
+        .await;
+    let mut records = Vec::new();
+    read_change(&mut status, &mut records, old_batch, BatchStatus::Running).await;
+
+    // A second instance joins; the old batch stays with the first one.
+    let b = Ingest::start(&nats, &server, instance("b"));
+    let leases = &nats.topology.leases;
+    let member_key = format!("member.{}", b.consumer_id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while leases.get(&member_key).await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{member_key} never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both list the members once per ownership tick.
+    tokio::time::sleep(2 * ownership::TICK).await;
+
+    // The new epoch's batch goes to the second instance, which cannot connect yet. The first
+    // instance finds that lease held elsewhere, and must keep the old batch running anyway.
+    server.refuse_handshakes(true);
+    nats.put_batch(&batch(
+        new_batch,
+        6,
+        2,
+        &[(61, WETH, None), (62, PEPE, None)],
+    ))
+    .await;
+    nats.put_task(&task(6, 2, token_rules(), &[new_batch]))
+        .await;
+    wait_until("the new batch trying both channels", || {
+        server.refused() >= 2
+    })
+    .await;
+    tokio::time::sleep(2 * ownership::TICK).await;
+    server.push(
+        FeedChannel::Trades,
+        WETH,
+        simple_trade_frame(WETH, &trades[0], 0),
+    );
+    let mut frames = Vec::new();
+    let during_switch = "the old batch publishing while the new one cannot connect";
+    read_trade(&mut events, &mut frames, old_batch, 0, during_switch).await;
+
+    // Once the new batch runs on the second instance, the old one keeps reading while the
+    // feed applies the new subscriptions, then stops.
+    server.refuse_handshakes(false);
+    read_change(&mut status, &mut records, new_batch, BatchStatus::Running).await;
+    let ran = first_change(&records, new_batch, BatchStatus::Running).clone();
+    assert_eq!(ran.consumer_id, b.consumer_id);
+    server.push(
+        FeedChannel::Trades,
+        WETH,
+        simple_trade_frame(WETH, &trades[2], 2),
+    );
+    let after_run = "the old batch publishing after the new one runs";
+    read_trade(&mut events, &mut frames, old_batch, 2, after_run).await;
+    read_change(&mut status, &mut records, old_batch, BatchStatus::Stopped).await;
+    let stopped = first_change(&records, old_batch, BatchStatus::Stopped);
+    assert_eq!(stopped.consumer_id, a.consumer_id);
+    let (ran_ms, stopped_ms) = (ran.sent_ms, stopped.sent_ms);
+    assert!(
+        stopped_ms - ran_ms >= SUBSCRIBE_SETTLE.as_millis() as i64,
+        "the old batch stopped {} ms after the new one ran",
+        stopped_ms - ran_ms
+    );
+
+    a.stop().await;
+    b.stop().await;
     nats.cleanup().await;
 }
 
