@@ -56,9 +56,12 @@ pub const DEAD_SOURCE_SEQUENCE_HEADER: &str = "Monitor-Source-Sequence";
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Frames delivered to all evaluate instances and not yet acked, at most.
 const MAX_ACK_PENDING: i64 = 10_000;
-/// Expiry and idle heartbeat of each pull request.
+/// Expiry of each pull request.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Idle heartbeat of each pull request. Two missed heartbeats end the stream with an error
+/// and it is opened again, so a pull request that the server lost stalls evaluate for about
+/// two seconds. Notify's pull streams saw such losses under full load.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Backoff between attempts to re-open the consumer after a failure.
 const REOPEN_MIN: Duration = Duration::from_millis(500);
 const REOPEN_MAX: Duration = Duration::from_secs(10);
