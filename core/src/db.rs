@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::ConnectOptions;
+use sqlx::{ConnectOptions, Connection};
 
 use crate::settings::DbSettings;
 
@@ -44,11 +44,30 @@ fn options(settings: &DbSettings) -> MySqlConnectOptions {
     options
 }
 
+/// A pooled connection idle for longer than this is pinged before it is used. The pool
+/// pings every connection when it is released, so one used more recently answered a ping
+/// less than that long ago.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(10);
+
 /// Opens a pool on the configured database.
+///
+/// The pool's own test pings every connection it hands out, which puts a second round trip
+/// before each statement. Here only connections idle for [`PING_AFTER_IDLE`] are pinged. A
+/// connection that broke since its release fails its statement like any other connection
+/// error, and the ping at its release then makes the pool drop it.
 pub async fn connect(settings: &DbSettings) -> Result<MySqlPool, DbError> {
     MySqlPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options(settings).database(&settings.name))
         .await
         .map_err(|source| DbError::Connect {
