@@ -9,6 +9,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use clap::Args;
@@ -411,11 +412,22 @@ impl Default for RuntimeSettings {
 }
 
 impl RuntimeSettings {
-    /// `<CONSUMER_ID_PREFIX or hostname>-<pid>`, unique per process.
+    /// `<CONSUMER_ID_PREFIX or hostname>-<pid>-<run>`, unique per process start.
+    ///
+    /// `run` is 8 hex digits drawn once per process. A container restarted under the same
+    /// host name often runs as the same pid (1 in Docker). Ingest's message ids start with the
+    /// consumer id, so with a reused id JetStream would drop the new process's first frames
+    /// as duplicates of the old one's.
     pub fn consumer_id(&self) -> String {
         let prefix = self.consumer_id_prefix.clone().unwrap_or_else(hostname);
-        format!("{prefix}-{}", std::process::id())
+        format!("{prefix}-{}-{:08x}", std::process::id(), process_run())
     }
+}
+
+/// Random number drawn once per process, the same for every call.
+fn process_run() -> u32 {
+    static RUN: OnceLock<u32> = OnceLock::new();
+    *RUN.get_or_init(rand::random)
 }
 
 fn hostname() -> String {
@@ -556,6 +568,21 @@ pub fn load_dotenv() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consumer_id_is_prefix_pid_and_run() {
+        let runtime = RuntimeSettings {
+            consumer_id_prefix: Some("ingest".into()),
+            ..RuntimeSettings::default()
+        };
+        let id = runtime.consumer_id();
+        let run = id
+            .strip_prefix(&format!("ingest-{}-", std::process::id()))
+            .unwrap();
+        assert_eq!(run.len(), 8);
+        assert!(run.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        assert_eq!(runtime.consumer_id(), id, "one process keeps one id");
+    }
     use clap::{CommandFactory, Parser};
 
     #[derive(Debug, Parser)]

@@ -11,6 +11,7 @@ use monitor_core::messages::{
     BatchStatus, EventKind, Side, StatusChange, StatusMessage, StatusScope,
 };
 use monitor_core::rules::{PriceChangeRule, TokenRules, VolumeRule};
+use monitor_core::settings::RuntimeSettings;
 use monitor_ingest::birdeye;
 use monitor_ingest::ownership::{self, rendezvous_owner, LeaseKey};
 use monitor_ingest::plan::SUBSCRIBE_SETTLE;
@@ -593,7 +594,11 @@ async fn epoch_switch_across_instances_keeps_old_batch() {
     };
     let a = Ingest::start(&nats, &server, instance("a"));
     let (old_batch, new_batch) = {
-        let b_id = format!("{prefix}-b-{}", std::process::id());
+        let b_id = RuntimeSettings {
+            consumer_id_prefix: Some(format!("{prefix}-b")),
+            ..RuntimeSettings::default()
+        }
+        .consumer_id();
         let members = [a.consumer_id.as_str(), b_id.as_str()];
         (
             batch_owned_by(6100, members[0], members),

@@ -71,7 +71,7 @@ async fn killed_feed_is_reopened_and_reported() {
     let frames = collect_frames(&nats).await;
     put_one_batch(&nats).await;
     let mut ingest_process = ingest(&env, &feed, &[]).spawn("ingest");
-    let me = consumer_id(&env, &ingest_process);
+    let me = consumer_id(&nats.topology.leases, &env, &ingest_process).await;
 
     let records = status
         .wait("running and a heartbeat with events", WAIT_LIMIT, |r| {

@@ -79,7 +79,7 @@ async fn second_instance_takes_half_without_gap() {
     let leases = &nats.topology.leases;
 
     let mut first = ingest(&env, &feed, &[]).spawn("ingest-a");
-    let a = consumer_id(&env, &first);
+    let a = consumer_id(leases, &env, &first).await;
     wait_for_leases(leases, "instance a holding every batch", WAIT_LIMIT, |l| {
         all_held_by(l, &a)
     })
@@ -93,7 +93,7 @@ async fn second_instance_takes_half_without_gap() {
         .await;
 
     let mut second = ingest(&env, &feed, &[]).spawn("ingest-b");
-    let b = consumer_id(&env, &second);
+    let b = consumer_id(leases, &env, &second).await;
     let expected: BTreeSet<u64> = batch_ids()
         .into_iter()
         .filter(|id| {
@@ -178,13 +178,13 @@ async fn killed_instance_batches_move_to_survivor() {
     let leases = &nats.topology.leases;
 
     let mut victim = ingest(&env, &feed, &[]).spawn("ingest-victim");
-    let v = consumer_id(&env, &victim);
+    let v = consumer_id(leases, &env, &victim).await;
     wait_for_leases(leases, "the victim holding every batch", WAIT_LIMIT, |l| {
         all_held_by(l, &v)
     })
     .await;
     let mut survivor = ingest(&env, &feed, &[]).spawn("ingest-survivor");
-    let s = consumer_id(&env, &survivor);
+    let s = consumer_id(leases, &env, &survivor).await;
     let split = wait_for_leases(leases, "both instances holding batches", WAIT_LIMIT, |l| {
         let holders = holders_of(l);
         let held = |m: &str| holders.values().filter(|h| *h == m).count();
@@ -268,7 +268,7 @@ async fn frozen_owner_stops_after_losing_lease() {
     let leases = &nats.topology.leases;
 
     let mut frozen = ingest(&env, &feed, &[]).spawn("ingest-frozen");
-    let f = consumer_id(&env, &frozen);
+    let f = consumer_id(leases, &env, &frozen).await;
     wait_for_leases(
         leases,
         "the first instance holding every batch",
@@ -277,7 +277,7 @@ async fn frozen_owner_stops_after_losing_lease() {
     )
     .await;
     let mut other = ingest(&env, &feed, &[]).spawn("ingest-other");
-    let o = consumer_id(&env, &other);
+    let o = consumer_id(leases, &env, &other).await;
     let split = wait_for_leases(leases, "both instances holding batches", WAIT_LIMIT, |l| {
         let holders = holders_of(l);
         let held = |m: &str| holders.values().filter(|h| *h == m).count();

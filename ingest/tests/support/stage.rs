@@ -103,9 +103,30 @@ pub fn ingest(env: &TestEnv, feed: &FeedReplayProcess, extra: &[(&str, &str)]) -
         .envs(extra.iter().copied())
 }
 
-/// Returns the consumer id that an ingest process of this test uses.
-pub fn consumer_id(env: &TestEnv, process: &Process) -> String {
-    format!("{}-{}", env.id(), process.pid())
+/// Returns the consumer id of an ingest process of this test, `<test id>-<pid>-<run>`, read
+/// from its member key because the run part is random.
+pub async fn consumer_id(leases: &kv::Store, env: &TestEnv, process: &Process) -> String {
+    member_with_prefix(leases, &format!("{}-{}-", env.id(), process.pid())).await
+}
+
+/// Waits for a member whose consumer id starts with `prefix` and returns that id.
+pub async fn member_with_prefix(leases: &kv::Store, prefix: &str) -> String {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    loop {
+        let member = lease_entries(leases)
+            .await
+            .into_keys()
+            .filter_map(|key| key.strip_prefix("member.").map(str::to_owned))
+            .find(|id| id.starts_with(prefix));
+        if let Some(member) = member {
+            return member;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no member {prefix}* joined the leases bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Returns every key of the leases bucket with its value as text.
