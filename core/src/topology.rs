@@ -104,6 +104,9 @@ pub async fn ensure(
         },
     )
     .await?;
+    // On disk, so that the leases and members outlive a restart of a NATS server: from an
+    // empty bucket every ingest instance would take every batch, and the batches would run
+    // twice and then move back and forth.
     let leases = ensure_bucket(
         js,
         kv::Config {
@@ -111,16 +114,32 @@ pub async fn ensure(
             history: 1,
             max_age: LEASE_TTL,
             num_replicas: settings.replicas as usize,
-            storage: stream::StorageType::Memory,
+            storage: stream::StorageType::File,
             ..Default::default()
         },
     )
     .await?;
+    warn_if_in_memory(&leases).await;
     Ok(Topology {
         subjects,
         tasks,
         leases,
     })
+}
+
+/// Warns when the leases bucket was created in memory by an earlier version. JetStream
+/// cannot change the storage of an existing bucket.
+async fn warn_if_in_memory(leases: &kv::Store) {
+    let Ok(status) = leases.status().await else {
+        return;
+    };
+    if status.info.config.storage == stream::StorageType::Memory {
+        tracing::warn!(
+            bucket = %status.bucket,
+            "the leases bucket is kept in memory, so a NATS restart drops every lease; delete it while no ingest runs (nats kv del {}) and it is created again on disk",
+            status.bucket
+        );
+    }
 }
 
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), TopologyError> {

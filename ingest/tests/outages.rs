@@ -8,9 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use async_nats::jetstream;
 use monitor_core::messages::{BatchStatus, EventKind, StatusMessage, StatusScope};
-use monitor_core::topology;
 use monitor_tests::{NatsServer, Signal, TestEnv};
 use support::stage::*;
 use support::*;
@@ -214,18 +212,6 @@ async fn stalled_feed_is_replaced() {
 }
 
 /// Connects to a private server with the test's prefix and makes its streams and buckets.
-async fn nats_on(server: &NatsServer, env: &TestEnv) -> Nats {
-    let settings = server.settings(env);
-    let client = async_nats::connect(settings.url.as_str()).await.unwrap();
-    let js = jetstream::new(client);
-    let topology = topology::ensure(&js, &settings).await.unwrap();
-    Nats {
-        settings,
-        js,
-        topology,
-    }
-}
-
 #[tokio::test]
 async fn nats_outage_buffers_then_publishes_in_order() {
     let env = TestEnv::new("ingest_nats_outage").await;

@@ -1,6 +1,7 @@
 //! Ownership across real `ingest` processes on the real NATS server, fed by the real
 //! `devkit feed-replay`: a second instance takes about half of the batches, a killed
-//! instance's batches move to the survivor, and an owner that cannot renew stops its batches.
+//! instance's batches move to the survivor, an owner that cannot renew stops its batches, and
+//! a restarted NATS server keeps every lease, so no batch moves.
 //!
 //! Who ran a batch when is read from the events stream: every frame names its producer, and
 //! every event its ingest time.
@@ -12,9 +13,11 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use async_nats::jetstream::kv;
+
 use monitor_core::messages::{BatchStatus, StatusMessage, StatusScope};
 use monitor_ingest::ownership::{rendezvous_owner, LeaseKey, LEASE_TTL, RENEW_INTERVAL};
-use monitor_tests::{Signal, TestEnv};
+use monitor_tests::{NatsServer, Signal, TestEnv};
 use support::stage::*;
 use support::*;
 
@@ -50,6 +53,24 @@ fn all_held_by(leases: &BTreeMap<String, String>, member: &str) -> bool {
     batch_ids()
         .iter()
         .all(|id| holders.get(id).map(String::as_str) == Some(member))
+}
+
+/// Waits until every batch is held by the member that rendezvous hashing picks among `a`
+/// and `b`, and returns the entries of the leases bucket.
+async fn wait_for_split(leases: &kv::Store, a: &str, b: &str) -> BTreeMap<String, String> {
+    wait_for_leases(
+        leases,
+        "the batches split by rendezvous hashing",
+        WAIT_LIMIT,
+        |l| {
+            let holders = holders_of(l);
+            batch_ids().iter().all(|id| {
+                let owner = rendezvous_owner(&LeaseKey::batch(*id).to_string(), [a, b]);
+                holders.get(id).map(String::as_str) == owner
+            })
+        },
+    )
+    .await
 }
 
 /// Ingest times of the events of `batch_id` produced by `producer`.
@@ -105,19 +126,7 @@ async fn second_instance_takes_half_without_gap() {
         "{} of {BATCHES} batches move to the new instance",
         expected.len()
     );
-    let settled = wait_for_leases(
-        leases,
-        "the batches split by rendezvous hashing",
-        WAIT_LIMIT,
-        |l| {
-            let holders = holders_of(l);
-            batch_ids().iter().all(|id| {
-                let owner = if expected.contains(id) { &b } else { &a };
-                holders.get(id) == Some(owner)
-            })
-        },
-    )
-    .await;
+    let settled = wait_for_split(leases, &a, &b).await;
     assert!(settled.contains_key(&format!("member.{a}")));
     assert!(settled.contains_key(&format!("member.{b}")));
     let collected = frames
@@ -369,4 +378,45 @@ async fn frozen_owner_stops_after_losing_lease() {
 
     frozen.terminate().await;
     other.terminate().await;
+}
+
+#[tokio::test]
+async fn nats_restart_keeps_every_lease() {
+    let env = TestEnv::new("ingest_nats_restart_leases").await;
+    let mut server = NatsServer::start(&env).await;
+    let nats = nats_on(&server, &env).await;
+    let feed = FeedReplayProcess::start(&env, &["--speed", "1", "--loop"]).await;
+    put_batches(&nats).await;
+    let leases = &nats.topology.leases;
+
+    let mut first = ingest(&env, &feed, &[])
+        .env("NATS_URL", server.url())
+        .spawn("ingest-a");
+    let a = consumer_id(leases, &env, &first).await;
+    let mut second = ingest(&env, &feed, &[])
+        .env("NATS_URL", server.url())
+        .spawn("ingest-b");
+    let b = consumer_id(leases, &env, &second).await;
+    let split = wait_for_split(leases, &a, &b).await;
+    let stops =
+        |process: &monitor_tests::Process| process.log().matches("stopping batch runner").count();
+    let stops_before = (stops(&first), stops(&second));
+
+    server.restart().await;
+    let nats = nats_on(&server, &env).await;
+    // Two rounds of renewals after the restart.
+    tokio::time::sleep(2 * RENEW_INTERVAL).await;
+    let after = lease_entries(&nats.topology.leases).await;
+
+    assert_eq!(holders_of(&after), holders_of(&split));
+    assert!(after.contains_key(&format!("member.{a}")));
+    assert!(after.contains_key(&format!("member.{b}")));
+    assert_eq!(
+        (stops(&first), stops(&second)),
+        stops_before,
+        "no batch runner stopped because of the restart"
+    );
+
+    first.terminate().await;
+    second.terminate().await;
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use futures::TryStreamExt;
 use monitor_core::messages::{EventFrame, StatusMessage};
-use monitor_tests::{free_port, Process, ProcessBuilder, TestEnv};
+use monitor_tests::{free_port, NatsServer, Process, ProcessBuilder, TestEnv};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -25,6 +25,21 @@ pub async fn nats_of(env: &TestEnv) -> Nats {
         settings: env.nats_settings(),
         js: env.jetstream().await,
         topology: env.topology().await,
+    }
+}
+
+/// NATS handles on a private server of the test, with the test environment's prefix.
+pub async fn nats_on(server: &NatsServer, env: &TestEnv) -> Nats {
+    let settings = server.settings(env);
+    let client = async_nats::connect(settings.url.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let topology = monitor_core::topology::ensure(&js, &settings)
+        .await
+        .unwrap();
+    Nats {
+        settings,
+        js,
+        topology,
     }
 }
 
