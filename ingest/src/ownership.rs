@@ -14,11 +14,12 @@
 //!   leaves hands only its own keys to the others.
 //! - A wanted key whose owner is this instance is leased with `create` on `batch.<id>` or
 //!   `task.<id>`; a held lease is renewed with `update` on its revision every
-//!   [`RENEW_INTERVAL`]. Only one instance can hold a lease, so a key never runs twice even
-//!   while two instances disagree about the members.
+//!   [`RENEW_INTERVAL`]. Only one instance can hold a lease, so a key is never started on two
+//!   instances even while they disagree about the members.
 //! - A held lease whose key is now owned by another member is handed over: `should_run`
-//!   turns false, the caller stops the work and reports it inactive, and only then is the
-//!   lease deleted, so the new owner starts after the old one stopped.
+//!   turns false ([`Ownership::handing_over`] true), the caller reports the work inactive,
+//!   and only then is the lease deleted. The supervisor keeps a batch's runner until the new
+//!   owner runs the batch, so a handed-over batch runs on both instances for a few seconds.
 //!
 //! Guarantees: `should_run` is true only while the lease is held and its last successful
 //! renewal was sent less than `LEASE_TTL - LEASE_MARGIN` ago. Since the server expires the
@@ -161,12 +162,18 @@ impl State {
         rendezvous_owner(&key, self.members.iter().map(String::as_str))
     }
 
+    fn holds_valid(&self, key: LeaseKey, now: Instant) -> bool {
+        self.held.get(&key).is_some_and(|held| held.is_valid(now))
+    }
+
+    /// Returns whether `key` is wanted here but rendezvous hashing now gives it to another
+    /// member.
+    fn owned_elsewhere(&self, key: LeaseKey, me: &str) -> bool {
+        self.wanted.contains(&key) && self.owner(key) != Some(me)
+    }
+
     fn should_run(&self, key: LeaseKey, me: &str, now: Instant) -> bool {
-        let Some(held) = self.held.get(&key) else {
-            return false;
-        };
-        let handing_over = self.wanted.contains(&key) && self.owner(key) != Some(me);
-        held.is_valid(now) && !handing_over
+        self.holds_valid(key, now) && !self.owned_elsewhere(key, me)
     }
 }
 
@@ -232,6 +239,14 @@ impl Ownership {
     pub fn should_run(&self, key: LeaseKey) -> bool {
         self.lock()
             .should_run(key, &self.inner.consumer_id, Instant::now())
+    }
+
+    /// Returns whether this instance still holds a valid lease of `key` that it is handing
+    /// to the member rendezvous hashing now picks.
+    pub fn handing_over(&self, key: LeaseKey) -> bool {
+        let state = self.lock();
+        state.holds_valid(key, Instant::now())
+            && state.owned_elsewhere(key, &self.inner.consumer_id)
     }
 
     /// Returns the member that rendezvous hashing picks for `key` among the live members.

@@ -19,8 +19,9 @@ use monitor_core::rules::{Rules, TokenRules};
 
 use crate::runner::{HolderNeeds, RunnerConfig};
 
-/// Maximum time a runner of an old epoch keeps running while the new epoch's runners fail to
-/// reach `running`. Matches the grace period after which the allocator deletes old epochs.
+/// Maximum time a runner of an old epoch, or of a batch handed to another instance, keeps
+/// running while its replacements fail to reach `running`. Matches the grace period after
+/// which the allocator deletes old epochs.
 pub const OVERLAP_LIMIT: Duration = Duration::from_secs(600);
 
 /// Time a new epoch's runner must have reported `running` before an old epoch's runner may

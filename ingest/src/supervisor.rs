@@ -12,9 +12,11 @@
 //!
 //! A batch runs on this instance only while [`Ownership::should_run`] says this instance holds
 //! its lease. The supervisor reports the batches it wants and those whose runners are alive
-//! to the ownership after every decision, and decides again whenever the ownership changes:
-//! a runner whose lease is lost or handed over is stopped at once, with the reason in its
-//! `stopped` status change.
+//! to the ownership after every decision, and decides again whenever the ownership changes.
+//! A runner whose lease is lost is stopped at once, with the reason in its `stopped` status
+//! change. A runner whose batch is handed to another instance stops reporting itself alive,
+//! so its lease is released, but keeps running until the new owner has run the batch for
+//! [`plan::SUBSCRIBE_SETTLE`].
 //!
 //! Block tasks go to [`BlockTasks`] on every decision, which runs one chain runner per block
 //! task whose `task.<id>` lease this instance holds.
@@ -70,6 +72,9 @@ struct RunnerSlot {
     stop: StopSignal,
     /// Since when the runner is no longer wanted but kept for an epoch switch.
     retiring_since: Option<Instant>,
+    /// Since when the batch's lease is being handed to another instance, while the runner
+    /// keeps running until that instance runs the batch.
+    handing_over_since: Option<Instant>,
 }
 
 /// A key of the tasks bucket.
@@ -377,6 +382,9 @@ impl Supervisor {
             let leased = self.ownership.should_run(LeaseKey::batch(*batch_id));
             if let Some(slot) = self.runners.get_mut(batch_id) {
                 slot.retiring_since = None;
+                if leased {
+                    slot.handing_over_since = None;
+                }
                 slot.config_tx.send_if_modified(|current| {
                     let changed = current != config;
                     if changed {
@@ -399,8 +407,7 @@ impl Supervisor {
             .copied()
             .collect();
         for batch_id in unleased {
-            let reason = self.lease_stop_reason(batch_id);
-            self.stop_runner(batch_id, reason);
+            self.on_lease_gone(batch_id, desired.contains_key(&batch_id), now);
         }
 
         let unwanted: Vec<u64> = self
@@ -413,7 +420,14 @@ impl Supervisor {
             self.retire(batch_id, now);
         }
 
-        let active = self.runners.keys().chain(&self.stopping).copied();
+        // A runner handing its batch over no longer counts, so that its lease is released.
+        let active = self
+            .runners
+            .iter()
+            .filter(|(_, slot)| slot.handing_over_since.is_none())
+            .map(|(id, _)| id)
+            .chain(&self.stopping)
+            .copied();
         self.ownership
             .update(LeaseKind::Batch, desired.keys().copied(), active);
 
@@ -423,6 +437,45 @@ impl Supervisor {
             let block = block_tasks.reconcile(&self.tasks, leased);
             self.ownership
                 .update(LeaseKind::Task, block.wanted, block.active);
+        }
+    }
+
+    /// Handles a runner whose batch this instance should no longer run. When the batch is
+    /// handed to another instance, the runner keeps running until that instance has reported
+    /// the batch `running` for [`plan::SUBSCRIBE_SETTLE`], so the handover leaves no gap. A
+    /// lost lease, or a batch no longer wanted, stops it at once.
+    fn on_lease_gone(&mut self, batch_id: u64, wanted: bool, now: Instant) {
+        let key = LeaseKey::batch(batch_id);
+        let Some(slot) = self.runners.get_mut(&batch_id) else {
+            return;
+        };
+        let (task_id, epoch) = (slot.task_id, slot.epoch);
+        let since = match slot.handing_over_since {
+            Some(since) => since,
+            None if wanted && self.ownership.handing_over(key) => {
+                slot.handing_over_since = Some(now);
+                info!(
+                    task_id,
+                    batch_id,
+                    owner = ?self.ownership.owner_of(key),
+                    "batch handed over, it keeps running here until the new owner runs it"
+                );
+                now
+            }
+            None => {
+                let reason = self.lease_stop_reason(batch_id);
+                return self.stop_runner(batch_id, reason);
+            }
+        };
+        let owner = self.ownership.owner_of(key);
+        let taken_over = self.ownership.held_elsewhere(key)
+            && self.peers.running_settled(batch_id, owner.as_deref(), now);
+        if !wanted {
+            let reason = self.retire_reason(task_id, epoch);
+            self.stop_runner(batch_id, reason);
+        } else if taken_over || now.duration_since(since) >= plan::OVERLAP_LIMIT {
+            let reason = self.lease_stop_reason(batch_id);
+            self.stop_runner(batch_id, reason);
         }
     }
 
@@ -528,6 +581,7 @@ impl Supervisor {
                 config_tx,
                 stop,
                 retiring_since: None,
+                handing_over_since: None,
             },
         );
     }
