@@ -61,6 +61,10 @@ impl PeerRunners {
 
     /// Returns whether `owner`, the instance that should hold the batch's lease, has
     /// reported it `running` for at least [`plan::SUBSCRIBE_SETTLE`].
+    ///
+    /// NOTE: an owner that dies within the settle time still counts until its member key
+    /// expires (15 s), so the batch it reported goes unwatched until another instance takes
+    /// it over.
     pub fn running_settled(&self, batch_id: u64, owner: Option<&str>, now: Instant) -> bool {
         let running_for = self
             .running
