@@ -25,7 +25,8 @@
 //! renewal was sent less than `LEASE_TTL - LEASE_MARGIN` ago. Since the server expires the
 //! key `LEASE_TTL` after that write, an instance that cannot renew (NATS unreachable, process
 //! frozen) stops its work before any other instance can take the lease. A renewal that finds
-//! another instance's lease stops the work at once.
+//! another instance's lease stops the work at once. Only work being handed over, whose lease
+//! this instance released itself, runs on without a lease, until the new owner runs it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -616,8 +617,8 @@ impl OwnershipTask {
         Bytes::from(self.ownership.consumer_id().to_owned())
     }
 
-    /// Creates the streams and buckets again: a restarted server loses the leases bucket,
-    /// which is kept in memory.
+    /// Creates the streams and buckets again, after the leases bucket was deleted or a server
+    /// lost it (a bucket created in memory by an earlier version).
     async fn recreate_bucket(&mut self) {
         match topology::ensure(&self.js, &self.nats).await {
             Ok(topology) => {

@@ -1,12 +1,14 @@
 //! The batch runners of other ingest instances, as their status changes report them. Pure.
 //!
 //! Consumes the [`StatusChange`]s that every instance publishes for its batches and produces
-//! the answer to one question of an epoch switch: has the runner of a new batch that another
-//! instance holds been `running` long enough for the old batch to stop here? The supervisor
-//! reads the changes from a plain subscription to the batch status subjects, so it learns
-//! only of changes sent while it listens. That is enough: a batch of a new epoch starts after
-//! the switch, and an old batch whose successor's `running` was missed keeps running (a
-//! longer overlap, never a gap) until the next change or the overlap limit.
+//! the answer to the question of an epoch switch or a handover: has another instance run a
+//! batch long enough for this instance's runner it replaces to stop? The supervisor reads
+//! the changes from a plain subscription to the batch status subjects, so it learns only of
+//! changes sent while it listens. That is enough: a batch of a new epoch starts after the
+//! switch, and a handed-over batch starts after this instance released its lease. A missed
+//! `running` keeps the old runner longer (never a gap), until the next change or the
+//! overlap limit. For a handover only a report received after the handover began counts,
+//! because an earlier one may be left from a previous run of the same batch there.
 
 use std::collections::HashMap;
 
@@ -15,22 +17,17 @@ use tokio::time::Instant;
 
 use crate::plan;
 
-/// A runner of another instance that reports `running`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PeerRunner {
-    consumer_id: String,
-    running_since: Instant,
-}
-
-/// The batches that other instances report `running`, by batch id.
+/// Since when other instances report their runners `running`, by batch id and consumer id.
 #[derive(Debug, Default)]
 pub struct PeerRunners {
-    running: HashMap<u64, PeerRunner>,
+    running_since: HashMap<(u64, String), Instant>,
 }
 
 impl PeerRunners {
     /// Records a status change received at `now`. Changes of block tasks and of this
-    /// instance's own runners (`own_consumer_id`) are ignored.
+    /// instance's own runners (`own_consumer_id`) are ignored. A change reaches only the
+    /// record of the instance that sent it, because another instance's runner of the same
+    /// batch may be stopping at the same time.
     pub fn record(&mut self, change: &StatusChange, own_consumer_id: &str, now: Instant) {
         let StatusScope::Batch { batch_id, .. } = change.scope else {
             return;
@@ -38,45 +35,43 @@ impl PeerRunners {
         if change.consumer_id == own_consumer_id {
             return;
         }
-        if change.status != BatchStatus::Running {
-            // Any other change of the batch, from whichever instance, ends what was known:
-            // a runner that starts anywhere first reports `pending`.
-            self.running.remove(&batch_id);
-            return;
-        }
-        let same_runner = self
-            .running
-            .get(&batch_id)
-            .is_some_and(|peer| peer.consumer_id == change.consumer_id);
-        if !same_runner {
-            self.running.insert(
-                batch_id,
-                PeerRunner {
-                    consumer_id: change.consumer_id.clone(),
-                    running_since: now,
-                },
-            );
+        let key = (batch_id, change.consumer_id.clone());
+        if change.status == BatchStatus::Running {
+            self.running_since.entry(key).or_insert(now);
+        } else {
+            self.running_since.remove(&key);
         }
     }
 
     /// Returns whether `owner`, the instance that should hold the batch's lease, has
-    /// reported it `running` for at least [`plan::SUBSCRIBE_SETTLE`].
+    /// reported it `running` for at least [`plan::SUBSCRIBE_SETTLE`], in a report received
+    /// after `reported_after` when that is given.
     ///
     /// NOTE: an owner that dies within the settle time still counts until its member key
     /// expires (15 s), so the batch it reported goes unwatched until another instance takes
     /// it over.
-    pub fn running_settled(&self, batch_id: u64, owner: Option<&str>, now: Instant) -> bool {
+    pub fn running_settled(
+        &self,
+        batch_id: u64,
+        owner: Option<&str>,
+        reported_after: Option<Instant>,
+        now: Instant,
+    ) -> bool {
+        let Some(owner) = owner else {
+            return false;
+        };
         let running_for = self
-            .running
-            .get(&batch_id)
-            .filter(|peer| Some(peer.consumer_id.as_str()) == owner)
-            .map(|peer| now.duration_since(peer.running_since));
+            .running_since
+            .get(&(batch_id, owner.to_owned()))
+            .filter(|since| reported_after.is_none_or(|after| **since >= after))
+            .map(|since| now.duration_since(*since));
         plan::running_settled(running_for)
     }
 
     /// Forgets the batches for which `keep` is false.
     pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
-        self.running.retain(|batch_id, _| keep(*batch_id));
+        self.running_since
+            .retain(|(batch_id, _), _| keep(*batch_id));
     }
 }
 
@@ -109,48 +104,57 @@ mod tests {
     #[test]
     fn peer_batch_counts_once_running_settled() {
         let start = Instant::now();
+        let settled = start + SUBSCRIBE_SETTLE;
         let mut peers = PeerRunners::default();
         peers.record(&change(7, "b", BatchStatus::Pending), "a", start);
-        assert!(!peers.running_settled(7, Some("b"), start + SUBSCRIBE_SETTLE));
+        assert!(!peers.running_settled(7, Some("b"), None, settled));
 
         peers.record(&change(7, "b", BatchStatus::Running), "a", start);
-        let settled = start + SUBSCRIBE_SETTLE;
-        assert!(!peers.running_settled(7, Some("b"), settled - Duration::from_millis(1)));
-        assert!(peers.running_settled(7, Some("b"), settled));
+        let just_before = settled - Duration::from_millis(1);
+        assert!(!peers.running_settled(7, Some("b"), None, just_before));
+        assert!(peers.running_settled(7, Some("b"), None, settled));
         // A repeated `running` does not restart the settle time.
         peers.record(&change(7, "b", BatchStatus::Running), "a", settled);
-        assert!(peers.running_settled(7, Some("b"), settled));
+        assert!(peers.running_settled(7, Some("b"), None, settled));
     }
 
     #[test]
-    fn running_counts_only_for_the_lease_owner() {
+    fn running_counts_only_for_the_owner() {
         let start = Instant::now();
         let later = start + SUBSCRIBE_SETTLE;
         let mut peers = PeerRunners::default();
         peers.record(&change(7, "b", BatchStatus::Running), "a", start);
         // The batch is being handed to "c", or "b" left the members.
-        assert!(!peers.running_settled(7, Some("c"), later));
-        assert!(!peers.running_settled(7, None, later));
-        assert!(!peers.running_settled(8, Some("b"), later));
+        assert!(!peers.running_settled(7, Some("c"), None, later));
+        assert!(!peers.running_settled(7, None, None, later));
+        assert!(!peers.running_settled(8, Some("b"), None, later));
     }
 
     #[test]
-    fn any_other_change_ends_running() {
+    fn change_ends_running_of_its_sender_only() {
         let start = Instant::now();
         let later = start + SUBSCRIBE_SETTLE;
         let mut peers = PeerRunners::default();
         peers.record(&change(7, "b", BatchStatus::Running), "a", start);
-        peers.record(&change(7, "b", BatchStatus::Error), "a", start);
-        assert!(!peers.running_settled(7, Some("b"), later));
-
-        // A new runner on "c" reports `pending` first, which clears the old one's record.
-        peers.record(&change(7, "b", BatchStatus::Running), "a", start);
-        peers.record(&change(7, "c", BatchStatus::Pending), "a", start);
-        assert!(!peers.running_settled(7, Some("b"), later));
+        peers.record(&change(7, "c", BatchStatus::Running), "a", start);
+        peers.record(&change(7, "b", BatchStatus::Stopped), "a", start);
+        assert!(!peers.running_settled(7, Some("b"), None, later));
+        assert!(peers.running_settled(7, Some("c"), None, later));
 
         // Running again starts the settle time again.
         peers.record(&change(7, "b", BatchStatus::Running), "a", later);
-        assert!(!peers.running_settled(7, Some("b"), later));
+        assert!(!peers.running_settled(7, Some("b"), None, later));
+    }
+
+    #[test]
+    fn report_before_handover_does_not_count() {
+        let start = Instant::now();
+        let handover = start + Duration::from_secs(1);
+        let mut peers = PeerRunners::default();
+        peers.record(&change(7, "b", BatchStatus::Running), "a", start);
+        let later = handover + SUBSCRIBE_SETTLE;
+        assert!(!peers.running_settled(7, Some("b"), Some(handover), later));
+        assert!(peers.running_settled(7, Some("b"), Some(start), later));
     }
 
     #[test]
@@ -159,12 +163,12 @@ mod tests {
         let later = start + SUBSCRIBE_SETTLE;
         let mut peers = PeerRunners::default();
         peers.record(&change(7, "a", BatchStatus::Running), "a", start);
-        assert!(!peers.running_settled(7, Some("a"), later));
+        assert!(!peers.running_settled(7, Some("a"), None, later));
 
         let mut task_change = change(7, "b", BatchStatus::Running);
         task_change.scope = StatusScope::Task { task_id: 7 };
         peers.record(&task_change, "a", start);
-        assert!(!peers.running_settled(7, Some("b"), later));
+        assert!(!peers.running_settled(7, Some("b"), None, later));
     }
 
     #[test]
@@ -175,7 +179,7 @@ mod tests {
         peers.record(&change(7, "b", BatchStatus::Running), "a", start);
         peers.record(&change(8, "b", BatchStatus::Running), "a", start);
         peers.retain(|batch_id| batch_id == 8);
-        assert!(!peers.running_settled(7, Some("b"), later));
-        assert!(peers.running_settled(8, Some("b"), later));
+        assert!(!peers.running_settled(7, Some("b"), None, later));
+        assert!(peers.running_settled(8, Some("b"), None, later));
     }
 }

@@ -12,7 +12,7 @@
 //! sockets, publishes the events it buffered (for at most [`DRAIN_TIMEOUT`]), then publishes a
 //! `stopped` status change.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -74,6 +74,8 @@ pub struct RunnerConfig {
 pub struct StopSignal {
     token: CancellationToken,
     reason: Arc<OnceLock<String>>,
+    /// Set when the batch runs on in another instance, which reports its status from then on.
+    handed_over: Arc<AtomicBool>,
 }
 
 impl StopSignal {
@@ -82,7 +84,18 @@ impl StopSignal {
         StopSignal {
             token: shutdown.child_token(),
             reason: Arc::default(),
+            handed_over: Arc::default(),
         }
+    }
+
+    /// Marks the batch as running on in another instance, so that the runner stops without
+    /// reporting `stopped`. Call it before [`StopSignal::stop`].
+    pub fn hand_over(&self) {
+        self.handed_over.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Relaxed)
     }
 
     /// Stops the runner; the first reason given is the one reported.
@@ -691,8 +704,13 @@ impl BatchRunner {
         }
 
         let reason = self.stop.reason();
-        info!(reason = %reason, "batch runner stopping");
-        self.set_status(BatchStatus::Stopped, Some(reason));
+        if self.stop.is_handed_over() {
+            // Its `stopped` would come after the new owner's `running` and replace it.
+            info!(reason = %reason, "batch runner stopping, the new owner reports its status");
+        } else {
+            info!(reason = %reason, "batch runner stopping");
+            self.set_status(BatchStatus::Stopped, Some(reason));
+        }
         let status_deadline = Instant::now() + STATUS_DRAIN_TIMEOUT;
         while !self.status.is_idle() {
             self.start_publishes();

@@ -10,9 +10,10 @@
 //! ([`plan::stop_now`]), here or on the instance with its lease ([`PeerRunners`]), so the
 //! targets are watched without a gap.
 //!
-//! A batch runs on this instance only while [`Ownership::should_run`] says this instance holds
-//! its lease. The supervisor reports the batches it wants and those whose runners are alive
-//! to the ownership after every decision, and decides again whenever the ownership changes.
+//! A batch starts on this instance only while [`Ownership::should_run`] is true, that is
+//! while this instance holds its lease. The supervisor reports the batches it wants and those
+//! whose runners are alive to the ownership after every decision, and decides again whenever
+//! the ownership changes.
 //! A runner whose lease is lost is stopped at once, with the reason in its `stopped` status
 //! change. A runner whose batch is handed to another instance stops reporting itself alive,
 //! so its lease is released, but keeps running until the new owner has run the batch for
@@ -382,9 +383,6 @@ impl Supervisor {
             let leased = self.ownership.should_run(LeaseKey::batch(*batch_id));
             if let Some(slot) = self.runners.get_mut(batch_id) {
                 slot.retiring_since = None;
-                if leased {
-                    slot.handing_over_since = None;
-                }
                 slot.config_tx.send_if_modified(|current| {
                     let changed = current != config;
                     if changed {
@@ -400,12 +398,15 @@ impl Supervisor {
             }
         }
 
-        let unleased: Vec<u64> = self
-            .runners
-            .keys()
-            .filter(|id| !self.ownership.should_run(LeaseKey::batch(**id)))
-            .copied()
-            .collect();
+        let mut unleased = Vec::new();
+        for (batch_id, slot) in &mut self.runners {
+            if self.ownership.should_run(LeaseKey::batch(*batch_id)) {
+                // The lease came back before the handover ended.
+                slot.handing_over_since = None;
+            } else {
+                unleased.push(*batch_id);
+            }
+        }
         for batch_id in unleased {
             self.on_lease_gone(batch_id, desired.contains_key(&batch_id), now);
         }
@@ -442,20 +443,22 @@ impl Supervisor {
 
     /// Handles a runner whose batch this instance should no longer run. When the batch is
     /// handed to another instance, the runner keeps running until that instance has reported
-    /// the batch `running` for [`plan::SUBSCRIBE_SETTLE`], so the handover leaves no gap. A
-    /// lost lease, or a batch no longer wanted, stops it at once.
+    /// the batch `running` for [`plan::SUBSCRIBE_SETTLE`], so the handover leaves no gap, and
+    /// then stops without reporting `stopped`, since the batch runs on. A handed-over batch
+    /// that is no longer wanted is left to [`Self::retire`]. A lost lease stops the runner at
+    /// once.
     fn on_lease_gone(&mut self, batch_id: u64, wanted: bool, now: Instant) {
         let key = LeaseKey::batch(batch_id);
         let Some(slot) = self.runners.get_mut(&batch_id) else {
             return;
         };
-        let (task_id, epoch) = (slot.task_id, slot.epoch);
         let since = match slot.handing_over_since {
+            Some(_) if !wanted => return,
             Some(since) => since,
             None if wanted && self.ownership.handing_over(key) => {
                 slot.handing_over_since = Some(now);
                 info!(
-                    task_id,
+                    task_id = slot.task_id,
                     batch_id,
                     owner = ?self.ownership.owner_of(key),
                     "batch handed over, it keeps running here until the new owner runs it"
@@ -469,12 +472,14 @@ impl Supervisor {
         };
         let owner = self.ownership.owner_of(key);
         let taken_over = self.ownership.held_elsewhere(key)
-            && self.peers.running_settled(batch_id, owner.as_deref(), now);
-        if !wanted {
-            let reason = self.retire_reason(task_id, epoch);
-            self.stop_runner(batch_id, reason);
-        } else if taken_over || now.duration_since(since) >= plan::OVERLAP_LIMIT {
+            && self
+                .peers
+                .running_settled(batch_id, owner.as_deref(), Some(since), now);
+        if taken_over || now.duration_since(since) >= plan::OVERLAP_LIMIT {
             let reason = self.lease_stop_reason(batch_id);
+            if let Some(slot) = self.runners.get(&batch_id) {
+                slot.stop.hand_over();
+            }
             self.stop_runner(batch_id, reason);
         }
     }
@@ -520,8 +525,9 @@ impl Supervisor {
                 slot.retiring_since.is_none() && plan::running_settled(running_for)
             });
             let key = LeaseKey::batch(id);
+            let owner = ownership.owner_of(key);
             let running_elsewhere = ownership.held_elsewhere(key)
-                && peers.running_settled(id, ownership.owner_of(key).as_deref(), now);
+                && peers.running_settled(id, owner.as_deref(), None, now);
             running_here || running_elsewhere
         };
         if plan::stop_now(

@@ -73,6 +73,13 @@ async fn wait_for_split(leases: &kv::Store, a: &str, b: &str) -> BTreeMap<String
     .await
 }
 
+fn batch_scope(batch_id: u64) -> StatusScope {
+    StatusScope::Batch {
+        task_id: TASK_ID,
+        batch_id,
+    }
+}
+
 /// Ingest times of the events of `batch_id` produced by `producer`.
 fn event_times(frames: &[StoredFrame], batch_id: u64, producer: &str) -> Vec<i64> {
     frames
@@ -96,6 +103,7 @@ async fn second_instance_takes_half_without_gap() {
     let nats = nats_of(&env).await;
     let feed = FeedReplayProcess::start(&env, &["--speed", "1", "--loop"]).await;
     let frames = collect_frames(&nats).await;
+    let status = collect_status(&nats).await;
     put_batches(&nats).await;
     let leases = &nats.topology.leases;
 
@@ -170,6 +178,24 @@ async fn second_instance_takes_half_without_gap() {
             a_last - b_first < ms(RENEW_INTERVAL),
             "batch {id} ran on both instances for {} ms",
             a_last - b_first
+        );
+    }
+
+    // The new owner's status is the batch's last: the old owner reports no `stopped`.
+    let records = status.snapshot();
+    for id in &expected {
+        let last = records
+            .iter()
+            .filter_map(|r| match &r.message {
+                StatusMessage::Change(c) if c.scope == batch_scope(*id) => Some(c),
+                _ => None,
+            })
+            .last()
+            .unwrap();
+        assert_eq!(
+            (last.status, last.consumer_id.as_str()),
+            (BatchStatus::Running, b.as_str()),
+            "last status change of batch {id}"
         );
     }
 
