@@ -20,6 +20,8 @@
 //!   turns false ([`Ownership::handing_over`] true), the caller reports the work inactive,
 //!   and only then is the lease deleted. The supervisor keeps a batch's runner until the new
 //!   owner runs the batch, so a handed-over batch runs on both instances for a few seconds.
+//! - [`Ownership::leave`], at shutdown, drops this instance from the members and deletes its
+//!   member key, so every held lease is handed over that way.
 //!
 //! Guarantees: `should_run` is true only while the lease is held and its last successful
 //! renewal was sent less than `LEASE_TTL - LEASE_MARGIN` ago. Since the server expires the
@@ -155,6 +157,8 @@ struct State {
     members: Vec<String>,
     /// Lease keys present in the bucket at the last listing, whoever holds them.
     present: HashSet<LeaseKey>,
+    /// Set by [`Ownership::leave`]: this instance no longer counts as a member.
+    leaving: bool,
 }
 
 impl State {
@@ -271,6 +275,25 @@ impl Ownership {
         self.lock().held.len()
     }
 
+    /// Stops counting this instance as a member, so that rendezvous hashing gives every key to
+    /// the others and the held leases are handed over as the work stops being active. The
+    /// member key is deleted in the next round. Returns false, and changes nothing, when no
+    /// other member is known.
+    pub fn leave(&self) -> bool {
+        let me = self.inner.consumer_id.as_str();
+        let mut state = self.lock();
+        if !state.members.iter().any(|member| member != me) {
+            return false;
+        }
+        state.leaving = true;
+        state.members.retain(|member| member != me);
+        drop(state);
+        info!("leaving the members, the batches move to the other instances before this one stops");
+        self.notify_changed();
+        self.inner.wake.notify_one();
+        true
+    }
+
     /// Returns a receiver that sees a new value whenever `should_run` may have changed.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changed.subscribe()
@@ -376,8 +399,12 @@ impl OwnershipTask {
         self.ownership.notify_changed();
     }
 
-    /// Writes the member key when due; false when the bucket seems to be gone.
+    /// Writes the member key when due, or deletes it once this instance is leaving; false
+    /// when the bucket seems to be gone.
     async fn renew_member(&mut self) -> bool {
+        if self.ownership.lock().leaving {
+            return self.delete_member().await;
+        }
         let now = Instant::now();
         if self
             .member_renewed_at
@@ -401,6 +428,29 @@ impl OwnershipTask {
             }
             Err(_) => {
                 warn!(key = %key, timeout_ms = OPERATION_TIMEOUT.as_millis() as u64, "member key renewal timed out, retrying");
+                true
+            }
+        }
+    }
+
+    /// Deletes the member key once; false when the bucket seems to be gone.
+    async fn delete_member(&mut self) -> bool {
+        if self.member_renewed_at.is_none() {
+            return true;
+        }
+        let key = member_key(self.ownership.consumer_id());
+        match timeout(OPERATION_TIMEOUT, self.leases.delete(&key)).await {
+            Ok(Ok(())) => {
+                info!(key = %key, "left the members");
+                self.member_renewed_at = None;
+                true
+            }
+            Ok(Err(error)) => {
+                warn!(key = %key, error = %error, "failed to delete the member key, retrying");
+                !is_missing_stream(&error.to_string())
+            }
+            Err(_) => {
+                warn!(key = %key, timeout_ms = OPERATION_TIMEOUT.as_millis() as u64, "member key deletion timed out, retrying");
                 true
             }
         }
@@ -437,11 +487,15 @@ impl OwnershipTask {
             .filter_map(|k| k.strip_prefix(MEMBER_PREFIX))
             .map(str::to_owned)
             .collect();
-        members.insert(me);
+        let mut state = self.ownership.lock();
+        if state.leaving {
+            members.remove(&me);
+        } else {
+            members.insert(me);
+        }
         let members: Vec<String> = members.into_iter().collect();
         let present = keys.iter().filter_map(|k| LeaseKey::parse(k)).collect();
 
-        let mut state = self.ownership.lock();
         if state.members != members {
             info!(members = ?members, "members changed");
             state.members = members;

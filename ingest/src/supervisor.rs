@@ -19,6 +19,10 @@
 //! so its lease is released, but keeps running until the new owner has run the batch for
 //! [`plan::SUBSCRIBE_SETTLE`].
 //!
+//! At shutdown, while other instances run, the supervisor first leaves the members
+//! ([`Ownership::leave`]), so that every batch is handed over that way, and stops the
+//! runners left after [`LEAVE_LIMIT`].
+//!
 //! Block tasks go to [`BlockTasks`] on every decision, which runs one chain runner per block
 //! task whose `task.<id>` lease this instance holds.
 
@@ -51,6 +55,9 @@ use crate::runner::{
 const RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Maximum wait between two attempts to open the watch.
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Maximum time a stopping instance waits for the other instances to take over its batches,
+/// so that it still exits within the 10 s its shutdown promises.
+const LEAVE_LIMIT: Duration = Duration::from_secs(7);
 /// Sequence counters of batches that stopped are kept this long, well beyond the events
 /// stream's duplicate window (2 minutes), so a batch restarted soon never reuses a msg id.
 const SEQ_RETENTION: Duration = Duration::from_secs(600);
@@ -97,6 +104,9 @@ pub struct Supervisor {
     context: Arc<RunnerContext>,
     kv: kv::Store,
     shutdown: CancellationToken,
+    /// Parent of every runner's stop signal. Separate from `shutdown`, so that runners keep
+    /// running while their batches are handed over at shutdown.
+    runners_stop: CancellationToken,
     ownership: Ownership,
     ownership_changes: watch::Receiver<u64>,
     tasks: HashMap<u64, TaskSpec>,
@@ -130,6 +140,7 @@ impl Supervisor {
             context,
             kv,
             shutdown,
+            runners_stop: CancellationToken::new(),
             ownership,
             ownership_changes,
             tasks: HashMap::new(),
@@ -161,10 +172,22 @@ impl Supervisor {
         };
         let mut tick = interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut leave_deadline: Option<Instant> = None;
 
         loop {
+            if let Some(deadline) = leave_deadline {
+                if self.runners.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+            }
             tokio::select! {
-                () = self.shutdown.cancelled() => break,
+                () = self.shutdown.cancelled(), if leave_deadline.is_none() => {
+                    // With other members, hand the batches over before stopping.
+                    if self.runners.is_empty() || !self.ownership.leave() {
+                        break;
+                    }
+                    leave_deadline = Some(Instant::now() + LEAVE_LIMIT);
+                }
                 entry = entries.next() => match entry {
                     Some(Ok(entry)) => self.on_entry(entry),
                     Some(Err(error)) => {
@@ -568,7 +591,7 @@ impl Supervisor {
         );
         let (task_id, epoch) = (config.task_id, config.epoch);
         let (config_tx, config_rx) = watch::channel(config);
-        let stop = StopSignal::child_of(&self.shutdown);
+        let stop = StopSignal::child_of(&self.runners_stop);
         let runner = BatchRunner::new(
             Arc::clone(&self.context),
             config_rx,
@@ -640,6 +663,7 @@ impl Supervisor {
         for slot in self.runners.values() {
             slot.stop.stop("ingest is shutting down");
         }
+        self.runners_stop.cancel();
         let limit = DRAIN_TIMEOUT + Duration::from_secs(5);
         let joins = &mut self.joins;
         let drained = timeout(limit, async {

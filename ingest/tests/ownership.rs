@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 
-use monitor_core::messages::{BatchStatus, StatusMessage, StatusScope};
+use monitor_core::messages::{BatchStatus, StatusChange, StatusMessage, StatusScope};
 use monitor_ingest::ownership::{rendezvous_owner, LeaseKey, LEASE_TTL, RENEW_INTERVAL};
 use monitor_tests::{NatsServer, Signal, TestEnv};
 use support::stage::*;
@@ -73,11 +73,20 @@ async fn wait_for_split(leases: &kv::Store, a: &str, b: &str) -> BTreeMap<String
     .await
 }
 
-fn batch_scope(batch_id: u64) -> StatusScope {
-    StatusScope::Batch {
+/// Returns the last status change of `batch_id` in `records`.
+fn last_change(records: &[StoredStatus], batch_id: u64) -> &StatusChange {
+    let scope = StatusScope::Batch {
         task_id: TASK_ID,
         batch_id,
-    }
+    };
+    records
+        .iter()
+        .rev()
+        .find_map(|r| match &r.message {
+            StatusMessage::Change(c) if c.scope == scope => Some(c),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("batch {batch_id} never changed status"))
 }
 
 /// Ingest times of the events of `batch_id` produced by `producer`.
@@ -184,14 +193,7 @@ async fn second_instance_takes_half_without_gap() {
     // The new owner's status is the batch's last: the old owner reports no `stopped`.
     let records = status.snapshot();
     for id in &expected {
-        let last = records
-            .iter()
-            .filter_map(|r| match &r.message {
-                StatusMessage::Change(c) if c.scope == batch_scope(*id) => Some(c),
-                _ => None,
-            })
-            .last()
-            .unwrap();
+        let last = last_change(&records, *id);
         assert_eq!(
             (last.status, last.consumer_id.as_str()),
             (BatchStatus::Running, b.as_str()),
@@ -459,5 +461,79 @@ async fn nats_restart_keeps_every_lease() {
     );
 
     first.terminate().await;
+    second.terminate().await;
+}
+
+#[tokio::test]
+async fn stopping_instance_hands_over_without_gap() {
+    let env = TestEnv::new("ingest_stopping_instance").await;
+    let nats = nats_of(&env).await;
+    let feed = FeedReplayProcess::start(&env, &["--speed", "1", "--loop"]).await;
+    let frames = collect_frames(&nats).await;
+    let status = collect_status(&nats).await;
+    put_batches(&nats).await;
+    let leases = &nats.topology.leases;
+
+    let mut first = ingest(&env, &feed, &[]).spawn("ingest-a");
+    let a = consumer_id(leases, &env, &first).await;
+    wait_for_leases(leases, "instance a holding every batch", WAIT_LIMIT, |l| {
+        all_held_by(l, &a)
+    })
+    .await;
+    let mut second = ingest(&env, &feed, &[]).spawn("ingest-b");
+    let b = consumer_id(leases, &env, &second).await;
+    let split = wait_for_split(leases, &a, &b).await;
+    let held_by_a: Vec<u64> = holders_of(&split)
+        .into_iter()
+        .filter(|(_, holder)| *holder == a)
+        .map(|(id, _)| id)
+        .collect();
+    frames
+        .wait("events of a's batches from a", WAIT_LIMIT, |f| {
+            held_by_a
+                .iter()
+                .all(|id| !event_times(f, *id, &a).is_empty())
+        })
+        .await;
+
+    let stopping = tokio::time::Instant::now();
+    first.terminate().await;
+    println!(
+        "a exited {} ms after SIGTERM",
+        stopping.elapsed().as_millis()
+    );
+    wait_for_leases(leases, "instance b holding every batch", WAIT_LIMIT, |l| {
+        all_held_by(l, &b)
+    })
+    .await;
+    let collected = frames
+        .wait("events of a's batches from b", WAIT_LIMIT, |f| {
+            held_by_a
+                .iter()
+                .all(|id| !event_times(f, *id, &b).is_empty())
+        })
+        .await;
+
+    let records = status.snapshot();
+    for id in &held_by_a {
+        let a_last = *event_times(&collected, *id, &a).iter().max().unwrap();
+        let b_first = *event_times(&collected, *id, &b).iter().min().unwrap();
+        println!(
+            "batch {id}: a's last event {a_last}, b's first {b_first}, gap {} ms",
+            b_first - a_last
+        );
+        assert!(
+            a_last >= b_first,
+            "batch {id} was unwatched for {} ms",
+            b_first - a_last
+        );
+        let last = last_change(&records, *id);
+        assert_eq!(
+            (last.status, last.consumer_id.as_str()),
+            (BatchStatus::Running, b.as_str()),
+            "last status change of batch {id}"
+        );
+    }
+
     second.terminate().await;
 }
