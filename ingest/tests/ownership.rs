@@ -17,7 +17,7 @@ use async_nats::jetstream::kv;
 
 use monitor_core::messages::{BatchStatus, StatusChange, StatusMessage, StatusScope};
 use monitor_ingest::ownership::{rendezvous_owner, LeaseKey, LEASE_TTL, RENEW_INTERVAL};
-use monitor_tests::{NatsServer, Signal, TestEnv};
+use monitor_tests::{NatsServer, Process, ProcessBuilder, Signal, TestEnv};
 use support::stage::*;
 use support::*;
 
@@ -53,6 +53,26 @@ fn all_held_by(leases: &BTreeMap<String, String>, member: &str) -> bool {
     batch_ids()
         .iter()
         .all(|id| holders.get(id).map(String::as_str) == Some(member))
+}
+
+/// Spawns an ingest process and waits until it holds every batch; returns it with its
+/// consumer id.
+async fn start_holding_all(
+    builder: ProcessBuilder,
+    name: &str,
+    env: &TestEnv,
+    leases: &kv::Store,
+) -> (Process, String) {
+    let process = builder.spawn(name);
+    let id = consumer_id(leases, env, &process).await;
+    wait_for_leases(
+        leases,
+        &format!("{name} holding every batch"),
+        WAIT_LIMIT,
+        |l| all_held_by(l, &id),
+    )
+    .await;
+    (process, id)
 }
 
 /// Waits until every batch is held by the member that rendezvous hashing picks among `a`
@@ -116,12 +136,8 @@ async fn second_instance_takes_half_without_gap() {
     put_batches(&nats).await;
     let leases = &nats.topology.leases;
 
-    let mut first = ingest(&env, &feed, &[]).spawn("ingest-a");
-    let a = consumer_id(leases, &env, &first).await;
-    wait_for_leases(leases, "instance a holding every batch", WAIT_LIMIT, |l| {
-        all_held_by(l, &a)
-    })
-    .await;
+    let (mut first, a) =
+        start_holding_all(ingest(&env, &feed, &[]), "ingest-a", &env, leases).await;
     frames
         .wait("events of every batch from a", WAIT_LIMIT, |f| {
             batch_ids()
@@ -215,12 +231,8 @@ async fn killed_instance_batches_move_to_survivor() {
     put_batches(&nats).await;
     let leases = &nats.topology.leases;
 
-    let mut victim = ingest(&env, &feed, &[]).spawn("ingest-victim");
-    let v = consumer_id(leases, &env, &victim).await;
-    wait_for_leases(leases, "the victim holding every batch", WAIT_LIMIT, |l| {
-        all_held_by(l, &v)
-    })
-    .await;
+    let (mut victim, v) =
+        start_holding_all(ingest(&env, &feed, &[]), "ingest-victim", &env, leases).await;
     let mut survivor = ingest(&env, &feed, &[]).spawn("ingest-survivor");
     let s = consumer_id(leases, &env, &survivor).await;
     let split = wait_for_leases(leases, "both instances holding batches", WAIT_LIMIT, |l| {
@@ -418,14 +430,8 @@ async fn nats_restart_keeps_every_lease() {
     put_batches(&nats).await;
     let leases = &nats.topology.leases;
 
-    let mut first = ingest(&env, &feed, &[])
-        .env("NATS_URL", server.url())
-        .spawn("ingest-a");
-    let a = consumer_id(leases, &env, &first).await;
-    wait_for_leases(leases, "instance a holding every batch", WAIT_LIMIT, |l| {
-        all_held_by(l, &a)
-    })
-    .await;
+    let on_server = ingest(&env, &feed, &[]).env("NATS_URL", server.url());
+    let (mut first, a) = start_holding_all(on_server, "ingest-a", &env, leases).await;
     let mut second = ingest(&env, &feed, &[])
         .env("NATS_URL", server.url())
         .spawn("ingest-b");
@@ -474,12 +480,8 @@ async fn stopping_instance_hands_over_without_gap() {
     put_batches(&nats).await;
     let leases = &nats.topology.leases;
 
-    let mut first = ingest(&env, &feed, &[]).spawn("ingest-a");
-    let a = consumer_id(leases, &env, &first).await;
-    wait_for_leases(leases, "instance a holding every batch", WAIT_LIMIT, |l| {
-        all_held_by(l, &a)
-    })
-    .await;
+    let (mut first, a) =
+        start_holding_all(ingest(&env, &feed, &[]), "ingest-a", &env, leases).await;
     let mut second = ingest(&env, &feed, &[]).spawn("ingest-b");
     let b = consumer_id(leases, &env, &second).await;
     let split = wait_for_split(leases, &a, &b).await;
