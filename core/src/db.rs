@@ -45,7 +45,7 @@ fn options(settings: &DbSettings) -> MySqlConnectOptions {
 }
 
 /// A pooled connection idle for longer than this is pinged before it is used. The pool
-/// pings every connection when it is released, so one used more recently answered a ping
+/// pings every connection when it is released, so one used more recently passed a ping
 /// less than that long ago.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(10);
 

@@ -157,7 +157,7 @@ struct State {
     members: Vec<String>,
     /// Lease keys present in the bucket at the last listing, whoever holds them.
     present: HashSet<LeaseKey>,
-    /// Set by [`Ownership::leave`]: this instance no longer counts as a member.
+    /// Whether this instance left the members through [`Ownership::leave`].
     leaving: bool,
 }
 

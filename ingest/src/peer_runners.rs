@@ -1,8 +1,8 @@
 //! The batch runners of other ingest instances, as their status changes report them. Pure.
 //!
-//! Consumes the [`StatusChange`]s that every instance publishes for its batches and produces
-//! the answer to the question of an epoch switch or a handover: has another instance run a
-//! batch long enough for this instance's runner it replaces to stop? The supervisor reads
+//! Consumes the [`StatusChange`]s that every instance publishes for its batches. Produces,
+//! for an epoch switch or a handover, whether another instance has run a batch long enough
+//! for the runner here that it replaces to stop. The supervisor reads
 //! the changes from a plain subscription to the batch status subjects, so it learns only of
 //! changes sent while it listens. That is enough: a batch of a new epoch starts after the
 //! switch, and a handed-over batch starts after this instance released its lease. A missed

@@ -89,7 +89,7 @@ impl StopSignal {
     }
 
     /// Marks the batch as running on in another instance, so that the runner stops without
-    /// reporting `stopped`. Call it before [`StopSignal::stop`].
+    /// reporting `stopped`. Call it before [`StopSignal::stop`], because the runner reads it once stopped.
     pub fn hand_over(&self) {
         self.handed_over.store(true, Ordering::Relaxed);
     }

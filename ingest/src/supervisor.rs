@@ -468,17 +468,17 @@ impl Supervisor {
     /// handed to another instance, the runner keeps running until that instance has reported
     /// the batch `running` for [`plan::SUBSCRIBE_SETTLE`], so the handover leaves no gap, and
     /// then stops without reporting `stopped`, since the batch runs on. A handed-over batch
-    /// that is no longer wanted is left to [`Self::retire`]. A lost lease stops the runner at
+    /// that is no longer desired is left to [`Self::retire`]. A lost lease stops the runner at
     /// once.
-    fn on_lease_gone(&mut self, batch_id: u64, wanted: bool, now: Instant) {
+    fn on_lease_gone(&mut self, batch_id: u64, desired: bool, now: Instant) {
         let key = LeaseKey::batch(batch_id);
         let Some(slot) = self.runners.get_mut(&batch_id) else {
             return;
         };
         let since = match slot.handing_over_since {
-            Some(_) if !wanted => return,
+            Some(_) if !desired => return,
             Some(since) => since,
-            None if wanted && self.ownership.handing_over(key) => {
+            None if desired && self.ownership.handing_over(key) => {
                 slot.handing_over_since = Some(now);
                 info!(
                     task_id = slot.task_id,
@@ -493,11 +493,8 @@ impl Supervisor {
                 return self.stop_runner(batch_id, reason);
             }
         };
-        let owner = self.ownership.owner_of(key);
-        let taken_over = self.ownership.held_elsewhere(key)
-            && self
-                .peers
-                .running_settled(batch_id, owner.as_deref(), Some(since), now);
+        let taken_over =
+            running_elsewhere(&self.ownership, &self.peers, batch_id, Some(since), now);
         if taken_over || now.duration_since(since) >= plan::OVERLAP_LIMIT {
             let reason = self.lease_stop_reason(batch_id);
             if let Some(slot) = self.runners.get(&batch_id) {
@@ -547,11 +544,7 @@ impl Supervisor {
                 let running_for = slot.running_since.map(|since| now.duration_since(since));
                 slot.retiring_since.is_none() && plan::running_settled(running_for)
             });
-            let key = LeaseKey::batch(id);
-            let owner = ownership.owner_of(key);
-            let running_elsewhere = ownership.held_elsewhere(key)
-                && peers.running_settled(id, owner.as_deref(), None, now);
-            running_here || running_elsewhere
+            running_here || running_elsewhere(ownership, peers, id, None, now)
         };
         if plan::stop_now(
             task_id,
@@ -660,9 +653,7 @@ impl Supervisor {
     /// Waits for every runner to drain after shutdown; aborts those that take too long.
     async fn stop_all(mut self) {
         let block_tasks = self.block_tasks.take();
-        for slot in self.runners.values() {
-            slot.stop.stop("ingest is shutting down");
-        }
+        // Runners stopped this way report that ingest is shutting down.
         self.runners_stop.cancel();
         let limit = DRAIN_TIMEOUT + Duration::from_secs(5);
         let joins = &mut self.joins;
@@ -685,6 +676,22 @@ impl Supervisor {
             block_tasks.stop_all().await;
         }
     }
+}
+
+/// Returns whether the lease of `batch_id` is held elsewhere and the member that rendezvous
+/// hashing gives it has reported the batch `running` for [`plan::SUBSCRIBE_SETTLE`], in a
+/// report received after `reported_after` when that is given.
+fn running_elsewhere(
+    ownership: &Ownership,
+    peers: &PeerRunners,
+    batch_id: u64,
+    reported_after: Option<Instant>,
+    now: Instant,
+) -> bool {
+    let key = LeaseKey::batch(batch_id);
+    let owner = ownership.owner_of(key);
+    ownership.held_elsewhere(key)
+        && peers.running_settled(batch_id, owner.as_deref(), reported_after, now)
 }
 
 #[cfg(test)]

@@ -55,8 +55,8 @@ fn all_held_by(leases: &BTreeMap<String, String>, member: &str) -> bool {
         .all(|id| holders.get(id).map(String::as_str) == Some(member))
 }
 
-/// Spawns an ingest process and waits until it holds every batch; returns it with its
-/// consumer id.
+/// Spawns an ingest process and waits until it has the lease of every batch. Returns the
+/// process and its consumer id.
 async fn start_holding_all(
     builder: ProcessBuilder,
     name: &str,
