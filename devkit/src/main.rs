@@ -16,6 +16,13 @@ use monitor_devkit::feed_replay::{FeedReplay, FeedReplaySettings};
 use monitor_devkit::loadgen::{self, LoadgenCommand};
 use monitor_devkit::seed::{seed, SeedSettings};
 
+/// jemalloc instead of the system allocator: `devkit loadgen` allocates a trade frame and its
+/// WebSocket message for every trade, on the cores of the pipeline it measures. In two
+/// alternated pairs of `devkit loadgen --rate max` runs it spent 1.49 and 1.51 µs of CPU per
+/// event with jemalloc, against 1.73 and 1.61 µs with glibc's allocator.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Development tools for the monitor pipeline: a Birdeye feed replay, an EVM and Solana node
 /// replay, a stub of the Java backend's WebSocket, a demo seed for the database and a load
 /// generator.
