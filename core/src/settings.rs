@@ -568,6 +568,7 @@ pub fn load_dotenv() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{CommandFactory, Parser};
 
     #[test]
     fn consumer_id_is_prefix_pid_and_run() {
@@ -583,7 +584,6 @@ mod tests {
         assert!(run.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
         assert_eq!(runtime.consumer_id(), id, "one process keeps one id");
     }
-    use clap::{CommandFactory, Parser};
 
     #[derive(Debug, Parser)]
     struct AllGroups {

@@ -19,13 +19,12 @@ const BATCH_ID: u64 = 9501;
 
 /// Prepares `ingest` as pid 1 of its own pid namespace.
 fn ingest_as_pid_1(env: &TestEnv, feed: &FeedReplayProcess) -> ProcessBuilder {
-    env.command("unshare")
+    let unshare = env
+        .command("unshare")
         .args(["--pid", "--fork", "--kill-child"])
         .arg(monitor_tests::bin("ingest"))
-        .envs(env.stage_env())
-        .env("BIRDEYE_WS_URL", feed.ws_url())
-        .env("BIRDEYE_API_URL", feed.api_url())
-        .env("BIRDEYE_API_KEY", API_KEY)
+        .envs(env.stage_env());
+    fed_by(unshare, feed)
 }
 
 #[tokio::test]

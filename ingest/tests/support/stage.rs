@@ -110,12 +110,17 @@ impl FeedReplayProcess {
 
 /// Prepares an `ingest` process of the test, fed by `feed`, with `extra` settings.
 pub fn ingest(env: &TestEnv, feed: &FeedReplayProcess, extra: &[(&str, &str)]) -> ProcessBuilder {
-    env.stage("ingest")
+    fed_by(env.stage("ingest"), feed)
+        .env("HEARTBEAT_INTERVAL", "1")
+        .envs(extra.iter().copied())
+}
+
+/// Points the Birdeye settings of an ingest process at `feed`.
+pub fn fed_by(builder: ProcessBuilder, feed: &FeedReplayProcess) -> ProcessBuilder {
+    builder
         .env("BIRDEYE_WS_URL", feed.ws_url())
         .env("BIRDEYE_API_URL", feed.api_url())
         .env("BIRDEYE_API_KEY", API_KEY)
-        .env("HEARTBEAT_INTERVAL", "1")
-        .envs(extra.iter().copied())
 }
 
 /// Returns the consumer id of an ingest process of this test, `<test id>-<pid>-<run>`, read
