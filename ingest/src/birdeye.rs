@@ -10,6 +10,7 @@
 //! finite and not negative, and USD amounts and prices at most [`MAX_USD`]. This module is
 //! pure: the connection lives in [`crate::feed`].
 
+mod data;
 mod json;
 
 use std::borrow::Cow;
@@ -203,12 +204,27 @@ const DATA_FIELDS: Fields = Fields::Only(&[
 
 const LEG_FIELDS: Fields = Fields::Only(&[("address", Fields::All), ("price", Fields::All)]);
 
+/// The members of a frame's `data` that the parser reads, by key: a [`json::Object`] of the
+/// tree, or the slots that [`data::parse_frame`] fills.
+trait Members<'j> {
+    fn get(&self, key: &str) -> Option<&Json<'j>>;
+}
+
+impl<'j> Members<'j> for Object<'j> {
+    fn get(&self, key: &str) -> Option<&Json<'j>> {
+        Object::get(self, key)
+    }
+}
+
 /// Parses one text frame. `is_watched` returns whether an address is one of the batch's
 /// targets, which decides which side of a complex trade is the watched token.
 pub fn parse_frame(
     text: &str,
     is_watched: impl Fn(&str) -> bool,
 ) -> Result<FeedMessage, ParseError> {
+    if let Some(message) = data::parse_frame(text, &is_watched) {
+        return Ok(message);
+    }
     let value = json::from_str_fields(text, FRAME_FIELDS).map_err(invalid_json)?;
     parse_value(text, &value, &is_watched)
 }
@@ -269,7 +285,7 @@ fn error_message(text: &str, frame: &Json<'_>) -> String {
     data.map_or_else(|| "no message".into(), short)
 }
 
-fn parse_price(data: &Object<'_>) -> Result<PriceData, String> {
+fn parse_price<'j>(data: &impl Members<'j>) -> Result<PriceData, String> {
     let address = required_str(data, "address")?;
     let open = positive(data, "o")?;
     let high = positive(data, "h")?;
@@ -291,8 +307,8 @@ fn parse_price(data: &Object<'_>) -> Result<PriceData, String> {
     })
 }
 
-fn parse_trades(
-    data: &Object<'_>,
+fn parse_trades<'j>(
+    data: &impl Members<'j>,
     is_watched: &impl Fn(&str) -> bool,
 ) -> Result<Vec<TradeData>, String> {
     let volume_usd = usd(non_negative(data, "volumeUSD")?, "volumeUSD")?;
@@ -347,7 +363,7 @@ struct Leg<'a> {
     price: Option<f64>,
 }
 
-fn leg<'a>(data: &'a Object<'_>, name: &str) -> Result<Leg<'a>, String> {
+fn leg<'a, 'j: 'a>(data: &'a impl Members<'j>, name: &str) -> Result<Leg<'a>, String> {
     let object = match data.get(name) {
         Some(Json::Object(object)) => object,
         Some(other) => return Err(format!("{name} must be an object, got {}", short(other))),
@@ -372,7 +388,7 @@ fn leg<'a>(data: &'a Object<'_>, name: &str) -> Result<Leg<'a>, String> {
 }
 
 /// Price of the leg (`from` or `to`) whose address is the token, when the frame has one.
-fn leg_price_of(data: &Object<'_>, token: &str) -> Result<Option<f64>, String> {
+fn leg_price_of<'j>(data: &impl Members<'j>, token: &str) -> Result<Option<f64>, String> {
     let token = address_key(token);
     for name in ["to", "from"] {
         if let Some(Json::Object(object)) = data.get(name) {
@@ -388,7 +404,7 @@ fn leg_price_of(data: &Object<'_>, token: &str) -> Result<Option<f64>, String> {
     Ok(None)
 }
 
-fn parse_side(data: &Object<'_>) -> Result<Side, String> {
+fn parse_side<'j>(data: &impl Members<'j>) -> Result<Side, String> {
     match data.get("side") {
         Some(Json::String(s)) if s.eq_ignore_ascii_case("buy") => Ok(Side::Buy),
         Some(Json::String(s)) if s.eq_ignore_ascii_case("sell") => Ok(Side::Sell),
@@ -401,7 +417,7 @@ fn parse_side(data: &Object<'_>) -> Result<Side, String> {
 }
 
 /// `blockUnixTimeMs` when present (milliseconds), else `blockUnixTime` (seconds).
-fn trade_time_ms(data: &Object<'_>) -> Result<i64, String> {
+fn trade_time_ms<'j>(data: &impl Members<'j>) -> Result<i64, String> {
     match data.get("blockUnixTimeMs") {
         None | Some(Json::Null) => seconds_to_ms(data, "blockUnixTime"),
         Some(_) => {
@@ -419,7 +435,7 @@ fn trade_time_ms(data: &Object<'_>) -> Result<i64, String> {
 /// Latest time accepted: the year 2200, in milliseconds. Anything later is a unit mistake.
 const MAX_TIME_MS: f64 = 7_258_118_400_000.0;
 
-fn seconds_to_ms(data: &Object<'_>, key: &str) -> Result<i64, String> {
+fn seconds_to_ms<'j>(data: &impl Members<'j>, key: &str) -> Result<i64, String> {
     let seconds = number(data, key)?;
     if seconds <= 0.0 || seconds * 1000.0 > MAX_TIME_MS {
         return Err(format!(
@@ -429,7 +445,7 @@ fn seconds_to_ms(data: &Object<'_>, key: &str) -> Result<i64, String> {
     Ok((seconds * 1000.0).round() as i64)
 }
 
-fn number(data: &Object<'_>, key: &str) -> Result<f64, String> {
+fn number<'j>(data: &impl Members<'j>, key: &str) -> Result<f64, String> {
     match data.get(key) {
         Some(Json::Number(n)) => n
             .as_f64()
@@ -440,7 +456,7 @@ fn number(data: &Object<'_>, key: &str) -> Result<f64, String> {
     }
 }
 
-fn non_negative(data: &Object<'_>, key: &str) -> Result<f64, String> {
+fn non_negative<'j>(data: &impl Members<'j>, key: &str) -> Result<f64, String> {
     let value = number(data, key)?;
     if value < 0.0 {
         return Err(format!("{key} must not be negative, got {value}"));
@@ -449,7 +465,7 @@ fn non_negative(data: &Object<'_>, key: &str) -> Result<f64, String> {
 }
 
 /// Reads a price: positive and at most [`MAX_USD`].
-fn positive(data: &Object<'_>, key: &str) -> Result<f64, String> {
+fn positive<'j>(data: &impl Members<'j>, key: &str) -> Result<f64, String> {
     let value = number(data, key)?;
     if value <= 0.0 {
         return Err(format!("{key} must be a positive number, got {value}"));
@@ -471,26 +487,29 @@ fn usd(value: f64, key: &str) -> Result<f64, String> {
 }
 
 /// Reads a USD price that may be absent or null: not negative and at most [`MAX_USD`].
-fn optional_usd(data: &Object<'_>, key: &str) -> Result<Option<f64>, String> {
+fn optional_usd<'j>(data: &impl Members<'j>, key: &str) -> Result<Option<f64>, String> {
     optional_non_negative(data, key)?
         .map(|value| usd(value, key))
         .transpose()
 }
 
 /// Reads a number that may be absent or null, and is otherwise checked like [`non_negative`].
-fn optional_non_negative(data: &Object<'_>, key: &str) -> Result<Option<f64>, String> {
+fn optional_non_negative<'j>(data: &impl Members<'j>, key: &str) -> Result<Option<f64>, String> {
     match data.get(key) {
         None | Some(Json::Null) => Ok(None),
         Some(_) => non_negative(data, key).map(Some),
     }
 }
 
-fn required_str<'a>(data: &'a Object<'_>, key: &str) -> Result<&'a str, String> {
+fn required_str<'a, 'j: 'a>(data: &'a impl Members<'j>, key: &str) -> Result<&'a str, String> {
     optional_str(data, key)?.ok_or_else(|| format!("{key} is missing"))
 }
 
 /// Reads a string that may be absent or null. An empty string counts as absent.
-fn optional_str<'a>(data: &'a Object<'_>, key: &str) -> Result<Option<&'a str>, String> {
+fn optional_str<'a, 'j: 'a>(
+    data: &'a impl Members<'j>,
+    key: &str,
+) -> Result<Option<&'a str>, String> {
     match data.get(key) {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(s)) if s.trim().is_empty() => Ok(None),

@@ -29,6 +29,8 @@ use serde_json::{Map, Number, Value};
 
 mod direct;
 
+pub use direct::read_with;
+
 /// A parsed JSON value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Json<'a> {

@@ -263,6 +263,51 @@ fn frame_without_type_is_rejected() {
     assert_eq!(error.frame_type, "<no type>");
 }
 
+/// Parses `text` through the tree, without the slots of [`data::parse_frame`].
+fn parse_by_tree(text: &str) -> Result<FeedMessage, ParseError> {
+    let tree = json::from_str_fields(text, FRAME_FIELDS).map_err(invalid_json)?;
+    parse_value(text, &tree, &watched)
+}
+
+#[test]
+fn slots_read_trades_and_candles() {
+    let candle = price_frame(r#""o":1666.1,"h":1667.2,"l":1660,"c":1666.5"#);
+    let type_after_data = format!(
+        r#"{{"data":{{"o":1,"h":2,"l":0.5,"c":1.5,"unixTime":1675329600,"address":"{WETH}"}},"type":"PRICE_DATA"}}"#
+    );
+    let repeated_volume =
+        simple_trade("1").replace(r#""volumeUSD":1,"#, r#""volumeUSD":"x","volumeUSD":2,"#);
+    for text in [
+        simple_trade("43440.1416"),
+        complex_trade(USDT, WETH),
+        complex_trade(WETH, WETH),
+        candle,
+        type_after_data,
+        repeated_volume,
+    ] {
+        let by_slots = data::parse_frame(&text, &watched);
+        assert!(by_slots.is_some(), "the slots gave up on {text}");
+        assert_eq!(by_slots.map(Ok), Some(parse_by_tree(&text)), "{text}");
+    }
+}
+
+#[test]
+fn slots_leave_other_frames_to_tree() {
+    for text in [
+        r#"{"type":"WELCOME"}"#.to_owned(),
+        r#"{"type":"ERROR","data":{"message":"bad key"}}"#.to_owned(),
+        r#"{"type":"PRICE_DATA","data":[1,2]}"#.to_owned(),
+        r#"{"data":{}}"#.to_owned(),
+        simple_trade("-1"),
+        simple_trade(r#""12""#),
+        complex_trade(USDT, USDT),
+        simple_trade("1").replace("buy", r#"b\u0075y"#),
+    ] {
+        assert_eq!(data::parse_frame(&text, &watched), None, "{text}");
+        assert_eq!(parse(&text), parse_by_tree(&text), "{text}");
+    }
+}
+
 #[test]
 fn price_query_lists_each_address_with_chart() {
     let messages = price_subscriptions(&[WETH.to_owned(), USDT.to_owned()]);

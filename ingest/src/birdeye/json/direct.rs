@@ -39,6 +39,60 @@ pub fn read(text: &str, fields: Fields) -> Option<Json<'_>> {
     (reader.pos == reader.bytes.len()).then_some(value)
 }
 
+/// Reads `text` through `read`, which gets the top-level value, or returns `None` when the
+/// direct reader gives up, `read` gives up, or text follows the value. For callers that read
+/// the members they need straight into their own types, without a [`Json`] tree.
+pub fn read_with<'a, T>(
+    text: &'a str,
+    read: impl FnOnce(Cursor<'_, 'a>) -> Option<T>,
+) -> Option<T> {
+    let mut reader = Reader {
+        text,
+        bytes: text.as_bytes(),
+        pos: 0,
+    };
+    reader.skip_whitespace();
+    let value = read(Cursor {
+        reader: &mut reader,
+        depth: 0,
+    })?;
+    reader.skip_whitespace();
+    (reader.pos == reader.bytes.len()).then_some(value)
+}
+
+/// A value at the reader's position, inside `depth` objects and arrays. Each method reads the
+/// whole value, so a cursor is used once.
+pub struct Cursor<'r, 'a> {
+    reader: &'r mut Reader<'a>,
+    depth: usize,
+}
+
+impl<'a> Cursor<'_, 'a> {
+    /// Reads the value as [`read`] would.
+    pub fn value(self, fields: Fields) -> Option<Json<'a>> {
+        self.reader.value(fields, self.depth)
+    }
+
+    /// Moves past the value, checking its syntax.
+    pub fn skip(self) -> Option<()> {
+        self.reader.skip_value(self.depth)
+    }
+
+    /// Calls `member` with the key and value of each member of the object, in text order;
+    /// `None` when the value is not an object.
+    pub fn members(
+        self,
+        mut member: impl FnMut(&'a str, Cursor<'_, 'a>) -> Option<()>,
+    ) -> Option<()> {
+        if self.reader.peek()? != b'{' {
+            return None;
+        }
+        let depth = self.depth + 1;
+        self.reader
+            .members(depth, |reader, key| member(key, Cursor { reader, depth }))
+    }
+}
+
 struct Reader<'a> {
     text: &'a str,
     bytes: &'a [u8],
