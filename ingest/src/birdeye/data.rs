@@ -9,14 +9,14 @@
 //! each key among the listed members, and dropping it all. With the slots the parse takes
 //! 0.99 µs.
 //!
-//! It returns a message only for a `TXS_DATA` or `PRICE_DATA` frame that parses. On anything
-//! else it returns `None` and leaves the frame to the tree path, which then gives the message
-//! or the error: other frame types, a `data` that is not an object, an invalid value, and every
-//! text the direct reader gives up on. The slot of a key holds the value of its last member,
+//! It returns a message only for a `TXS_DATA` or `PRICE_DATA` frame that parses. Anything else
+//! goes to the tree path, which then gives the message or the error: other frame types, a
+//! `data` that is not an object, an invalid value, and every text the direct reader gives up
+//! on. The slot of a key holds the value of its last member,
 //! as [`super::json::Object::get`] returns the last entry, so both paths read the same values.
 
 use super::json::{self, Fields, Json};
-use super::{parse_price, parse_trades, FeedMessage, Members, LEG_FIELDS};
+use super::{parse_price, parse_trades, FeedMessage, Members, DATA_FIELDS};
 
 /// Parses a trade or candle frame, or returns `None` for the tree path.
 pub(super) fn parse_frame(text: &str, is_watched: &impl Fn(&str) -> bool) -> Option<FeedMessage> {
@@ -54,42 +54,21 @@ pub(super) fn parse_frame(text: &str, is_watched: &impl Fn(&str) -> bool) -> Opt
     }
 }
 
-/// The keys of `data` that the parser reads, in the order of their slots. They are the
-/// members of [`super::DATA_FIELDS`], which a test checks.
-const KEYS: [&str; 19] = [
-    // TXS_DATA
-    "volumeUSD",
-    "blockUnixTimeMs",
-    "blockUnixTime",
-    "txHash",
-    "owner",
-    "tokenAddress",
-    "side",
-    "tokenPrice",
-    "from",
-    "to",
-    "pairAddress",
-    // PRICE_DATA (and the pair's address in TXS_DATA)
-    "address",
-    "o",
-    "h",
-    "l",
-    "c",
-    "v",
-    "unixTime",
-    // ERROR
-    "message",
-];
+/// The members of `data` that the parser reads, in the order of their slots.
+const MEMBERS: &[(&str, Fields)] = match DATA_FIELDS {
+    Fields::Only(members) => members,
+    Fields::All => &[],
+};
 
-/// One value per key of [`KEYS`], `None` when the frame has no member with that key.
+/// One value per member of [`MEMBERS`], `None` when the frame has no member with that key.
 #[derive(Default)]
 struct Slots<'a> {
-    values: [Option<Json<'a>>; KEYS.len()],
+    values: [Option<Json<'a>>; MEMBERS.len()],
 }
 
 impl Slots<'_> {
-    /// Returns the slot of `key`. A `match` compares the key with the few names of its length, where a
-    /// search of [`KEYS`] would compare it with all of them.
+    /// Returns the slot of `key`, its position in [`MEMBERS`]. A `match` compares the key with
+    /// the few names of its length, where a search of [`MEMBERS`] would compare it with all.
     fn index(key: &str) -> Option<usize> {
         Some(match key {
             "volumeUSD" => 0,
@@ -115,13 +94,9 @@ impl Slots<'_> {
         })
     }
 
-    /// Returns how to read the value of slot `index`: the legs of a trade keep their address and
-    /// price, other values are read whole.
+    /// Returns how to read the value of slot `index`.
     fn fields(index: usize) -> Fields {
-        match KEYS[index] {
-            "from" | "to" => LEG_FIELDS,
-            _ => Fields::All,
-        }
+        MEMBERS[index].1
     }
 }
 
@@ -134,22 +109,12 @@ impl<'j> Members<'j> for Slots<'j> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::birdeye::DATA_FIELDS;
 
     #[test]
     fn slots_are_the_members_the_tree_reads() {
-        let Fields::Only(members) = DATA_FIELDS else {
-            panic!("the tree reads chosen members of data");
-        };
-        let listed: Vec<&str> = members.iter().map(|(key, _)| *key).collect();
-        assert_eq!(listed, KEYS);
-        for (position, (key, fields)) in members.iter().enumerate() {
+        assert!(!MEMBERS.is_empty(), "the tree reads chosen members of data");
+        for (position, (key, _)) in MEMBERS.iter().enumerate() {
             assert_eq!(Slots::index(key), Some(position), "{key}");
-            assert_eq!(
-                format!("{:?}", Slots::fields(position)),
-                format!("{fields:?}"),
-                "{key}"
-            );
         }
     }
 }
