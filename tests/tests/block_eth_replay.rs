@@ -204,7 +204,7 @@ async fn recorded_eth_blocks_produce_exact_alerts() {
     for (alert, id) in expected.iter().zip(&ids) {
         check_row(&rows[id], alert);
     }
-    check_websocket(&pipeline.stub_file, &rows);
+    check_websocket(&pipeline.stub_file, &rows).await;
     let last_block = wait_for_heartbeat(&pipeline.stub_file, task_id, 17_173_050).await;
     assert_eq!(
         last_block,
@@ -286,11 +286,21 @@ fn check_row(row: &AlertRow, alert: &Expected) {
     }
 }
 
-fn check_websocket(stub_file: &PathBuf, rows: &BTreeMap<String, AlertRow>) {
-    let pushed: BTreeMap<i64, Value> = stub_messages_of(stub_file, "alert")
-        .into_iter()
-        .filter_map(|m| Some((m["data"]["alertId"].as_i64()?, m)))
-        .collect();
+async fn check_websocket(stub_file: &PathBuf, rows: &BTreeMap<String, AlertRow>) {
+    let pushed_by_row = || -> BTreeMap<i64, Value> {
+        stub_messages_of(stub_file, "alert")
+            .into_iter()
+            .filter_map(|m| Some((m["data"]["alertId"].as_i64()?, m)))
+            .collect()
+    };
+    // Notify marks a row pushed once the message is on its socket, and the stub records the
+    // message in its file a moment later.
+    wait_until(ALERT_TIMEOUT, Duration::from_millis(250), || async {
+        let pushed = pushed_by_row();
+        rows.values().all(|row| pushed.contains_key(&row.id))
+    })
+    .await;
+    let pushed = pushed_by_row();
     for row in rows.values() {
         let message = pushed
             .get(&row.id)
