@@ -28,20 +28,12 @@ const MAX_DEPTH: usize = 32;
 
 /// Reads `text` as [`super::from_str_fields`] does, or returns `None` when `serde_json` must.
 pub fn read(text: &str, fields: Fields) -> Option<Json<'_>> {
-    let mut reader = Reader {
-        text,
-        bytes: text.as_bytes(),
-        pos: 0,
-    };
-    reader.skip_whitespace();
-    let value = reader.value(fields, 0)?;
-    reader.skip_whitespace();
-    (reader.pos == reader.bytes.len()).then_some(value)
+    read_with(text, |value| value.value(fields))
 }
 
-/// Reads `text` through `read`, which gets the top-level value, or returns `None` when the
-/// direct reader gives up, `read` gives up, or text follows the value. For callers that read
-/// the members they need straight into their own types, without a [`Json`] tree.
+/// Reads `text` through `read`, which gets a cursor at the top-level value. Returns `None`
+/// when the direct reader or `read` gives up, or when text follows the value. Callers use it
+/// to read the members they need into their own types, without a [`Json`] tree.
 pub fn read_with<'a, T>(
     text: &'a str,
     read: impl FnOnce(Cursor<'_, 'a>) -> Option<T>,
