@@ -4,7 +4,7 @@
 //! through NATS JetStream. Everything they must agree on lives here: subject and stream names
 //! ([`subjects`], [`topology`]), the message types and their MessagePack codec ([`messages`],
 //! [`codec`]), the rule model with its validation ([`rules`]), settings, database access,
-//! tracing, metrics and health ([`metrics`]) and shutdown.
+//! tracing, metrics and health ([`metrics`]), the tokio runtime ([`runtime`]) and shutdown.
 
 pub mod codec;
 pub mod db;
@@ -13,6 +13,7 @@ pub mod locale;
 pub mod messages;
 pub mod metrics;
 pub mod rules;
+pub mod runtime;
 pub mod settings;
 pub mod shutdown;
 pub mod subjects;

@@ -398,6 +398,11 @@ pub struct RuntimeSettings {
     /// Prefix of this instance's consumer id (defaults to the host name).
     #[arg(long = "consumer-id-prefix", env = "CONSUMER_ID_PREFIX")]
     pub consumer_id_prefix: Option<String>,
+
+    /// Worker threads of the tokio runtime (default: one per core for allocator and ingest,
+    /// one for evaluate and notify).
+    #[arg(long = "worker-threads", env = "WORKER_THREADS")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
 }
 
 impl Default for RuntimeSettings {
@@ -407,6 +412,7 @@ impl Default for RuntimeSettings {
             locale: Locale::ZhCn,
             metrics_addr: None,
             consumer_id_prefix: None,
+            worker_threads: None,
         }
     }
 }
@@ -629,6 +635,17 @@ mod tests {
             line,
             "error: invalid value \"xml\" for LOG_FORMAT (--log-format): expected text or json, got \"xml\""
         );
+    }
+
+    #[test]
+    fn zero_worker_threads_is_refused_with_the_variable() {
+        let line = parse_error(&["x", "--worker-threads", "0"]);
+        assert!(
+            line.starts_with("error: invalid value \"0\" for WORKER_THREADS (--worker-threads): "),
+            "{line}"
+        );
+        let parsed = AllGroups::try_parse_from(["x", "--worker-threads", "3"]).unwrap();
+        assert_eq!(parsed.runtime.worker_threads.map(|n| n.get()), Some(3));
     }
 
     #[test]

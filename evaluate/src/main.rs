@@ -2,6 +2,7 @@
 //! task's stored frames (`evaluate replay`).
 
 use clap::{Parser, Subcommand};
+use monitor_core::runtime::{block_on, worker_threads, DefaultWorkers};
 use monitor_evaluate::replay::ReplayArgs;
 use monitor_evaluate::Settings;
 
@@ -43,20 +44,25 @@ impl Cli {
 
 /// Logs a fatal error through tracing (JSON with `LOG_FORMAT=json`) and exits 1.
 fn main() -> std::process::ExitCode {
-    monitor_core::telemetry::exit_code(start())
+    monitor_core::settings::load_dotenv();
+    let command = monitor_core::settings::parse_args::<Cli>().into_command();
+    let runtime = match &command {
+        Command::Run(settings) => &settings.runtime,
+        Command::Replay(args) => &args.runtime,
+    };
+    monitor_core::telemetry::init(runtime.log_format);
+    // One worker thread unless WORKER_THREADS says otherwise: see monitor_core::runtime.
+    let workers = worker_threads(runtime.worker_threads, DefaultWorkers::One);
+    monitor_core::telemetry::exit_code(block_on(workers, start(command)))
 }
 
-#[tokio::main]
-async fn start() -> anyhow::Result<()> {
-    monitor_core::settings::load_dotenv();
-    match monitor_core::settings::parse_args::<Cli>().into_command() {
+async fn start(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Run(settings) => {
-            monitor_core::telemetry::init(settings.runtime.log_format);
             let shutdown = monitor_core::shutdown::on_signals();
             monitor_evaluate::run(settings, shutdown).await
         }
         Command::Replay(args) => {
-            monitor_core::telemetry::init(args.runtime.log_format);
             let mut stdout = std::io::stdout().lock();
             monitor_evaluate::replay::run(&args, &mut stdout).await?;
             Ok(())

@@ -1,6 +1,7 @@
 //! `ingest`: runs the ingest stage (`ingest run`, the default subcommand).
 
 use clap::{Parser, Subcommand};
+use monitor_core::runtime::{block_on, worker_threads, DefaultWorkers};
 use monitor_ingest::settings::IngestSettings;
 
 /// jemalloc instead of the system allocator, because every trade allocates its strings, its
@@ -35,11 +36,6 @@ enum Command {
 
 /// Logs a fatal error through tracing (JSON with `LOG_FORMAT=json`) and exits 1.
 fn main() -> std::process::ExitCode {
-    monitor_core::telemetry::exit_code(start())
-}
-
-#[tokio::main]
-async fn start() -> anyhow::Result<()> {
     monitor_core::settings::load_dotenv();
     let cli = monitor_core::settings::parse_args::<Cli>();
     let settings = match cli.command {
@@ -47,6 +43,11 @@ async fn start() -> anyhow::Result<()> {
         None => cli.settings,
     };
     monitor_core::telemetry::init(settings.runtime.log_format);
+    let workers = worker_threads(settings.runtime.worker_threads, DefaultWorkers::PerCore);
+    monitor_core::telemetry::exit_code(block_on(workers, start(settings)))
+}
+
+async fn start(settings: IngestSettings) -> anyhow::Result<()> {
     let shutdown = monitor_core::shutdown::on_signals();
     monitor_ingest::run(settings, shutdown).await?;
     Ok(())

@@ -2,6 +2,7 @@
 //! WebSocket.
 
 use clap::{Parser, Subcommand};
+use monitor_core::runtime::{block_on, worker_threads, DefaultWorkers};
 use monitor_notify::NotifySettings;
 
 #[derive(Debug, Parser)]
@@ -27,11 +28,6 @@ enum Command {
 
 /// Logs a fatal error through tracing (JSON with `LOG_FORMAT=json`) and exits 1.
 fn main() -> std::process::ExitCode {
-    monitor_core::telemetry::exit_code(start())
-}
-
-#[tokio::main]
-async fn start() -> anyhow::Result<()> {
     monitor_core::settings::load_dotenv();
     let cli = monitor_core::settings::parse_args::<Cli>();
     let settings = match cli.command {
@@ -39,6 +35,12 @@ async fn start() -> anyhow::Result<()> {
         None => cli.settings,
     };
     monitor_core::telemetry::init(settings.runtime.log_format);
+    // One worker thread unless WORKER_THREADS says otherwise: see monitor_core::runtime.
+    let workers = worker_threads(settings.runtime.worker_threads, DefaultWorkers::One);
+    monitor_core::telemetry::exit_code(block_on(workers, start(settings)))
+}
+
+async fn start(settings: NotifySettings) -> anyhow::Result<()> {
     let shutdown = monitor_core::shutdown::on_signals();
     monitor_notify::run(settings, shutdown).await
 }
