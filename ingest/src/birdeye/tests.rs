@@ -292,6 +292,35 @@ fn slots_read_trades_and_candles() {
 }
 
 #[test]
+fn slots_read_legs_only_when_used() {
+    // tokenPrice gives the price: the legs are checked for syntax only, as the tree path
+    // ignores them too.
+    let odd_legs = simple_trade("5").replace(r#""address":"0xdac1"#, r#""address":7,"x":"0xdac1"#);
+    // Without tokenPrice the price comes from the `to` leg, whose address is the token.
+    let leg_priced = simple_trade("5").replace(r#","tokenPrice":1666.8"#, "");
+    let null_priced = simple_trade("5").replace(r#""tokenPrice":1666.8"#, r#""tokenPrice":null"#);
+    let blank_token = simple_trade("5").replace(
+        &format!(r#""tokenAddress":"{WETH}""#),
+        r#""tokenAddress":" ""#,
+    );
+    for text in [odd_legs, leg_priced.clone(), null_priced, blank_token] {
+        let by_slots = data::parse_frame(&text, &watched);
+        assert!(by_slots.is_some(), "the slots gave up on {text}");
+        assert_eq!(by_slots.map(Ok), Some(parse_by_tree(&text)), "{text}");
+    }
+    let Ok(FeedMessage::Trades(trades)) = parse(&leg_priced) else {
+        panic!("expected trades from {leg_priced}");
+    };
+    assert_eq!(trades[0].price_usd, Some(1666.8));
+
+    // A leg with an escape sends the whole frame to the tree path, which reads it.
+    let escaped_leg = complex_trade(USDT, WETH).replace(r#""symbol":"B""#, r#""symbol":"\u0042""#);
+    assert_eq!(data::parse_frame(&escaped_leg, &watched), None);
+    assert_eq!(parse(&escaped_leg), parse_by_tree(&escaped_leg));
+    assert!(parse(&escaped_leg).is_ok(), "{escaped_leg}");
+}
+
+#[test]
 fn slots_leave_other_frames_to_tree() {
     for text in [
         r#"{"type":"WELCOME"}"#.to_owned(),

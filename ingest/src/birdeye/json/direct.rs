@@ -70,6 +70,13 @@ impl<'a> Cursor<'_, 'a> {
         self.reader.skip_value(self.depth)
     }
 
+    /// Moves past the value, checking its syntax, and returns its text.
+    pub fn text(self) -> Option<&'a str> {
+        let start = self.reader.pos;
+        self.reader.skip_value(self.depth)?;
+        Some(&self.reader.text[start..self.reader.pos])
+    }
+
     /// Calls `member` with the key and value of each member of the object, in text order;
     /// `None` when the value is not an object.
     pub fn members(
