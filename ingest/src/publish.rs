@@ -202,6 +202,8 @@ pub struct FramePublisher {
     /// Next sequence number; shared with later runners of the same batch in this process, so
     /// a restarted runner never reuses a msg id.
     next_seq: Arc<AtomicU64>,
+    /// Events waiting for the next frame, in feed order. When they fit in one frame, the frame
+    /// takes the buffer whole, without moving its events, and gives it back empty once encoded.
     pending: VecDeque<Event>,
     capacity: usize,
     in_flight: Option<InFlight>,
@@ -259,7 +261,13 @@ impl FramePublisher {
         if self.in_flight.is_some() || self.pending.is_empty() {
             return Ok(());
         }
-        let count = self.pending.len().min(MAX_EVENTS_PER_FRAME);
+        let events: Vec<Event> = if self.pending.len() <= MAX_EVENTS_PER_FRAME {
+            // The buffer starts at its first slot after `reuse`, so this moves no event.
+            std::mem::take(&mut self.pending).into()
+        } else {
+            self.pending.drain(..MAX_EVENTS_PER_FRAME).collect()
+        };
+        let count = events.len();
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let frame = EventFrame {
             v: MESSAGE_VERSION,
@@ -269,15 +277,17 @@ impl FramePublisher {
             chain: self.header.chain,
             producer: self.header.producer.clone(),
             seq,
-            events: self.pending.drain(..count).collect(),
+            events,
         };
-        let payload = codec::encode(&frame).map_err(|source| EncodeError {
+        let encoded = codec::encode(&frame);
+        let msg_id = frame.msg_id();
+        self.reuse(frame.events);
+        let payload = encoded.map_err(|source| EncodeError {
             seq,
             events: count,
             source,
         })?;
 
-        let msg_id = frame.msg_id();
         let mut headers = HeaderMap::new();
         headers.insert(NATS_MESSAGE_ID, msg_id.as_str());
         let publish = RetryingPublish::start(
@@ -293,6 +303,15 @@ impl FramePublisher {
             publish,
         });
         Ok(())
+    }
+
+    /// Keeps the allocation of a frame's event vector for the next events, unless a backlog
+    /// already fills the buffer.
+    fn reuse(&mut self, mut events: Vec<Event>) {
+        if self.pending.is_empty() {
+            events.clear();
+            self.pending = events.into();
+        }
     }
 
     /// Waits for the frame in flight to be acknowledged or to fail; never completes when no

@@ -15,6 +15,7 @@ use monitor_core::settings::RuntimeSettings;
 use monitor_ingest::birdeye;
 use monitor_ingest::ownership::{self, rendezvous_owner, LeaseKey};
 use monitor_ingest::plan::SUBSCRIBE_SETTLE;
+use monitor_ingest::publish::MAX_EVENTS_PER_FRAME;
 use monitor_ingest::settings::IngestSettings;
 use support::*;
 use tokio::task::JoinHandle;
@@ -772,23 +773,14 @@ async fn config_change_updates_windows_without_reconnecting() {
     nats.cleanup().await;
 }
 
-#[tokio::test]
-async fn nats_outage_loses_no_events() {
-    let nats = Nats::new(&unique_prefix("outage")).await;
-    let trades = recorded_trades(20);
-    let server = FeedServer::start(|_| vec![]).await;
-    let mut status = StreamReader::new(&nats.js, &nats.subjects().status_stream()).await;
-    nats.put_batch(&batch(601, 6, 1, &[(61, WETH, None)])).await;
-    nats.put_task(&task(6, 1, token_rules(), &[601])).await;
-    let ingest = Ingest::start(&nats, &server, |s| s.max_buffered_events = 4);
-
-    let mut records = Vec::new();
-    read_status_until(&mut status, &mut records, "batch 601 running", |r| {
-        r.iter().any(|r| is_change(r, 601, BatchStatus::Running))
-    })
-    .await;
-
-    // Without the events stream every publish fails; the runner must hold and retry.
+/// Sends `trades` of WETH while the events stream is deleted, so that every publish fails and
+/// the runner must hold and retry, then restores the stream and returns the frames that reach
+/// it.
+async fn frames_after_outage(
+    nats: &Nats,
+    server: &FeedServer,
+    trades: &[RecordedTrade],
+) -> Vec<Published> {
     nats.js
         .delete_stream(nats.subjects().events_stream())
         .await
@@ -807,10 +799,47 @@ async fn nats_outage_loses_no_events() {
 
     let mut events = StreamReader::new(&nats.js, &nats.subjects().events_stream()).await;
     let mut frames = Vec::new();
-    read_frames_until(&mut events, &mut frames, "all 20 trades", |f| {
-        event_count(f) >= 20
+    read_frames_until(&mut events, &mut frames, "every trade", |f| {
+        event_count(f) >= trades.len()
     })
     .await;
+    frames
+}
+
+/// Starts ingest with a buffer of `max_buffered_events` and waits until batch `batch_id` of
+/// task `task_id` runs.
+async fn running_batch(
+    nats: &Nats,
+    server: &FeedServer,
+    task_id: u64,
+    batch_id: u64,
+    max_buffered_events: u32,
+) -> Ingest {
+    let mut status = StreamReader::new(&nats.js, &nats.subjects().status_stream()).await;
+    nats.put_batch(&batch(batch_id, task_id, 1, &[(batch_id * 10, WETH, None)]))
+        .await;
+    nats.put_task(&task(task_id, 1, token_rules(), &[batch_id]))
+        .await;
+    let ingest = Ingest::start(nats, server, |s| {
+        s.max_buffered_events = max_buffered_events
+    });
+    let mut records = Vec::new();
+    read_status_until(&mut status, &mut records, "batch running", |r| {
+        r.iter()
+            .any(|r| is_change(r, batch_id, BatchStatus::Running))
+    })
+    .await;
+    ingest
+}
+
+#[tokio::test]
+async fn nats_outage_loses_no_events() {
+    let nats = Nats::new(&unique_prefix("outage")).await;
+    let trades = recorded_trades(20);
+    let server = FeedServer::start(|_| vec![]).await;
+    let ingest = running_batch(&nats, &server, 6, 601, 4).await;
+
+    let frames = frames_after_outage(&nats, &server, &trades).await;
     let expected: Vec<String> = (0..20).map(tx_hash).collect();
     assert_eq!(
         trade_hashes(&frames, 601),
@@ -828,6 +857,38 @@ async fn nats_outage_loses_no_events() {
         "events that waited were coalesced into fewer frames: {}",
         frames.len()
     );
+
+    ingest.stop().await;
+    nats.cleanup().await;
+}
+
+/// A backlog larger than one frame leaves in frames of at most MAX_EVENTS_PER_FRAME events,
+/// in feed order.
+#[tokio::test]
+async fn backlog_splits_into_full_frames() {
+    let nats = Nats::new(&unique_prefix("backlog")).await;
+    let total = 2 * MAX_EVENTS_PER_FRAME + 88;
+    let trades = recorded_trades(total);
+    let server = FeedServer::start(|_| vec![]).await;
+    let ingest = running_batch(&nats, &server, 7, 611, 4096).await;
+
+    let frames = frames_after_outage(&nats, &server, &trades).await;
+    let expected: Vec<String> = (0..total).map(tx_hash).collect();
+    assert_eq!(
+        trade_hashes(&frames, 611),
+        expected,
+        "every trade once, in order"
+    );
+    let sizes: Vec<usize> = frames.iter().map(|p| p.frame.events.len()).collect();
+    assert!(
+        sizes.iter().all(|&size| size <= MAX_EVENTS_PER_FRAME),
+        "frame sizes {sizes:?}"
+    );
+    let full = sizes
+        .iter()
+        .filter(|&&size| size == MAX_EVENTS_PER_FRAME)
+        .count();
+    assert!(full >= 2, "the backlog fills whole frames: {sizes:?}");
 
     ingest.stop().await;
     nats.cleanup().await;
