@@ -254,13 +254,26 @@ impl AlertForwarder {
     ) {
         let mut outgoing = Vec::with_capacity(run.len());
         let mut settled = Vec::with_capacity(run.len());
-        for (received, mut logged) in run.into_iter().zip(logged) {
+        // A row pushed but not yet marked was read as pending. Which rows those are is taken
+        // before the marks settle, since settling removes them from `self.unmarked`.
+        let unmarked: Vec<bool> = logged
+            .iter()
+            .map(|row| self.unmarked.contains(&row.id))
+            .collect();
+        let changes_unmarked =
+            run.iter()
+                .zip(&logged)
+                .zip(&unmarked)
+                .any(|((received, row), &unmarked)| {
+                    unmarked && is_state_change(row.state, received.alert.state)
+                });
+        if changes_unmarked {
+            // A mark landing after the state update would hide the update's push.
+            self.settle_marks().await;
+        }
+        for ((received, mut logged), unmarked) in run.into_iter().zip(logged).zip(unmarked) {
             self.counters.invalidate(received.alert.task_id);
-            if self.unmarked.contains(&logged.id) {
-                if is_state_change(logged.state, received.alert.state) {
-                    // A mark landing after the state update would hide the update's push.
-                    self.settle_marks().await;
-                }
+            if unmarked {
                 logged.notify_status = NotifyStatus::Pushed;
             }
             match self
