@@ -3,8 +3,8 @@
 //! Every stage runs a multi-thread runtime. How many worker threads it gets is a setting
 //! (`WORKER_THREADS`), with a default that suits the stage: one per core for allocator and
 //! ingest, one for evaluate and notify. Ingest does most of the pipeline's work and needs the
-//! cores. Evaluate and notify do little per message and mostly wait for NATS and MySQL; a
-//! second worker thread there mostly adds wake-ups between threads, each of which costs a trip
+//! cores. Evaluate and notify do little per message and mostly wait for NATS and MySQL, so a
+//! second worker thread there mostly adds wake-ups between threads. Each of those costs a trip
 //! through the host on a virtual machine. Four pairs of `devkit loadgen` runs at 10,000
 //! events/s on 2 cores measured it. The alert latency p50 was 2.66 to 2.81 ms with two worker
 //! threads each and 2.40 to 2.73 ms with one, and evaluate and notify used 7 to 9 % less CPU
@@ -12,13 +12,16 @@
 
 use std::future::Future;
 use std::num::NonZeroUsize;
+use std::process::ExitCode;
+
+use crate::settings::RuntimeSettings;
 
 /// Worker threads of a stage when `WORKER_THREADS` is not set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefaultWorkers {
     /// One per core the process may use.
     PerCore,
-    /// One.
+    /// A single worker thread.
     One,
 }
 
@@ -33,13 +36,25 @@ impl DefaultWorkers {
     }
 }
 
-/// Worker threads to run: `configured` when set, otherwise the stage's default.
-pub fn worker_threads(configured: Option<NonZeroUsize>, default: DefaultWorkers) -> NonZeroUsize {
+/// Starts logging in the format of `settings`, runs `stage` to completion with the configured
+/// worker threads (or the stage's `default`), and returns the exit code. A fatal error is
+/// logged and gives exit code 1.
+pub fn run_stage<F>(settings: &RuntimeSettings, default: DefaultWorkers, stage: F) -> ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    crate::telemetry::init(settings.log_format);
+    let workers = worker_threads(settings.worker_threads, default);
+    crate::telemetry::exit_code(block_on(workers, stage))
+}
+
+/// Returns the worker threads to run: `configured` when set, otherwise the stage's default.
+fn worker_threads(configured: Option<NonZeroUsize>, default: DefaultWorkers) -> NonZeroUsize {
     configured.unwrap_or_else(|| default.count())
 }
 
 /// Runs `future` to completion on a new multi-thread runtime with `workers` worker threads.
-pub fn block_on<F>(workers: NonZeroUsize, future: F) -> anyhow::Result<()>
+fn block_on<F>(workers: NonZeroUsize, future: F) -> anyhow::Result<()>
 where
     F: Future<Output = anyhow::Result<()>>,
 {

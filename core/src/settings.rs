@@ -638,7 +638,7 @@ mod tests {
     }
 
     #[test]
-    fn zero_worker_threads_is_refused_with_the_variable() {
+    fn worker_threads_rejects_zero() {
         let line = parse_error(&["x", "--worker-threads", "0"]);
         assert!(
             line.starts_with("error: invalid value \"0\" for WORKER_THREADS (--worker-threads): "),

@@ -2,7 +2,7 @@
 //! task's stored frames (`evaluate replay`).
 
 use clap::{Parser, Subcommand};
-use monitor_core::runtime::{block_on, worker_threads, DefaultWorkers};
+use monitor_core::runtime::{run_stage, DefaultWorkers};
 use monitor_evaluate::replay::ReplayArgs;
 use monitor_evaluate::Settings;
 
@@ -47,13 +47,10 @@ fn main() -> std::process::ExitCode {
     monitor_core::settings::load_dotenv();
     let command = monitor_core::settings::parse_args::<Cli>().into_command();
     let runtime = match &command {
-        Command::Run(settings) => &settings.runtime,
-        Command::Replay(args) => &args.runtime,
+        Command::Run(settings) => settings.runtime.clone(),
+        Command::Replay(args) => args.runtime.clone(),
     };
-    monitor_core::telemetry::init(runtime.log_format);
-    // One worker thread unless WORKER_THREADS says otherwise: see monitor_core::runtime.
-    let workers = worker_threads(runtime.worker_threads, DefaultWorkers::One);
-    monitor_core::telemetry::exit_code(block_on(workers, start(command)))
+    run_stage(&runtime, DefaultWorkers::One, start(command))
 }
 
 async fn start(command: Command) -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! `ingest`: runs the ingest stage (`ingest run`, the default subcommand).
 
 use clap::{Parser, Subcommand};
-use monitor_core::runtime::{block_on, worker_threads, DefaultWorkers};
+use monitor_core::runtime::{run_stage, DefaultWorkers};
 use monitor_ingest::settings::IngestSettings;
 
 /// jemalloc instead of the system allocator, because every trade allocates its strings, its
@@ -42,9 +42,8 @@ fn main() -> std::process::ExitCode {
         Some(Command::Run(settings)) => settings,
         None => cli.settings,
     };
-    monitor_core::telemetry::init(settings.runtime.log_format);
-    let workers = worker_threads(settings.runtime.worker_threads, DefaultWorkers::PerCore);
-    monitor_core::telemetry::exit_code(block_on(workers, start(settings)))
+    let runtime = settings.runtime.clone();
+    run_stage(&runtime, DefaultWorkers::PerCore, start(settings))
 }
 
 async fn start(settings: IngestSettings) -> anyhow::Result<()> {

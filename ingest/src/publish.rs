@@ -262,7 +262,8 @@ impl FramePublisher {
             return Ok(());
         }
         let events: Vec<Event> = if self.pending.len() <= MAX_EVENTS_PER_FRAME {
-            // The buffer starts at its first slot after `reuse`, so this moves no event.
+            // After `reuse` the buffer starts at its first slot, so turning it into a vector
+            // moves no event.
             std::mem::take(&mut self.pending).into()
         } else {
             self.pending.drain(..MAX_EVENTS_PER_FRAME).collect()

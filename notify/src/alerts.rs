@@ -264,8 +264,8 @@ impl AlertForwarder {
             run.iter()
                 .zip(&logged)
                 .zip(&unmarked)
-                .any(|((received, row), &unmarked)| {
-                    unmarked && is_state_change(row.state, received.alert.state)
+                .any(|((received, row), &is_unmarked)| {
+                    is_unmarked && is_state_change(row.state, received.alert.state)
                 });
         if changes_unmarked {
             // A mark landing after the state update would hide the update's push.

@@ -2,7 +2,7 @@
 //! WebSocket.
 
 use clap::{Parser, Subcommand};
-use monitor_core::runtime::{block_on, worker_threads, DefaultWorkers};
+use monitor_core::runtime::{run_stage, DefaultWorkers};
 use monitor_notify::NotifySettings;
 
 #[derive(Debug, Parser)]
@@ -34,10 +34,8 @@ fn main() -> std::process::ExitCode {
         Some(Command::Run(settings)) => settings,
         None => cli.settings,
     };
-    monitor_core::telemetry::init(settings.runtime.log_format);
-    // One worker thread unless WORKER_THREADS says otherwise: see monitor_core::runtime.
-    let workers = worker_threads(settings.runtime.worker_threads, DefaultWorkers::One);
-    monitor_core::telemetry::exit_code(block_on(workers, start(settings)))
+    let runtime = settings.runtime.clone();
+    run_stage(&runtime, DefaultWorkers::One, start(settings))
 }
 
 async fn start(settings: NotifySettings) -> anyhow::Result<()> {

@@ -133,7 +133,8 @@ impl Slots<'_> {
         !(named_token && priced)
     }
 
-    /// Reads the legs' texts into their slots; `None` when the direct reader gives up on one.
+    /// Reads the legs' texts into their slots, or returns `None` when the direct reader gives
+    /// up on one.
     fn read_legs(&mut self) -> Option<()> {
         for (offset, text) in self.leg_texts.iter().enumerate() {
             if let Some(text) = text {
