@@ -6,7 +6,8 @@
 //! [`supervisor::Supervisor`], which watches the tasks bucket and runs one
 //! [`runner::BatchRunner`] task per batch of every token task that this instance leases. A runner keeps one WebSocket
 //! connection per channel (prices and trades, [`feed`]), parses frames ([`birdeye`]), updates
-//! the targets' windows ([`target`], [`window`]) and publishes event frames ([`publish`]),
+//! the targets' windows ([`target`], [`window`]), which it reads back from the events stream
+//! when it starts ([`history`]), and publishes event frames ([`publish`]),
 //! heartbeats and status changes ([`status`]). Block tasks run on the chain adapters
 //! ([`block_task`], [`evm`], [`solana`]), one runner per task.
 
@@ -14,6 +15,7 @@ pub mod birdeye;
 pub mod block_task;
 pub mod evm;
 pub mod feed;
+pub mod history;
 pub mod holders;
 pub mod metrics;
 pub mod ownership;

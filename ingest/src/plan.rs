@@ -10,13 +10,15 @@
 //! - its `batch.<id>` spec is present and belongs to that task and epoch;
 //! - neither the task's list nor the spec marks it paused or stopped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use monitor_core::messages::{BatchSpec, TaskSpec};
 use monitor_core::rules::{Rules, TokenRules};
 
+use crate::birdeye::address_key;
 use crate::runner::{HolderNeeds, RunnerConfig};
 
 /// Maximum time a runner of an old epoch, or of a batch handed to another instance, keeps
@@ -113,6 +115,29 @@ pub fn desired_runners(
         }
     }
     desired
+}
+
+/// Batches of earlier epochs of the runner's task that hold any of its targets, by id: their
+/// stored events are the history of the runner's windows, besides its own batch's.
+pub fn earlier_batches(config: &RunnerConfig, batches: &HashMap<u64, Arc<BatchSpec>>) -> Vec<u64> {
+    let ours: HashSet<Cow<'_, str>> = config
+        .batch
+        .targets
+        .iter()
+        .map(|t| address_key(&t.address))
+        .collect();
+    let mut earlier: Vec<u64> = batches
+        .values()
+        .filter(|b| b.task_id == config.task_id && b.epoch < config.epoch)
+        .filter(|b| {
+            b.targets
+                .iter()
+                .any(|t| ours.contains(&address_key(&t.address)))
+        })
+        .map(|b| b.batch_id)
+        .collect();
+    earlier.sort_unstable();
+    earlier
 }
 
 /// Decides whether a runner that is no longer wanted stops now.
@@ -346,5 +371,43 @@ mod tests {
         };
         assert!(!stops_after(Duration::from_millis(10)));
         assert!(stops_after(SUBSCRIBE_SETTLE));
+    }
+
+    /// Returns a batch of `epoch` holding the given addresses.
+    fn batch_of(batch_id: u64, task_id: u64, epoch: u32, addresses: &[&str]) -> Arc<BatchSpec> {
+        let mut spec = (*batch(batch_id, task_id, epoch)).clone();
+        spec.targets = addresses
+            .iter()
+            .zip(1..)
+            .map(|(address, order)| TargetSpec {
+                address: (*address).into(),
+                batch_order: order,
+                ..spec.targets[0].clone()
+            })
+            .collect();
+        Arc::new(spec)
+    }
+
+    #[test]
+    fn earlier_batches_are_older_epochs_sharing_a_target() {
+        let (a, b, c) = ("0xaa", "0xbb", "0xcc");
+        let (tasks, batches) = state(
+            vec![task(1, 3, &[31])],
+            vec![
+                batch_of(11, 1, 1, &[a]),
+                batch_of(21, 1, 2, &["0xAA", c]),
+                batch_of(22, 1, 2, &[c]),
+                batch_of(23, 1, 2, &[b]),
+                batch_of(24, 2, 2, &[a]),
+                batch_of(31, 1, 3, &[a, b]),
+                batch_of(32, 1, 3, &[c]),
+            ],
+        );
+        let config = &desired_runners(&tasks, &batches)[&31];
+        assert_eq!(
+            earlier_batches(config, &batches),
+            vec![11, 21, 23],
+            "not 22 (other targets), 24 (other task), 31 (itself) or 32 (same epoch)"
+        );
     }
 }

@@ -6,6 +6,10 @@
 //! connections, the per-target state and the publish buffers, so no per-target task or timer
 //! exists. Every branch of its loop calls one named handler.
 //!
+//! At its start it reads the stored events of its targets back into their windows
+//! ([`crate::history`]). It connects to the feed meanwhile, and reads the feed once the
+//! history has caught up.
+//!
 //! Guarantees: when the event buffer is full (NATS slow or down) the runner stops reading its
 //! sockets until the buffer is half empty, so the feed is pushed back instead of events being
 //! dropped. A new config changes the windows without reconnecting. On stop it closes the
@@ -18,21 +22,22 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::FutureExt;
-use monitor_core::messages::{BatchSpec, BatchStatus, Chain};
+use monitor_core::messages::{BatchSpec, BatchStatus, Chain, EventFrame};
 use monitor_core::subjects::Subjects;
 use monitor_core::time::now_ms;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{interval_at, timeout_at, Instant, Interval, MissedTickBehavior};
+use tokio::time::{interval_at, sleep_until, timeout_at, Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::birdeye::{self, Channel, FeedMessage, ParseError};
 use crate::feed::{FeedConnection, FeedEvent};
+use crate::history::{History, HistoryRequest, OwnFrames, HISTORY_SLACK, HISTORY_WAIT_LIMIT};
 use crate::holders::{HolderPolls, HolderSnapshot};
 use crate::publish::{EncodeError, FrameHeader, FrameOutcome, FramePublisher};
 use crate::settings::FeedSettings;
 use crate::status::{BatchCounters, StatusOutcome, StatusPublisher, StatusSource};
-use crate::target::{Outcome, Targets};
+use crate::target::{Outcome, Restored, Targets};
 
 /// Time a stopping runner has to publish what it holds.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -181,6 +186,11 @@ pub struct BatchRunner {
     trades: FeedConnection,
     /// Snapshots from the holder poller, while the rules need holders.
     holder_snapshots: Option<mpsc::Receiver<HolderSnapshot>>,
+    /// The history read to start with; `None` when the windows need none.
+    history_request: Option<HistoryRequest>,
+    /// Stored events read back into the windows, from the start until shortly after `running`.
+    history: Option<History>,
+    history_counts: HistoryCounts,
     frames: FramePublisher,
     status: StatusPublisher,
     source: StatusSource,
@@ -203,6 +213,7 @@ impl BatchRunner {
         stop: StopSignal,
         next_seq: Arc<AtomicU64>,
         notices: mpsc::UnboundedSender<RunnerNotice>,
+        earlier_batches: &[u64],
     ) -> Self {
         let config = config_rx.borrow_and_update().clone();
         let batch_id = config.batch.batch_id;
@@ -228,6 +239,13 @@ impl BatchRunner {
         )
         .with_max_frame_bytes(context.feed.max_frame_bytes);
 
+        let history_request = history_request(
+            &context,
+            &config,
+            &targets,
+            earlier_batches,
+            next_seq.load(Ordering::Relaxed),
+        );
         let frames = FramePublisher::new(
             context.js.clone(),
             context
@@ -263,6 +281,9 @@ impl BatchRunner {
             prices,
             trades,
             holder_snapshots: None,
+            history_request,
+            history: None,
+            history_counts: HistoryCounts::default(),
             frames,
             status,
             source,
@@ -303,11 +324,20 @@ impl BatchRunner {
             self.set_status(BatchStatus::Pending, Some("connecting to the feed".into()));
         }
         self.sync_holder_polls();
+        self.start_history();
         let mut heartbeat = heartbeat_timer(self.context.heartbeat_interval);
 
         loop {
             self.start_publishes();
             let reading = !self.reads_paused && !self.targets.is_empty();
+            // An open connection's data waits in its socket until the history has caught up.
+            let holding = self.holds_feed();
+            let read_prices = reading && !(holding && self.prices.is_open());
+            let read_trades = reading && !(holding && self.trades.is_open());
+            let hold_until = self
+                .history
+                .as_ref()
+                .map_or_else(Instant::now, History::hold_deadline);
             tokio::select! {
                 () = self.stop.stopped() => break,
                 changed = self.config_rx.changed() => match changed {
@@ -316,9 +346,11 @@ impl BatchRunner {
                 },
                 outcome = self.frames.next_outcome() => self.on_frame_outcome(outcome),
                 outcome = self.status.next_outcome() => self.on_status_outcome(outcome),
-                event = self.prices.next(), if reading => self.on_feed_events(Channel::Prices, event),
-                event = self.trades.next(), if reading => self.on_feed_events(Channel::Trades, event),
-                snapshot = next_snapshot(&mut self.holder_snapshots), if reading => self.on_holders(snapshot),
+                event = self.prices.next(), if read_prices => self.on_feed_events(Channel::Prices, event),
+                event = self.trades.next(), if read_trades => self.on_feed_events(Channel::Trades, event),
+                snapshot = next_snapshot(&mut self.holder_snapshots), if reading && !holding => self.on_holders(snapshot),
+                frame = next_stored(&mut self.history), if self.history.is_some() => self.on_stored(frame),
+                () = sleep_until(hold_until), if holding => self.on_hold_limit(),
                 _ = heartbeat.tick() => self.queue_heartbeat(),
             }
             self.check_backpressure();
@@ -393,6 +425,68 @@ impl BatchRunner {
         }
     }
 
+    /// Starts reading the stored events of the batch's targets back into their windows.
+    fn start_history(&mut self) {
+        let Some(request) = self.history_request.take() else {
+            return;
+        };
+        debug!(subjects = ?request.subjects, since_ms = request.since_ms, "reading the window history");
+        self.targets.start_history();
+        self.history = Some(History::start(self.context.js.clone(), request));
+    }
+
+    /// Returns whether feed data waits for the history to catch up.
+    fn holds_feed(&self) -> bool {
+        self.history.as_ref().is_some_and(History::holds_feed)
+    }
+
+    fn on_hold_limit(&mut self) {
+        if let Some(history) = &self.history {
+            if history.caught_up_after().is_none() {
+                warn!(
+                    wait_ms = HISTORY_WAIT_LIMIT.as_millis() as u64,
+                    frames = self.history_counts.frames,
+                    "window history not caught up in time, reading the feed with partial windows"
+                );
+            }
+        }
+    }
+
+    /// Adds a stored frame's observations to the windows; `None` ends the history.
+    fn on_stored(&mut self, frame: Option<EventFrame>) {
+        let Some(history) = &self.history else {
+            return;
+        };
+        let Some(frame) = frame else {
+            let counts = &self.history_counts;
+            info!(
+                frames = counts.frames,
+                added = counts.added,
+                repeats = counts.repeats,
+                live_repeats = counts.live_repeats,
+                too_old = counts.too_old,
+                caught_up_ms = history
+                    .caught_up_after()
+                    .map(|after| after.as_millis() as u64),
+                elapsed_ms = history.elapsed().as_millis() as u64,
+                "window history read"
+            );
+            self.history = None;
+            self.targets.end_history();
+            return;
+        };
+        let counts = &mut self.history_counts;
+        counts.frames += 1;
+        for event in &frame.events {
+            match self.targets.restore(event) {
+                Restored::Added => counts.added += 1,
+                Restored::Repeat => counts.repeats += 1,
+                Restored::TooOld => counts.too_old += 1,
+                Restored::NotOurs => {}
+            }
+        }
+    }
+
     fn on_holders(&mut self, snapshot: HolderSnapshot) {
         let outcome = self.targets.on_holders(&snapshot, now_ms());
         self.accept_holders(outcome, &snapshot);
@@ -411,6 +505,9 @@ impl BatchRunner {
                 self.counters.too_old += 1;
                 debug!(address = %snapshot.address, "holder snapshot older than every window, dropped");
             }
+            Outcome::Repeat => {
+                debug!(address = %snapshot.address, "holder snapshot already read back from the stream, dropped");
+            }
         }
     }
 
@@ -423,7 +520,7 @@ impl BatchRunner {
         for _ in 1..READY_EVENTS_PER_PASS {
             self.start_publishes();
             self.check_backpressure();
-            if self.reads_paused {
+            if self.reads_paused || self.holds_feed() {
                 break;
             }
             // `next` is cancel-safe, so dropping it when nothing is ready loses nothing.
@@ -499,6 +596,10 @@ impl BatchRunner {
             Outcome::Event(event) => {
                 self.counters.record_event(event.source_time_ms);
                 self.frames.push(*event);
+            }
+            Outcome::Repeat => {
+                self.history_counts.live_repeats += 1;
+                debug!(channel = %channel, address, source_time_ms, "feed data already read back from the stream, dropped");
             }
             Outcome::Unknown => {
                 self.counters.unknown_targets += 1;
@@ -637,6 +738,11 @@ impl BatchRunner {
 
     fn set_status(&mut self, status: BatchStatus, reason: Option<String>) {
         self.batch_status = status;
+        if status == BatchStatus::Running {
+            if let Some(history) = &mut self.history {
+                history.close_after_tail();
+            }
+        }
         let change = self
             .source
             .change(status, reason, &self.counters, self.targets.progress());
@@ -739,6 +845,62 @@ async fn next_snapshot(snapshots: &mut Option<mpsc::Receiver<HolderSnapshot>>) -
         }
     }
     std::future::pending().await
+}
+
+/// Next stored frame of the history; only polled while there is one.
+async fn next_stored(history: &mut Option<History>) -> Option<EventFrame> {
+    match history {
+        Some(history) => history.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Returns what a runner reads back at its start: the stored frames of its own batch and of the
+/// earlier batches of its targets, over its longest window. `None` when its rules use no
+/// window or it has no target.
+fn history_request(
+    context: &RunnerContext,
+    config: &RunnerConfig,
+    targets: &Targets,
+    earlier_batches: &[u64],
+    first_seq: u64,
+) -> Option<HistoryRequest> {
+    let longest = config.window_lengths.iter().max()?;
+    if targets.is_empty() {
+        return None;
+    }
+    let batch_id = config.batch.batch_id;
+    let subjects = std::iter::once(batch_id)
+        .chain(earlier_batches.iter().copied())
+        .map(|id| {
+            context
+                .subjects
+                .batch_events(config.chain, config.task_id, id)
+        })
+        .collect();
+    let span_ms = i64::from(*longest) * 1000 + HISTORY_SLACK.as_millis() as i64;
+    Some(HistoryRequest {
+        stream: context.subjects.events_stream(),
+        subjects,
+        since_ms: now_ms() - span_ms,
+        own: OwnFrames {
+            producer: context.consumer_id.clone(),
+            batch_id,
+            first_seq,
+        },
+    })
+}
+
+/// Counts of a runner's history, for the log line at its end.
+#[derive(Debug, Default)]
+struct HistoryCounts {
+    frames: u64,
+    added: u64,
+    /// Stored observations already counted.
+    repeats: u64,
+    /// Live observations that the stored events already carried, dropped.
+    live_repeats: u64,
+    too_old: u64,
 }
 
 fn heartbeat_timer(period: Duration) -> Interval {

@@ -583,6 +583,7 @@ impl Supervisor {
             "starting batch runner"
         );
         let (task_id, epoch) = (config.task_id, config.epoch);
+        let earlier_batches = plan::earlier_batches(&config, &self.batches);
         let (config_tx, config_rx) = watch::channel(config);
         let stop = StopSignal::child_of(&self.runners_stop);
         let runner = BatchRunner::new(
@@ -591,6 +592,7 @@ impl Supervisor {
             stop.clone(),
             next_seq,
             self.notices_tx.clone(),
+            &earlier_batches,
         );
         let handle = self.joins.spawn(runner.run());
         self.join_ids.insert(handle.id(), batch_id);

@@ -7,12 +7,14 @@
 //! task or timer each. This module is pure.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use monitor_core::messages::{
-    Event, EventKind, Holders, Price, TargetRef, TargetSpec, TokenSnapshot, Trade,
+    Event, EventKind, Holders, Price, Side, TargetRef, TargetSpec, TokenSnapshot, Trade,
 };
 
-use crate::birdeye::{address_key, PriceData, TradeData};
+use crate::birdeye::{address_key, Channel, PriceData, TradeData};
+use crate::history::Repeats;
 use crate::holders::HolderSnapshot;
 use crate::window::{Observation, Placement, TargetWindows};
 
@@ -44,6 +46,21 @@ pub enum Outcome {
     Unknown,
     /// Older than every window of the target: counted and dropped.
     TooOld,
+    /// Already in the stored events read back: published and judged before, so dropped.
+    Repeat,
+}
+
+/// Result of one stored event read back into the windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// Added to at least one window.
+    Added,
+    /// A trade or candle already counted, from the live feed or from an earlier stored copy.
+    Repeat,
+    /// Older than every window of the target.
+    TooOld,
+    /// Not an observation of a target of this batch.
+    NotOurs,
 }
 
 /// The targets of a batch, looked up by address.
@@ -53,6 +70,8 @@ pub struct Targets {
     index: HashMap<String, usize>,
     /// Addresses listed more than once in the batch; only the first entry is used.
     duplicates: Vec<String>,
+    /// Trades and candles seen while stored copies may still come, so that none counts twice.
+    repeats: Option<Repeats>,
 }
 
 impl Targets {
@@ -127,54 +146,90 @@ impl Targets {
                 state.market = previous.market;
             }
         }
+        next.repeats = self.repeats.take();
         *self = next;
     }
 
-    /// Turns a candle into a `Price` event.
+    /// Turns a candle into a `Price` event, or [`Outcome::Repeat`] for a candle that the stored
+    /// events read back already carry.
     pub fn on_price(&mut self, price: &PriceData, ingest_time_ms: i64) -> Outcome {
+        let Some(&position) = self.index.get(&*address_key(&price.address)) else {
+            return Outcome::Unknown;
+        };
+        // The candle volume is in token units; it is not converted to USD here.
+        let candle = Price {
+            open: price.open,
+            high: price.high,
+            low: price.low,
+            close: price.close,
+            volume_usd: None,
+        };
+        if self.repeats.is_some() {
+            let key = candle_key(&self.states[position].spec.address, price.time_ms, &candle);
+            if self.is_live_repeat(Channel::Prices, key, price.time_ms) {
+                return Outcome::Repeat;
+            }
+        }
         let observation = Observation::Price {
             open: price.open,
             high: price.high,
             low: price.low,
             close: price.close,
         };
-        // The candle volume is in token units; it is not converted to USD here.
-        let kind = EventKind::Price(Price {
-            open: price.open,
-            high: price.high,
-            low: price.low,
-            close: price.close,
-            volume_usd: None,
-        });
-        self.observe(
-            &price.address,
+        let kind = EventKind::Price(candle);
+        self.observe_at(
+            position,
             price.time_ms,
             ingest_time_ms,
-            observation,
+            Some(observation),
             kind,
         )
     }
 
-    /// Turns a trade into a `Trade` event.
+    /// Turns a trade into a `Trade` event, or [`Outcome::Repeat`] for a trade that the stored
+    /// events read back already carry.
     pub fn on_trade(&mut self, trade: &TradeData, ingest_time_ms: i64) -> Outcome {
-        let observation = Observation::Trade {
-            side: trade.side,
-            volume_usd: trade.volume_usd,
+        let Some(&position) = self.index.get(&*address_key(&trade.address)) else {
+            return Outcome::Unknown;
         };
-        let kind = EventKind::Trade(Trade {
+        let event = Trade {
             side: trade.side,
             volume_usd: trade.volume_usd,
             price_usd: trade.price_usd,
             tx_hash: trade.tx_hash.clone(),
             owner: trade.owner.clone(),
-        });
-        self.observe(
-            &trade.address,
+        };
+        if self.repeats.is_some() {
+            let key = trade_key(&self.states[position].spec.address, trade.time_ms, &event);
+            if self.is_live_repeat(Channel::Trades, key, trade.time_ms) {
+                return Outcome::Repeat;
+            }
+        }
+        let observation = Observation::Trade {
+            side: trade.side,
+            volume_usd: trade.volume_usd,
+        };
+        let kind = EventKind::Trade(event);
+        self.observe_at(
+            position,
             trade.time_ms,
             ingest_time_ms,
-            observation,
+            Some(observation),
             kind,
         )
+    }
+
+    /// Records a live observation while stored copies may come; drops the records once none
+    /// can.
+    fn is_live_repeat(&mut self, channel: Channel, key: u64, time_ms: i64) -> bool {
+        let Some(repeats) = &mut self.repeats else {
+            return false;
+        };
+        let repeat = repeats.live(channel, key, time_ms);
+        if repeats.is_done() {
+            self.repeats = None;
+        }
+        repeat
     }
 
     /// Turns a holder poll into a `Holders` event; the source time is the poll's time.
@@ -204,24 +259,77 @@ impl Targets {
         )
     }
 
-    fn observe(
-        &mut self,
-        address: &str,
-        source_time_ms: i64,
-        ingest_time_ms: i64,
-        observation: Observation,
-        kind: EventKind,
-    ) -> Outcome {
-        let Some(&position) = self.index.get(&*address_key(address)) else {
-            return Outcome::Unknown;
+    /// Starts comparing live and stored observations: stored events will be read back.
+    pub fn start_history(&mut self) {
+        self.repeats = Some(Repeats::default());
+    }
+
+    /// Marks the end of the stored events. Live observations are still compared until the
+    /// feed has moved past the newest stored one of their channel.
+    pub fn end_history(&mut self) {
+        if let Some(repeats) = &mut self.repeats {
+            repeats.end_history();
+            if repeats.is_done() {
+                self.repeats = None;
+            }
+        }
+    }
+
+    /// Adds the observation of a stored event to its target's windows, without producing an
+    /// event. A trade or candle counts once however often it was stored or received live,
+    /// from [`Targets::start_history`] on.
+    pub fn restore(&mut self, event: &Event) -> Restored {
+        let Some(target) = &event.target else {
+            return Restored::NotOurs;
         };
-        self.observe_at(
-            position,
-            source_time_ms,
-            ingest_time_ms,
-            Some(observation),
-            kind,
-        )
+        let Some(&position) = self.index.get(&*address_key(&target.address)) else {
+            return Restored::NotOurs;
+        };
+        let target_address = &self.states[position].spec.address;
+        let (observation, repeat_key) = match &event.kind {
+            EventKind::Trade(trade) => (
+                Observation::Trade {
+                    side: trade.side,
+                    volume_usd: trade.volume_usd,
+                },
+                Some((
+                    Channel::Trades,
+                    trade_key(target_address, event.source_time_ms, trade),
+                )),
+            ),
+            EventKind::Price(candle) => (
+                Observation::Price {
+                    open: candle.open,
+                    high: candle.high,
+                    low: candle.low,
+                    close: candle.close,
+                },
+                Some((
+                    Channel::Prices,
+                    candle_key(target_address, event.source_time_ms, candle),
+                )),
+            ),
+            // Holder counts come from polls, never twice for one time.
+            EventKind::Holders(Holders {
+                holders: Some(holders),
+                ..
+            }) => (Observation::Holders { holders: *holders }, None),
+            _ => return Restored::NotOurs,
+        };
+        if let (Some((channel, key)), Some(repeats)) = (repeat_key, &mut self.repeats) {
+            if repeats.stored(channel, key, event.source_time_ms) {
+                return Restored::Repeat;
+            }
+        }
+        let windows = &mut self.states[position].windows;
+        if windows
+            .observe(event.source_time_ms, observation)
+            .is_dropped()
+        {
+            Restored::TooOld
+        } else {
+            Restored::Added
+        }
     }
 
     fn observe_at(
@@ -260,9 +368,34 @@ impl Targets {
     }
 }
 
+/// Returns the identity of a trade across reports: a hash of its target, source time, side,
+/// amount, transaction and wallet.
+fn trade_key(target: &str, time_ms: i64, trade: &Trade) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    target.hash(&mut hasher);
+    time_ms.hash(&mut hasher);
+    matches!(trade.side, Side::Buy).hash(&mut hasher);
+    trade.volume_usd.to_bits().hash(&mut hasher);
+    trade.tx_hash.hash(&mut hasher);
+    trade.owner.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Returns the identity of a candle across reports: a hash of its target, source time and
+/// prices.
+fn candle_key(target: &str, time_ms: i64, candle: &Price) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    target.hash(&mut hasher);
+    time_ms.hash(&mut hasher);
+    for price in [candle.open, candle.high, candle.low, candle.close] {
+        price.to_bits().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 #[cfg(test)]
 mod tests {
-    use monitor_core::messages::Side;
+    use monitor_core::messages::{Side, WindowStats};
 
     use super::*;
 
@@ -473,5 +606,126 @@ mod tests {
         let snapshot = event.snapshot.unwrap();
         assert_eq!(snapshot.market_cap, Some(5.0));
         assert_eq!(snapshot.window(60).unwrap().volume_usd, 11.0);
+    }
+
+    /// Returns the events an earlier runner of the same targets published for `trades`.
+    fn stored(trades: &[TradeData]) -> Vec<Event> {
+        let mut earlier = Targets::new(&[spec(1, WETH, None), spec(2, PEPE, None)], &[300]);
+        trades
+            .iter()
+            .map(|t| event(earlier.on_trade(t, t.time_ms)))
+            .collect()
+    }
+
+    fn w300(outcome: Outcome) -> WindowStats {
+        event(outcome)
+            .snapshot
+            .unwrap()
+            .window(300)
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn restored_trades_fill_later_windows() {
+        let mut targets = Targets::new(&[spec(1, WETH, None)], &[300]);
+        targets.start_history();
+        let history = stored(&[
+            trade(WETH, T0, Side::Buy, 100.0),
+            trade(PEPE, T0 + 500, Side::Buy, 7.0),
+            trade(WETH, T0 + 1_000, Side::Sell, 40.0),
+        ]);
+        let restored: Vec<Restored> = history.iter().map(|e| targets.restore(e)).collect();
+        assert_eq!(
+            restored,
+            vec![Restored::Added, Restored::NotOurs, Restored::Added]
+        );
+        assert_eq!(targets.progress(), 0.0, "stored events are not live data");
+
+        let mut live = trade(WETH, T0 + 2_000, Side::Buy, 10.0);
+        live.tx_hash = Some("0xdef".into());
+        let window = w300(targets.on_trade(&live, T0 + 2_000));
+        assert_eq!(window.trades, 3);
+        assert_eq!(window.volume_usd, 150.0);
+        assert_eq!(window.buy_usd, 110.0);
+        assert_eq!(targets.progress(), 100.0);
+    }
+
+    #[test]
+    fn trade_both_stored_and_received_live_counts_once() {
+        let mut targets = Targets::new(&[spec(1, WETH, None)], &[300]);
+        targets.start_history();
+        let first = trade(WETH, T0, Side::Buy, 100.0);
+        let mut second = trade(WETH, T0 + 1_000, Side::Buy, 30.0);
+        second.tx_hash = Some("0xdef".into());
+        let history = stored(&[first.clone(), second.clone()]);
+
+        // Stored first, then live: the live copy was published before, so it is dropped.
+        assert_eq!(targets.restore(&history[0]), Restored::Added);
+        assert_eq!(targets.on_trade(&first, T0 + 5), Outcome::Repeat);
+
+        // Live first, then stored (twice, as two runners stored it).
+        let window = w300(targets.on_trade(&second, T0 + 1_005));
+        assert_eq!((window.trades, window.volume_usd), (2, 130.0));
+        assert_eq!(targets.restore(&history[1]), Restored::Repeat);
+        assert_eq!(targets.restore(&history[1]), Restored::Repeat);
+    }
+
+    #[test]
+    fn repeats_end_once_feed_passes_history() {
+        let mut targets = Targets::new(&[spec(1, WETH, None)], &[300]);
+        targets.start_history();
+        let first = trade(WETH, T0, Side::Buy, 100.0);
+        assert_eq!(
+            targets.restore(&stored(std::slice::from_ref(&first))[0]),
+            Restored::Added
+        );
+        targets.end_history();
+
+        // A feed that sends the stored trade again after the history ended.
+        assert_eq!(targets.on_trade(&first, T0 + 5), Outcome::Repeat);
+        let mut newer = trade(WETH, T0 + 1, Side::Sell, 20.0);
+        newer.tx_hash = Some("0xdef".into());
+        let window = w300(targets.on_trade(&newer, T0 + 6));
+        assert_eq!((window.trades, window.volume_usd), (2, 120.0));
+
+        // Past the newest stored trade, nothing is compared any more.
+        let window = w300(targets.on_trade(&first, T0 + 7));
+        assert_eq!(window.trades, 3);
+    }
+
+    #[test]
+    fn candle_stored_and_live_goes_out_once() {
+        let mut targets = Targets::new(&[spec(1, WETH, None)], &[300]);
+        let mut earlier = Targets::new(&[spec(1, WETH, None)], &[300]);
+        let bar = candle(WETH, T0, 1600.0, 1610.0);
+        targets.start_history();
+        assert_eq!(
+            targets.restore(&event(earlier.on_price(&bar, T0))),
+            Restored::Added
+        );
+        assert_eq!(targets.on_price(&bar, T0 + 5), Outcome::Repeat);
+        let next = candle(WETH, T0 + 60_000, 1610.0, 1620.0);
+        assert!(matches!(
+            targets.on_price(&next, T0 + 60_005),
+            Outcome::Event(_)
+        ));
+    }
+
+    #[test]
+    fn restored_candles_set_window_start() {
+        let mut targets = Targets::new(&[spec(1, WETH, None)], &[300]);
+        let mut earlier = Targets::new(&[spec(1, WETH, None)], &[300]);
+        let candle_event = event(earlier.on_price(&candle(WETH, T0, 1600.0, 1610.0), T0));
+        let holders_event = event(earlier.on_holders(&holder_poll(WETH, T0, 900), T0));
+        assert_eq!(targets.restore(&candle_event), Restored::Added);
+        assert_eq!(targets.restore(&holders_event), Restored::Added);
+
+        let live = targets.on_price(&candle(WETH, T0 + 60_000, 1650.0, 1660.0), T0 + 60_000);
+        let window = w300(live);
+        assert_eq!(window.start_price, Some(1600.0));
+        assert_eq!(window.high, Some(1660.0));
+        let window = w300(targets.on_holders(&holder_poll(WETH, T0 + 60_000, 950), T0));
+        assert_eq!(window.start_holders, Some(900));
     }
 }

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use monitor_core::messages::{
-    BatchStatus, EventKind, Side, StatusChange, StatusMessage, StatusScope,
+    BatchStatus, Event, EventKind, Side, StatusChange, StatusMessage, StatusScope, WindowStats,
 };
 use monitor_core::rules::{PriceChangeRule, TokenRules, VolumeRule};
 use monitor_core::settings::RuntimeSettings;
@@ -679,6 +679,146 @@ async fn epoch_switch_across_instances_keeps_old_batch() {
 
     a.stop().await;
     b.stop().await;
+    nats.cleanup().await;
+}
+
+/// Returns the 300 s window figures of the event of trade `tx` that batch `batch_id` published, and the
+/// volume of trades `0..=tx` as published by any batch.
+fn window_at_trade(frames: &[Published], batch_id: u64, tx: usize) -> (WindowStats, f64) {
+    let hash = |event: &Event| match &event.kind {
+        EventKind::Trade(trade) => trade.tx_hash.clone(),
+        _ => None,
+    };
+    let event = frames
+        .iter()
+        .filter(|p| p.frame.batch_id == Some(batch_id))
+        .flat_map(|p| &p.frame.events)
+        .find(|e| hash(e) == Some(tx_hash(tx)))
+        .unwrap_or_else(|| panic!("batch {batch_id} published no trade {tx}"));
+    let window = event
+        .snapshot
+        .as_ref()
+        .unwrap()
+        .window(300)
+        .unwrap()
+        .clone();
+    let mut volumes = std::collections::BTreeMap::new();
+    for event in frames.iter().flat_map(|p| &p.frame.events) {
+        if let (Some(hash), EventKind::Trade(trade)) = (hash(event), &event.kind) {
+            volumes.insert(hash, trade.volume_usd);
+        }
+    }
+    let expected = (0..=tx).map(|t| volumes[&tx_hash(t)]).sum();
+    (window, expected)
+}
+
+/// A feed of WETH trades and the readers of the events and status streams, for the tests of
+/// windows across runners.
+struct WindowRun {
+    server: FeedServer,
+    trades: Vec<RecordedTrade>,
+    events: StreamReader,
+    status: StreamReader,
+    records: Vec<StatusRecord>,
+    frames: Vec<Published>,
+}
+
+impl WindowRun {
+    /// Puts task `task_id` with WETH in batch `batch_id` of epoch 1, under a 300 s volume rule.
+    async fn start(nats: &Nats, task_id: u64, batch_id: u64) -> WindowRun {
+        let run = WindowRun {
+            server: FeedServer::start(|_| vec![]).await,
+            trades: recorded_trades(4),
+            events: StreamReader::new(&nats.js, &nats.subjects().events_stream()).await,
+            status: StreamReader::new(&nats.js, &nats.subjects().status_stream()).await,
+            records: Vec::new(),
+            frames: Vec::new(),
+        };
+        nats.put_batch(&batch(batch_id, task_id, 1, &[(1, WETH, None)]))
+            .await;
+        nats.put_task(&task(task_id, 1, volume_only(300), &[batch_id]))
+            .await;
+        run
+    }
+
+    /// Waits until batch `batch_id` reports `status` (again).
+    async fn wait_for(&mut self, batch_id: u64, status: BatchStatus) {
+        self.records.clear();
+        read_change(&mut self.status, &mut self.records, batch_id, status).await;
+    }
+
+    /// Sends WETH trade `tx` and waits until batch `batch_id` has published it.
+    async fn trade(&mut self, tx: usize, batch_id: u64, what: &str) {
+        let frame = simple_trade_frame(WETH, &self.trades[tx], tx);
+        self.server.push(FeedChannel::Trades, WETH, frame);
+        read_trade(&mut self.events, &mut self.frames, batch_id, tx, what).await;
+    }
+}
+
+#[tokio::test]
+async fn restarted_ingest_reads_its_windows_back() {
+    let nats = Nats::new(&unique_prefix("history_restart")).await;
+    let mut run = WindowRun::start(&nats, 7, 701).await;
+    let first = Ingest::start(&nats, &run.server, |_| {});
+    run.wait_for(701, BatchStatus::Running).await;
+    run.trade(0, 701, "the first trade").await;
+    run.trade(1, 701, "the second trade").await;
+    let first_id = first.consumer_id.clone();
+    first.stop().await;
+
+    // A restarted process has a new producer id (its random run part) and empty windows
+    // until it reads the stored frames back.
+    let restarted_prefix = format!("{}-restarted", nats.settings.subject_prefix);
+    let second = Ingest::start(&nats, &run.server, |settings| {
+        settings.runtime.consumer_id_prefix = Some(restarted_prefix)
+    });
+    assert_ne!(second.consumer_id, first_id);
+    run.wait_for(701, BatchStatus::Running).await;
+    run.trade(2, 701, "the trade after the restart").await;
+
+    let (window, volume) = window_at_trade(&run.frames, 701, 2);
+    assert_eq!(
+        window.trades, 3,
+        "both earlier trades and the new one: {window:?}"
+    );
+    assert!(
+        (window.volume_usd - volume).abs() < 1e-6,
+        "window volume {} against {volume} for the three trades",
+        window.volume_usd
+    );
+
+    second.stop().await;
+    nats.cleanup().await;
+}
+
+#[tokio::test]
+async fn epoch_switch_carries_windows_over_once() {
+    let nats = Nats::new(&unique_prefix("history_epoch")).await;
+    let mut run = WindowRun::start(&nats, 8, 801).await;
+    let ingest = Ingest::start(&nats, &run.server, |_| {});
+    run.wait_for(801, BatchStatus::Running).await;
+    run.trade(0, 801, "the first trade").await;
+    run.trade(1, 801, "the second trade").await;
+
+    // The new epoch moves WETH to batch 802. While both run, a trade reaches both, and both
+    // publish it; the new batch must count it once.
+    nats.put_batch(&batch(802, 8, 2, &[(1, WETH, None), (2, PEPE, None)]))
+        .await;
+    nats.put_task(&task(8, 2, volume_only(300), &[802])).await;
+    run.wait_for(802, BatchStatus::Running).await;
+    run.trade(2, 801, "the old batch during the overlap").await;
+    run.wait_for(801, BatchStatus::Stopped).await;
+    run.trade(3, 802, "the new batch after the switch").await;
+
+    let (window, volume) = window_at_trade(&run.frames, 802, 3);
+    assert_eq!(window.trades, 4, "trades 0 to 3, each once: {window:?}");
+    assert!(
+        (window.volume_usd - volume).abs() < 1e-6,
+        "window volume {} against {volume} for the four trades",
+        window.volume_usd
+    );
+
+    ingest.stop().await;
     nats.cleanup().await;
 }
 

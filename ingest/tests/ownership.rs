@@ -23,6 +23,11 @@ use support::*;
 
 const TASK_ID: u64 = 70;
 const BATCHES: u64 = 12;
+/// Feed for the handover tests: one timeline for every connection, so the new owner gets the
+/// trades from its subscription on, as from Birdeye. A replay from the first row would send it
+/// trades that the old owner already published, and it drops those as repeats of its window
+/// history.
+const LIVE_FEED: &[&str] = &["--speed", "1", "--loop", "--live"];
 
 fn batch_ids() -> Vec<u64> {
     (1..=BATCHES).map(|n| 7000 + n).collect()
@@ -130,7 +135,7 @@ fn now_ms() -> i64 {
 async fn second_instance_takes_half_without_gap() {
     let env = TestEnv::new("ingest_second_instance").await;
     let nats = nats_of(&env).await;
-    let feed = FeedReplayProcess::start(&env, &["--speed", "1", "--loop"]).await;
+    let feed = FeedReplayProcess::start(&env, LIVE_FEED).await;
     let frames = collect_frames(&nats).await;
     let status = collect_status(&nats).await;
     put_batches(&nats).await;
@@ -474,7 +479,7 @@ async fn nats_restart_keeps_every_lease() {
 async fn stopping_instance_hands_over_without_gap() {
     let env = TestEnv::new("ingest_stopping_instance").await;
     let nats = nats_of(&env).await;
-    let feed = FeedReplayProcess::start(&env, &["--speed", "1", "--loop"]).await;
+    let feed = FeedReplayProcess::start(&env, LIVE_FEED).await;
     let frames = collect_frames(&nats).await;
     let status = collect_status(&nats).await;
     put_batches(&nats).await;
