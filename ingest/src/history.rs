@@ -45,6 +45,9 @@ pub const HISTORY_TAIL: Duration = Duration::from_secs(SUBSCRIBE_SETTLE.as_secs(
 /// Maximum time a runner holds back the feed data of its open connections until its history
 /// has caught up. Beyond it, the runner reads on with partial windows.
 pub const HISTORY_WAIT_LIMIT: Duration = Duration::from_secs(5);
+/// Time without a new frame after which the reader counts as caught up, even if the stream
+/// counted more frames at the start.
+const IDLE_CAUGHT_UP: Duration = Duration::from_secs(1);
 /// Frames decoded ahead of the runner.
 const READ_AHEAD_FRAMES: usize = 8;
 /// Keys remembered per channel and source (live feed, stream). Copies of one trade published by
@@ -194,6 +197,14 @@ async fn read_frames(
         let next = tokio::select! {
             () = sender.closed() => return Ok(()),
             next = messages.next() => next,
+            // Frames counted as pending at the start may have expired from the stream since.
+            () = tokio::time::sleep(IDLE_CAUGHT_UP), if !caught_up => {
+                caught_up = true;
+                if sender.send(Read::CaughtUp).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
         };
         let Some(message) = next.transpose()? else {
             return Ok(());
