@@ -16,6 +16,10 @@
 //! going, and the runner counts an observation once when it arrives both ways ([`Repeats`]).
 //! Frames the runner itself published are skipped.
 //!
+//! A config change that adds window lengths reads their history the same way, for the new
+//! windows only, up to the last frame stored at the change, so the events counted live since
+//! the change are not read back.
+//!
 //! Produces [`EventFrame`]s through [`History::next`]; which events apply to which target is
 //! the runner's business. A read that fails (NATS down, stream missing) is logged in one line
 //! and ends the history: the windows then hold live data only, as without it.
@@ -60,6 +64,9 @@ pub struct HistoryRequest {
     pub stream: String,
     pub subjects: Vec<String>,
     pub since_ms: i64,
+    /// Whether to go on reading frames stored later, until the runner ends the history, or to
+    /// stop at the last frame stored when the read starts.
+    pub follow: bool,
     /// The reading runner's own frames, which are skipped.
     pub own: OwnFrames,
 }
@@ -84,6 +91,16 @@ enum Read {
     Frame(EventFrame),
     /// Every frame stored when the read started has been passed on.
     CaughtUp,
+}
+
+/// An item of a history read, from [`History::next`].
+#[derive(Debug)]
+pub enum Stored {
+    Frame(EventFrame),
+    /// Every frame stored when the read started has come out.
+    CaughtUp,
+    /// The history has ended.
+    End,
 }
 
 /// The history of one runner, read in the background.
@@ -137,20 +154,23 @@ impl History {
         self.started.elapsed()
     }
 
-    /// Returns the next stored frame, or `None` once the history has ended. Cancel-safe.
-    pub async fn next(&mut self) -> Option<EventFrame> {
-        loop {
-            let closing = self.close_at.filter(|_| self.caught_up_after.is_some());
-            if closing.is_some_and(|at| at <= Instant::now()) {
-                return None;
-            }
-            tokio::select! {
-                read = self.frames.recv() => match read? {
-                    Read::Frame(frame) => return Some(frame),
-                    Read::CaughtUp => self.caught_up_after = Some(self.started.elapsed()),
-                },
-                () = sleep_until(closing.unwrap_or_else(Instant::now)), if closing.is_some() => return None,
-            }
+    /// Returns what comes next: a stored frame, the moment the reader caught up (so that the
+    /// runner reads its feed again), or the end. Cancel-safe.
+    pub async fn next(&mut self) -> Stored {
+        let closing = self.close_at.filter(|_| self.caught_up_after.is_some());
+        if closing.is_some_and(|at| at <= Instant::now()) {
+            return Stored::End;
+        }
+        tokio::select! {
+            read = self.frames.recv() => match read {
+                Some(Read::Frame(frame)) => Stored::Frame(frame),
+                Some(Read::CaughtUp) => {
+                    self.caught_up_after = Some(self.started.elapsed());
+                    Stored::CaughtUp
+                }
+                None => Stored::End,
+            },
+            () = sleep_until(closing.unwrap_or_else(Instant::now)), if closing.is_some() => Stored::End,
         }
     }
 }
@@ -177,7 +197,11 @@ async fn read_frames(
     request: &HistoryRequest,
     sender: &mpsc::Sender<Read>,
 ) -> anyhow::Result<()> {
-    let stream = js.get_stream(&request.stream).await?;
+    let mut stream = js.get_stream(&request.stream).await?;
+    let last_sequence = match request.follow {
+        true => u64::MAX,
+        false => stream.info().await?.state.last_sequence,
+    };
     let start_time = datetime::from_nanos(i128::from(request.since_ms) * 1_000_000)
         .map_err(|error| anyhow::anyhow!(error))?;
     let consumer = stream
@@ -189,7 +213,7 @@ async fn read_frames(
         })
         .await?;
     let mut caught_up = consumer.cached_info().num_pending == 0;
-    if caught_up && sender.send(Read::CaughtUp).await.is_err() {
+    if caught_up && (sender.send(Read::CaughtUp).await.is_err() || !request.follow) {
         return Ok(());
     }
     let mut messages = consumer.messages().await?;
@@ -200,7 +224,7 @@ async fn read_frames(
             // Frames counted as pending at the start may have expired from the stream since.
             () = tokio::time::sleep(IDLE_CAUGHT_UP), if !caught_up => {
                 caught_up = true;
-                if sender.send(Read::CaughtUp).await.is_err() {
+                if sender.send(Read::CaughtUp).await.is_err() || !request.follow {
                     return Ok(());
                 }
                 continue;
@@ -209,7 +233,12 @@ async fn read_frames(
         let Some(message) = next.transpose()? else {
             return Ok(());
         };
-        let pending = message.info().map_err(anyhow::Error::msg)?.pending;
+        let info = message.info().map_err(anyhow::Error::msg)?;
+        let (sequence, pending) = (info.stream_sequence, info.pending);
+        if sequence > last_sequence {
+            sender.send(Read::CaughtUp).await.ok();
+            return Ok(());
+        }
         match codec::decode::<EventFrame>(&message.payload) {
             Ok(frame) if request.own.contains(&frame) => {}
             Ok(frame) => {
@@ -221,11 +250,15 @@ async fn read_frames(
                 debug!(subject = %message.subject, error = %error, "stored frame cannot be decoded, skipped in the window history");
             }
         }
-        if !caught_up && pending == 0 {
+        let at_end = pending == 0 || sequence == last_sequence;
+        if !caught_up && at_end {
             caught_up = true;
             if sender.send(Read::CaughtUp).await.is_err() {
                 return Ok(());
             }
+        }
+        if caught_up && !request.follow {
+            return Ok(());
         }
     }
 }

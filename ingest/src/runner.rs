@@ -32,7 +32,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::birdeye::{self, Channel, FeedMessage, ParseError};
 use crate::feed::{FeedConnection, FeedEvent};
-use crate::history::{History, HistoryRequest, OwnFrames, HISTORY_SLACK, HISTORY_WAIT_LIMIT};
+use crate::history::{
+    History, HistoryRequest, OwnFrames, Repeats, Stored, HISTORY_SLACK, HISTORY_WAIT_LIMIT,
+};
 use crate::holders::{HolderPolls, HolderSnapshot};
 use crate::publish::{EncodeError, FrameHeader, FrameOutcome, FramePublisher};
 use crate::settings::FeedSettings;
@@ -186,11 +188,17 @@ pub struct BatchRunner {
     trades: FeedConnection,
     /// Snapshots from the holder poller, while the rules need holders.
     holder_snapshots: Option<mpsc::Receiver<HolderSnapshot>>,
-    /// The history read to start with; `None` when the windows need none.
-    history_request: Option<HistoryRequest>,
-    /// Stored events read back into the windows, from the start until shortly after `running`.
-    history: Option<History>,
-    history_counts: HistoryCounts,
+    /// Event subjects whose stored frames hold the history of the targets: the batch's own and
+    /// those of the earlier batches of its targets.
+    history_subjects: Vec<String>,
+    /// Stored events read back into every window, from the start until shortly after `running`.
+    start_read: Option<HistoryRead>,
+    /// Stored events read back into the windows of lengths that a config change added.
+    new_windows_read: Option<HistoryRead>,
+    /// Live trades and candles dropped because the stored events read back carried them.
+    live_repeats: u64,
+    /// Sequence number of the batch's next frame, shared with the publisher.
+    next_seq: Arc<AtomicU64>,
     frames: FramePublisher,
     status: StatusPublisher,
     source: StatusSource,
@@ -239,13 +247,14 @@ impl BatchRunner {
         )
         .with_max_frame_bytes(context.feed.max_frame_bytes);
 
-        let history_request = history_request(
-            &context,
-            &config,
-            &targets,
-            earlier_batches,
-            next_seq.load(Ordering::Relaxed),
-        );
+        let history_subjects = std::iter::once(batch_id)
+            .chain(earlier_batches.iter().copied())
+            .map(|id| {
+                context
+                    .subjects
+                    .batch_events(config.chain, config.task_id, id)
+            })
+            .collect();
         let frames = FramePublisher::new(
             context.js.clone(),
             context
@@ -258,7 +267,7 @@ impl BatchRunner {
                 chain: config.chain,
                 producer: context.consumer_id.clone(),
             },
-            next_seq,
+            Arc::clone(&next_seq),
             context.max_buffered_events,
         );
         let status = StatusPublisher::new(
@@ -281,9 +290,11 @@ impl BatchRunner {
             prices,
             trades,
             holder_snapshots: None,
-            history_request,
-            history: None,
-            history_counts: HistoryCounts::default(),
+            history_subjects,
+            start_read: None,
+            new_windows_read: None,
+            live_repeats: 0,
+            next_seq,
             frames,
             status,
             source,
@@ -334,10 +345,7 @@ impl BatchRunner {
             let holding = self.holds_feed();
             let read_prices = reading && !(holding && self.prices.is_open());
             let read_trades = reading && !(holding && self.trades.is_open());
-            let hold_until = self
-                .history
-                .as_ref()
-                .map_or_else(Instant::now, History::hold_deadline);
+            let hold_until = self.hold_deadline();
             tokio::select! {
                 () = self.stop.stopped() => break,
                 changed = self.config_rx.changed() => match changed {
@@ -349,7 +357,8 @@ impl BatchRunner {
                 event = self.prices.next(), if read_prices => self.on_feed_events(Channel::Prices, event),
                 event = self.trades.next(), if read_trades => self.on_feed_events(Channel::Trades, event),
                 snapshot = next_snapshot(&mut self.holder_snapshots), if reading && !holding => self.on_holders(snapshot),
-                frame = next_stored(&mut self.history), if self.history.is_some() => self.on_stored(frame),
+                stored = next_stored(&mut self.start_read), if self.start_read.is_some() => self.on_stored(ReadKind::Start, stored),
+                stored = next_stored(&mut self.new_windows_read), if self.new_windows_read.is_some() => self.on_stored(ReadKind::NewWindows, stored),
                 () = sleep_until(hold_until), if holding => self.on_hold_limit(),
                 _ = heartbeat.tick() => self.queue_heartbeat(),
             }
@@ -373,6 +382,13 @@ impl BatchRunner {
         if next.window_lengths != self.config.window_lengths {
             info!(from = ?self.config.window_lengths, to = ?next.window_lengths, "window lengths changed");
             self.targets.set_window_lengths(&next.window_lengths);
+            let added: Vec<u32> = next
+                .window_lengths
+                .iter()
+                .filter(|length| !self.config.window_lengths.contains(length))
+                .map(|length| (*length).max(1))
+                .collect();
+            self.read_new_windows(added);
         }
         if next.batch != self.config.batch {
             let before = self.targets.addresses();
@@ -427,62 +443,110 @@ impl BatchRunner {
 
     /// Starts reading the stored events of the batch's targets back into their windows.
     fn start_history(&mut self) {
-        let Some(request) = self.history_request.take() else {
+        let Some(&longest) = self.config.window_lengths.iter().max() else {
             return;
         };
+        if self.targets.is_empty() {
+            return;
+        }
+        let request = self.history_request(longest, true);
         debug!(subjects = ?request.subjects, since_ms = request.since_ms, "reading the window history");
         self.targets.start_history();
-        self.history = Some(History::start(self.context.js.clone(), request));
+        self.start_read = Some(HistoryRead::start(&self.context.js, request, None));
     }
 
-    /// Returns whether feed data waits for the history to catch up.
+    /// Reads the stored events of the batch's targets into the windows of lengths that a
+    /// config change added, up to the last frame stored now.
+    fn read_new_windows(&mut self, lengths: Vec<u32>) {
+        let Some(&longest) = lengths.iter().max() else {
+            return;
+        };
+        if self.targets.is_empty() {
+            return;
+        }
+        // A start read that has not caught up still brings frames from before the change, into
+        // every window: a second read of those would count them twice.
+        let start_behind = self
+            .start_read
+            .as_ref()
+            .is_some_and(|read| read.history.caught_up_after().is_none());
+        if start_behind || self.new_windows_read.is_some() {
+            warn!(lengths = ?lengths, "new windows start from live data: an earlier window history is still being read");
+            return;
+        }
+        let request = self.history_request(longest, false);
+        debug!(subjects = ?request.subjects, since_ms = request.since_ms, lengths = ?lengths, "reading the history of new windows");
+        self.new_windows_read = Some(HistoryRead::start(&self.context.js, request, Some(lengths)));
+    }
+
+    /// Returns the read of the stored frames over the last `window_sec`, skipping the frames
+    /// this runner publishes from now on.
+    fn history_request(&self, window_sec: u32, follow: bool) -> HistoryRequest {
+        let span_ms = i64::from(window_sec) * 1000 + HISTORY_SLACK.as_millis() as i64;
+        HistoryRequest {
+            stream: self.context.subjects.events_stream(),
+            subjects: self.history_subjects.clone(),
+            since_ms: now_ms() - span_ms,
+            follow,
+            own: OwnFrames {
+                producer: self.context.consumer_id.clone(),
+                batch_id: self.source.batch_id,
+                first_seq: self.next_seq.load(Ordering::Relaxed),
+            },
+        }
+    }
+
+    fn reads(&self) -> impl Iterator<Item = &HistoryRead> {
+        self.start_read.iter().chain(&self.new_windows_read)
+    }
+
+    /// Returns whether feed data waits for a history read to catch up.
     fn holds_feed(&self) -> bool {
-        self.history.as_ref().is_some_and(History::holds_feed)
+        self.reads().any(|read| read.history.holds_feed())
+    }
+
+    /// Returns when the feed data stops waiting at the latest.
+    fn hold_deadline(&self) -> Instant {
+        self.reads()
+            .filter(|read| read.history.holds_feed())
+            .map(|read| read.history.hold_deadline())
+            .min()
+            .unwrap_or_else(Instant::now)
     }
 
     fn on_hold_limit(&mut self) {
-        if let Some(history) = &self.history {
-            if history.caught_up_after().is_none() {
+        for read in self.reads() {
+            let waited = read.history.hold_deadline() <= Instant::now();
+            if waited && read.history.caught_up_after().is_none() {
                 warn!(
                     wait_ms = HISTORY_WAIT_LIMIT.as_millis() as u64,
-                    frames = self.history_counts.frames,
+                    frames = read.counts.frames,
+                    lengths = ?read.lengths,
                     "window history not caught up in time, reading the feed with partial windows"
                 );
             }
         }
     }
 
-    /// Adds a stored frame's observations to the windows; `None` ends the history.
-    fn on_stored(&mut self, frame: Option<EventFrame>) {
-        let Some(history) = &self.history else {
+    /// Adds a stored frame's observations to the windows, or ends a history read.
+    fn on_stored(&mut self, kind: ReadKind, stored: Stored) {
+        let slot = match kind {
+            ReadKind::Start => &mut self.start_read,
+            ReadKind::NewWindows => &mut self.new_windows_read,
+        };
+        let Some(read) = slot else {
             return;
         };
-        let Some(frame) = frame else {
-            let counts = &self.history_counts;
-            info!(
-                frames = counts.frames,
-                added = counts.added,
-                repeats = counts.repeats,
-                live_repeats = counts.live_repeats,
-                too_old = counts.too_old,
-                caught_up_ms = history
-                    .caught_up_after()
-                    .map(|after| after.as_millis() as u64),
-                elapsed_ms = history.elapsed().as_millis() as u64,
-                "window history read"
-            );
-            self.history = None;
-            self.targets.end_history();
-            return;
-        };
-        let counts = &mut self.history_counts;
-        counts.frames += 1;
-        for event in &frame.events {
-            match self.targets.restore(event) {
-                Restored::Added => counts.added += 1,
-                Restored::Repeat => counts.repeats += 1,
-                Restored::TooOld => counts.too_old += 1,
-                Restored::NotOurs => {}
+        match stored {
+            Stored::Frame(frame) => read.add(&frame, &mut self.targets),
+            // The loop reads the feed again from its next pass.
+            Stored::CaughtUp => {}
+            Stored::End => {
+                read.log_end(self.live_repeats);
+                *slot = None;
+                if kind == ReadKind::Start {
+                    self.targets.end_history();
+                }
             }
         }
     }
@@ -598,7 +662,7 @@ impl BatchRunner {
                 self.frames.push(*event);
             }
             Outcome::Repeat => {
-                self.history_counts.live_repeats += 1;
+                self.live_repeats += 1;
                 debug!(channel = %channel, address, source_time_ms, "feed data already read back from the stream, dropped");
             }
             Outcome::Unknown => {
@@ -739,8 +803,8 @@ impl BatchRunner {
     fn set_status(&mut self, status: BatchStatus, reason: Option<String>) {
         self.batch_status = status;
         if status == BatchStatus::Running {
-            if let Some(history) = &mut self.history {
-                history.close_after_tail();
+            if let Some(read) = &mut self.start_read {
+                read.history.close_after_tail();
             }
         }
         let change = self
@@ -847,59 +911,87 @@ async fn next_snapshot(snapshots: &mut Option<mpsc::Receiver<HolderSnapshot>>) -
     std::future::pending().await
 }
 
-/// Next stored frame of the history; only polled while there is one.
-async fn next_stored(history: &mut Option<History>) -> Option<EventFrame> {
-    match history {
-        Some(history) => history.next().await,
+/// Returns what comes next from a history read; only polled while there is one.
+async fn next_stored(read: &mut Option<HistoryRead>) -> Stored {
+    match read {
+        Some(read) => read.history.next().await,
         None => std::future::pending().await,
     }
 }
 
-/// Returns what a runner reads back at its start: the stored frames of its own batch and of the
-/// earlier batches of its targets, over its longest window. `None` when its rules use no
-/// window or it has no target.
-fn history_request(
-    context: &RunnerContext,
-    config: &RunnerConfig,
-    targets: &Targets,
-    earlier_batches: &[u64],
-    first_seq: u64,
-) -> Option<HistoryRequest> {
-    let longest = config.window_lengths.iter().max()?;
-    if targets.is_empty() {
-        return None;
-    }
-    let batch_id = config.batch.batch_id;
-    let subjects = std::iter::once(batch_id)
-        .chain(earlier_batches.iter().copied())
-        .map(|id| {
-            context
-                .subjects
-                .batch_events(config.chain, config.task_id, id)
-        })
-        .collect();
-    let span_ms = i64::from(*longest) * 1000 + HISTORY_SLACK.as_millis() as i64;
-    Some(HistoryRequest {
-        stream: context.subjects.events_stream(),
-        subjects,
-        since_ms: now_ms() - span_ms,
-        own: OwnFrames {
-            producer: context.consumer_id.clone(),
-            batch_id,
-            first_seq,
-        },
-    })
+/// The two history reads of a runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadKind {
+    /// At the start, into every window.
+    Start,
+    /// After a config change, into the windows of the lengths it added.
+    NewWindows,
 }
 
-/// Counts of a runner's history, for the log line at its end.
+/// One history read of a runner and what it added so far.
+struct HistoryRead {
+    history: History,
+    /// The window lengths it fills; `None` for every window.
+    lengths: Option<Vec<u32>>,
+    /// The stored trades and candles of a read for new windows, which compares them only with
+    /// one another: the live ones went to the other windows.
+    seen: Repeats,
+    counts: HistoryCounts,
+}
+
+impl HistoryRead {
+    fn start(js: &jetstream::Context, request: HistoryRequest, lengths: Option<Vec<u32>>) -> Self {
+        HistoryRead {
+            history: History::start(js.clone(), request),
+            lengths,
+            seen: Repeats::default(),
+            counts: HistoryCounts::default(),
+        }
+    }
+
+    fn add(&mut self, frame: &EventFrame, targets: &mut Targets) {
+        let counts = &mut self.counts;
+        counts.frames += 1;
+        for event in &frame.events {
+            let restored = match &self.lengths {
+                None => targets.restore(event),
+                Some(lengths) => targets.restore_into(event, lengths, &mut self.seen),
+            };
+            match restored {
+                Restored::Added => counts.added += 1,
+                Restored::Repeat => counts.repeats += 1,
+                Restored::TooOld => counts.too_old += 1,
+                Restored::NotOurs => {}
+            }
+        }
+    }
+
+    fn log_end(&self, live_repeats: u64) {
+        let counts = &self.counts;
+        info!(
+            frames = counts.frames,
+            added = counts.added,
+            repeats = counts.repeats,
+            live_repeats,
+            too_old = counts.too_old,
+            caught_up_ms = self
+                .history
+                .caught_up_after()
+                .map(|after| after.as_millis() as u64),
+            elapsed_ms = self.history.elapsed().as_millis() as u64,
+            lengths = ?self.lengths,
+            "window history read"
+        );
+    }
+}
+
+/// Counts of a history read, for the log line at its end.
 #[derive(Debug, Default)]
 struct HistoryCounts {
     frames: u64,
     added: u64,
     /// Stored observations already counted.
     repeats: u64,
-    /// Live observations that the stored events already carried, dropped.
-    live_repeats: u64,
     too_old: u64,
 }
 

@@ -277,25 +277,58 @@ impl Targets {
 
     /// Adds the observation of a stored event to its target's windows, without producing an
     /// event. A trade or candle counts once however often it was stored or received live,
-    /// from [`Targets::start_history`] on.
+    /// from [`Targets::start_history`] to the end of comparing.
     pub fn restore(&mut self, event: &Event) -> Restored {
-        let Some(target) = &event.target else {
+        let Some(StoredObservation {
+            position,
+            observation,
+            key,
+        }) = self.stored_observation(event)
+        else {
             return Restored::NotOurs;
         };
-        let Some(&position) = self.index.get(&*address_key(&target.address)) else {
+        if let (Some((channel, key)), Some(repeats)) = (key, &mut self.repeats) {
+            if repeats.stored(channel, key, event.source_time_ms) {
+                return Restored::Repeat;
+            }
+        }
+        self.place(position, None, event.source_time_ms, observation)
+    }
+
+    /// Adds the observation of a stored event to its target's windows of `lengths` only, which
+    /// a config change added after the event was counted live. `seen` keeps the stored
+    /// observations of this read, so that one stored twice counts once.
+    pub fn restore_into(&mut self, event: &Event, lengths: &[u32], seen: &mut Repeats) -> Restored {
+        let Some(StoredObservation {
+            position,
+            observation,
+            key,
+        }) = self.stored_observation(event)
+        else {
             return Restored::NotOurs;
         };
+        if let Some((channel, key)) = key {
+            if seen.stored(channel, key, event.source_time_ms) {
+                return Restored::Repeat;
+            }
+        }
+        self.place(position, Some(lengths), event.source_time_ms, observation)
+    }
+
+    /// Returns what a stored event observed of which target; `None` when it is no observation
+    /// of a target of this batch.
+    fn stored_observation(&self, event: &Event) -> Option<StoredObservation> {
+        let target = event.target.as_ref()?;
+        let &position = self.index.get(&*address_key(&target.address))?;
         let target_address = &self.states[position].spec.address;
-        let (observation, repeat_key) = match &event.kind {
+        let time_ms = event.source_time_ms;
+        let (observation, key) = match &event.kind {
             EventKind::Trade(trade) => (
                 Observation::Trade {
                     side: trade.side,
                     volume_usd: trade.volume_usd,
                 },
-                Some((
-                    Channel::Trades,
-                    trade_key(target_address, event.source_time_ms, trade),
-                )),
+                Some((Channel::Trades, trade_key(target_address, time_ms, trade))),
             ),
             EventKind::Price(candle) => (
                 Observation::Price {
@@ -304,26 +337,32 @@ impl Targets {
                     low: candle.low,
                     close: candle.close,
                 },
-                Some((
-                    Channel::Prices,
-                    candle_key(target_address, event.source_time_ms, candle),
-                )),
+                Some((Channel::Prices, candle_key(target_address, time_ms, candle))),
             ),
-            // Holder counts come from polls, never twice for one time.
+            // Holder counts come from polls, and one seen twice leaves the figures as they are.
             EventKind::Holders(Holders {
                 holders: Some(holders),
                 ..
             }) => (Observation::Holders { holders: *holders }, None),
-            _ => return Restored::NotOurs,
+            _ => return None,
         };
-        if let (Some((channel, key)), Some(repeats)) = (repeat_key, &mut self.repeats) {
-            if repeats.stored(channel, key, event.source_time_ms) {
-                return Restored::Repeat;
-            }
-        }
+        Some(StoredObservation {
+            position,
+            observation,
+            key,
+        })
+    }
+
+    fn place(
+        &mut self,
+        position: usize,
+        lengths: Option<&[u32]>,
+        time_ms: i64,
+        observation: Observation,
+    ) -> Restored {
         let windows = &mut self.states[position].windows;
         if windows
-            .observe(event.source_time_ms, observation)
+            .observe_in(lengths, time_ms, observation)
             .is_dropped()
         {
             Restored::TooOld
@@ -366,6 +405,15 @@ impl Targets {
             }),
         }))
     }
+}
+
+/// What a stored event observed, and of which target.
+struct StoredObservation {
+    /// Position of the target in the batch.
+    position: usize,
+    observation: Observation,
+    /// Channel and identity of a trade or candle; holder counts have none.
+    key: Option<(Channel, u64)>,
 }
 
 /// Returns the identity of a trade across reports: a hash of its target, source time, side,
@@ -727,5 +775,49 @@ mod tests {
         assert_eq!(window.high, Some(1660.0));
         let window = w300(targets.on_holders(&holder_poll(WETH, T0 + 60_000, 950), T0));
         assert_eq!(window.start_holders, Some(900));
+    }
+
+    #[test]
+    fn restore_fills_only_the_given_lengths() {
+        let mut targets = Targets::new(&[spec(1, WETH, None)], &[60, 300]);
+        let history = stored(&[trade(WETH, T0, Side::Buy, 100.0)]);
+        let mut seen = Repeats::default();
+        assert_eq!(
+            targets.restore_into(&history[0], &[300], &mut seen),
+            Restored::Added
+        );
+        assert_eq!(
+            targets.restore_into(&history[0], &[300], &mut seen),
+            Restored::Repeat,
+            "the same trade stored twice"
+        );
+
+        let mut live = trade(WETH, T0 + 1_000, Side::Buy, 10.0);
+        live.tx_hash = Some("0xdef".into());
+        let snapshot = event(targets.on_trade(&live, T0 + 1_000)).snapshot.unwrap();
+        assert_eq!(snapshot.window(60).unwrap().volume_usd, 10.0);
+        assert_eq!(snapshot.window(300).unwrap().volume_usd, 110.0);
+    }
+
+    #[test]
+    fn new_window_reads_back_trades_counted_live() {
+        let mut targets = Targets::new(&[spec(1, WETH, None)], &[60]);
+        targets.start_history();
+        let counted = trade(WETH, T0, Side::Buy, 100.0);
+        targets.on_trade(&counted, T0);
+        targets.set_window_lengths(&[60, 300]);
+
+        // The start read compares with live trades; the read for the new window does not.
+        let history = stored(std::slice::from_ref(&counted));
+        let mut seen = Repeats::default();
+        assert_eq!(
+            targets.restore_into(&history[0], &[300], &mut seen),
+            Restored::Added
+        );
+        let mut live = trade(WETH, T0 + 1_000, Side::Buy, 10.0);
+        live.tx_hash = Some("0xdef".into());
+        let snapshot = event(targets.on_trade(&live, T0 + 1_000)).snapshot.unwrap();
+        assert_eq!(snapshot.window(60).unwrap().volume_usd, 110.0);
+        assert_eq!(snapshot.window(300).unwrap().volume_usd, 110.0);
     }
 }

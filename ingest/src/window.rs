@@ -297,6 +297,11 @@ impl Window {
         self.geometry.buckets as usize
     }
 
+    /// Returns whether the window has one of `lengths`; any window does when there are none.
+    fn is_one_of(&self, lengths: Option<&[u32]>) -> bool {
+        lengths.is_none_or(|lengths| lengths.contains(&self.geometry.window_sec))
+    }
+
     fn slot(&self, index: i64) -> usize {
         index.rem_euclid(i64::from(self.geometry.buckets)) as usize
     }
@@ -546,11 +551,22 @@ impl TargetWindows {
 
     /// Adds an observation to every window it is recent enough for.
     pub fn observe(&mut self, time_ms: i64, observation: Observation) -> Placement {
+        self.observe_in(None, time_ms, observation)
+    }
+
+    /// Adds an observation to the windows of the given lengths (all when `None`) that it is
+    /// recent enough for.
+    pub fn observe_in(
+        &mut self,
+        lengths: Option<&[u32]>,
+        time_ms: i64,
+        observation: Observation,
+    ) -> Placement {
         let mut placement = Placement::default();
         match observation {
             Observation::Trade { side, volume_usd } => {
                 let newest = advance(&mut self.newest.trade_ms, time_ms);
-                for window in &mut self.windows {
+                for window in self.windows.iter_mut().filter(|w| w.is_one_of(lengths)) {
                     count(
                         &mut placement,
                         window.add_trade(time_ms, newest, side, volume_usd),
@@ -564,7 +580,7 @@ impl TargetWindows {
                 close,
             } => {
                 let newest = advance(&mut self.newest.price_ms, time_ms);
-                for window in &mut self.windows {
+                for window in self.windows.iter_mut().filter(|w| w.is_one_of(lengths)) {
                     count(
                         &mut placement,
                         window.add_price(time_ms, newest, open, high, low),
@@ -579,7 +595,7 @@ impl TargetWindows {
             }
             Observation::Holders { holders } => {
                 let newest = advance(&mut self.newest.holders_ms, time_ms);
-                for window in &mut self.windows {
+                for window in self.windows.iter_mut().filter(|w| w.is_one_of(lengths)) {
                     count(&mut placement, window.add_holders(time_ms, newest, holders));
                 }
             }
