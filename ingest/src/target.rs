@@ -279,26 +279,25 @@ impl Targets {
     /// event. A trade or candle counts once however often it was stored or received live,
     /// from [`Targets::start_history`] to the end of comparing.
     pub fn restore(&mut self, event: &Event) -> Restored {
-        let Some(StoredObservation {
-            position,
-            observation,
-            key,
-        }) = self.stored_observation(event)
-        else {
-            return Restored::NotOurs;
-        };
-        if let (Some((channel, key)), Some(repeats)) = (key, &mut self.repeats) {
-            if repeats.stored(channel, key, event.source_time_ms) {
-                return Restored::Repeat;
-            }
-        }
-        self.place(position, None, event.source_time_ms, observation)
+        let mut repeats = self.repeats.take();
+        let restored = self.restore_with(event, None, repeats.as_mut());
+        self.repeats = repeats;
+        restored
     }
 
     /// Adds the observation of a stored event to its target's windows of `lengths` only, which
     /// a config change added after the event was counted live. `seen` keeps the stored
     /// observations of this read, so that one stored twice counts once.
     pub fn restore_into(&mut self, event: &Event, lengths: &[u32], seen: &mut Repeats) -> Restored {
+        self.restore_with(event, Some(lengths), Some(seen))
+    }
+
+    fn restore_with(
+        &mut self,
+        event: &Event,
+        lengths: Option<&[u32]>,
+        seen: Option<&mut Repeats>,
+    ) -> Restored {
         let Some(StoredObservation {
             position,
             observation,
@@ -307,12 +306,20 @@ impl Targets {
         else {
             return Restored::NotOurs;
         };
-        if let Some((channel, key)) = key {
+        if let (Some((channel, key)), Some(seen)) = (key, seen) {
             if seen.stored(channel, key, event.source_time_ms) {
                 return Restored::Repeat;
             }
         }
-        self.place(position, Some(lengths), event.source_time_ms, observation)
+        let windows = &mut self.states[position].windows;
+        if windows
+            .observe_in(lengths, event.source_time_ms, observation)
+            .is_dropped()
+        {
+            Restored::TooOld
+        } else {
+            Restored::Added
+        }
     }
 
     /// Returns what a stored event observed of which target; `None` when it is no observation
@@ -351,24 +358,6 @@ impl Targets {
             observation,
             key,
         })
-    }
-
-    fn place(
-        &mut self,
-        position: usize,
-        lengths: Option<&[u32]>,
-        time_ms: i64,
-        observation: Observation,
-    ) -> Restored {
-        let windows = &mut self.states[position].windows;
-        if windows
-            .observe_in(lengths, time_ms, observation)
-            .is_dropped()
-        {
-            Restored::TooOld
-        } else {
-            Restored::Added
-        }
     }
 
     fn observe_at(
