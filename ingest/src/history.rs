@@ -1,8 +1,8 @@
 //! Window history: a starting batch runner reads its targets' recent events back from the
 //! events stream, so that its windows go on from where the previous runner left them.
 //!
-//! A runner starts for targets that another runner watched before after a restart, a handover
-//! between instances, or an epoch switch that moved the targets to new batches. With empty
+//! After a restart, a handover between instances, or an epoch switch that moved the targets to
+//! new batches, a runner starts for targets that another runner watched before. With empty
 //! windows, a rule over the last hour would judge only what arrived since the start. Instead,
 //! the runner reads the frames stored since `now - longest window - HISTORY_SLACK` on its own
 //! batch's subject and on the subjects of the earlier batches that held its targets, and adds
@@ -20,8 +20,8 @@
 //! windows only, up to the last frame stored at the change, so the events counted live since
 //! the change are not read back.
 //!
-//! Produces [`EventFrame`]s through [`History::next`]; which events apply to which target is
-//! the runner's business. A read that fails (NATS down, stream missing) is logged in one line
+//! Produces [`Stored`] items through [`History::next`]: the frames, the moment the reader has
+//! caught up, and the end. Which events apply to which target is the runner's business. A read that fails (NATS down, stream missing) is logged in one line
 //! and ends the history: the windows then hold live data only, as without it.
 
 use std::collections::{HashSet, VecDeque};
