@@ -35,7 +35,7 @@ use monitor_core::messages::EventFrame;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use crate::birdeye::Channel;
 use crate::plan::SUBSCRIBE_SETTLE;
@@ -87,13 +87,8 @@ impl OwnFrames {
     }
 }
 
-enum Read {
-    Frame(EventFrame),
-    /// Every frame stored when the read started has been passed on.
-    CaughtUp,
-}
-
-/// An item of a history read, from [`History::next`].
+/// Item of a history read, from [`History::next`]. The reader sends frames and `CaughtUp`, and
+/// `End` means that the reader or the history has ended.
 #[derive(Debug)]
 pub enum Stored {
     Frame(EventFrame),
@@ -105,7 +100,7 @@ pub enum Stored {
 
 /// The history of one runner, read in the background.
 pub struct History {
-    frames: mpsc::Receiver<Read>,
+    frames: mpsc::Receiver<Stored>,
     reader: JoinHandle<()>,
     /// Time from the start to the moment every frame stored then had come out.
     caught_up_after: Option<Duration>,
@@ -114,12 +109,13 @@ pub struct History {
 }
 
 impl History {
-    /// Starts reading; frames come out of [`History::next`].
+    /// Starts reading. Frames come out of [`History::next`].
     pub fn start(js: jetstream::Context, request: HistoryRequest) -> History {
         let (sender, frames) = mpsc::channel(READ_AHEAD_FRAMES);
         History {
             frames,
-            reader: tokio::spawn(read(js, request, sender)),
+            // The reader logs under the runner's span, which names the task and batch.
+            reader: tokio::spawn(read(js, request, sender).in_current_span()),
             caught_up_after: None,
             close_at: None,
             started: Instant::now(),
@@ -149,7 +145,7 @@ impl History {
         self.caught_up_after
     }
 
-    /// Time since the read started.
+    /// Returns the time since the read started.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
@@ -163,11 +159,11 @@ impl History {
         }
         tokio::select! {
             read = self.frames.recv() => match read {
-                Some(Read::Frame(frame)) => Stored::Frame(frame),
-                Some(Read::CaughtUp) => {
+                Some(Stored::CaughtUp) => {
                     self.caught_up_after = Some(self.started.elapsed());
                     Stored::CaughtUp
                 }
+                Some(stored) => stored,
                 None => Stored::End,
             },
             () = sleep_until(closing.unwrap_or_else(Instant::now)), if closing.is_some() => Stored::End,
@@ -181,7 +177,7 @@ impl Drop for History {
     }
 }
 
-async fn read(js: jetstream::Context, request: HistoryRequest, sender: mpsc::Sender<Read>) {
+async fn read(js: jetstream::Context, request: HistoryRequest, sender: mpsc::Sender<Stored>) {
     if let Err(error) = read_frames(&js, &request, &sender).await {
         warn!(
             subjects = ?request.subjects,
@@ -195,7 +191,7 @@ async fn read(js: jetstream::Context, request: HistoryRequest, sender: mpsc::Sen
 async fn read_frames(
     js: &jetstream::Context,
     request: &HistoryRequest,
-    sender: &mpsc::Sender<Read>,
+    sender: &mpsc::Sender<Stored>,
 ) -> anyhow::Result<()> {
     let mut stream = js.get_stream(&request.stream).await?;
     let last_sequence = match request.follow {
@@ -213,7 +209,7 @@ async fn read_frames(
         })
         .await?;
     let mut caught_up = consumer.cached_info().num_pending == 0;
-    if caught_up && (sender.send(Read::CaughtUp).await.is_err() || !request.follow) {
+    if caught_up && (sender.send(Stored::CaughtUp).await.is_err() || !request.follow) {
         return Ok(());
     }
     let mut messages = consumer.messages().await?;
@@ -224,7 +220,7 @@ async fn read_frames(
             // Frames counted as pending at the start may have expired from the stream since.
             () = tokio::time::sleep(IDLE_CAUGHT_UP), if !caught_up => {
                 caught_up = true;
-                if sender.send(Read::CaughtUp).await.is_err() || !request.follow {
+                if sender.send(Stored::CaughtUp).await.is_err() || !request.follow {
                     return Ok(());
                 }
                 continue;
@@ -236,13 +232,13 @@ async fn read_frames(
         let info = message.info().map_err(anyhow::Error::msg)?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
         if sequence > last_sequence {
-            sender.send(Read::CaughtUp).await.ok();
+            sender.send(Stored::CaughtUp).await.ok();
             return Ok(());
         }
         match codec::decode::<EventFrame>(&message.payload) {
             Ok(frame) if request.own.contains(&frame) => {}
             Ok(frame) => {
-                if sender.send(Read::Frame(frame)).await.is_err() {
+                if sender.send(Stored::Frame(frame)).await.is_err() {
                     return Ok(());
                 }
             }
@@ -253,7 +249,7 @@ async fn read_frames(
         let at_end = pending == 0 || sequence == last_sequence;
         if !caught_up && at_end {
             caught_up = true;
-            if sender.send(Read::CaughtUp).await.is_err() {
+            if sender.send(Stored::CaughtUp).await.is_err() {
                 return Ok(());
             }
         }
@@ -347,6 +343,14 @@ impl Repeats {
         self.prices.finish_if_past(true);
     }
 
+    /// Returns whether live observations of `channel` are still compared.
+    pub fn compares(&self, channel: Channel) -> bool {
+        match channel {
+            Channel::Trades => !self.trades.done,
+            Channel::Prices => !self.prices.done,
+        }
+    }
+
     /// Returns whether neither channel compares any more.
     pub fn is_done(&self) -> bool {
         self.trades.done && self.prices.done
@@ -416,7 +420,7 @@ mod tests {
     }
 
     #[test]
-    fn comparing_ends_once_live_feed_passes_stored() {
+    fn comparing_ends_past_newest_stored() {
         let mut repeats = Repeats::default();
         repeats.stored(TRADES, 1, 5_000);
         repeats.end_history();
@@ -430,13 +434,15 @@ mod tests {
         );
         assert!(!repeats.live(TRADES, 2, 5_000));
         assert!(!repeats.is_done(), "not past the newest stored trade yet");
+        assert!(repeats.compares(TRADES));
         assert!(!repeats.live(TRADES, 3, 5_001));
+        assert!(!repeats.compares(TRADES));
         assert!(repeats.is_done());
         assert!(!repeats.live(TRADES, 1, 5_000), "no longer compared");
     }
 
     #[test]
-    fn oldest_keys_are_forgotten_beyond_the_limit() {
+    fn oldest_keys_dropped_beyond_limit() {
         let mut repeats = Repeats::default();
         for key in 0..=SEEN_PER_SOURCE as u64 {
             assert!(!repeats.stored(TRADES, key, 1_000));

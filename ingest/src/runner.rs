@@ -188,8 +188,8 @@ pub struct BatchRunner {
     trades: FeedConnection,
     /// Snapshots from the holder poller, while the rules need holders.
     holder_snapshots: Option<mpsc::Receiver<HolderSnapshot>>,
-    /// Event subjects whose stored frames hold the history of the targets: the batch's own and
-    /// those of the earlier batches of its targets.
+    /// Event subjects whose stored frames contain the history of the targets: the batch's own
+    /// and those of the earlier batches of its targets.
     history_subjects: Vec<String>,
     /// Stored events read back into every window, from the start until shortly after `running`.
     start_read: Option<HistoryRead>,
@@ -542,7 +542,8 @@ impl BatchRunner {
             // The loop reads the feed again from its next pass.
             Stored::CaughtUp => {}
             Stored::End => {
-                read.log_end(self.live_repeats);
+                let live_repeats = (kind == ReadKind::Start).then_some(self.live_repeats);
+                read.log_end(live_repeats);
                 *slot = None;
                 if kind == ReadKind::Start {
                     self.targets.end_history();
@@ -569,9 +570,8 @@ impl BatchRunner {
                 self.counters.too_old += 1;
                 debug!(address = %snapshot.address, "holder snapshot older than every window, dropped");
             }
-            Outcome::Repeat => {
-                debug!(address = %snapshot.address, "holder snapshot already read back from the stream, dropped");
-            }
+            // Holder polls are never compared with stored events.
+            Outcome::Repeat => {}
         }
     }
 
@@ -966,13 +966,15 @@ impl HistoryRead {
         }
     }
 
-    fn log_end(&self, live_repeats: u64) {
+    /// Logs what the read added. `live_repeats` counts the live observations dropped so far,
+    /// which only the start read compares.
+    fn log_end(&self, live_repeats: Option<u64>) {
         let counts = &self.counts;
         info!(
             frames = counts.frames,
             added = counts.added,
             repeats = counts.repeats,
-            live_repeats,
+            live_repeats = ?live_repeats,
             too_old = counts.too_old,
             caught_up_ms = self
                 .history

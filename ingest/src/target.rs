@@ -164,7 +164,7 @@ impl Targets {
             close: price.close,
             volume_usd: None,
         };
-        if self.repeats.is_some() {
+        if self.compares(Channel::Prices) {
             let key = candle_key(&self.states[position].spec.address, price.time_ms, &candle);
             if self.is_live_repeat(Channel::Prices, key, price.time_ms) {
                 return Outcome::Repeat;
@@ -199,7 +199,7 @@ impl Targets {
             tx_hash: trade.tx_hash.clone(),
             owner: trade.owner.clone(),
         };
-        if self.repeats.is_some() {
+        if self.compares(Channel::Trades) {
             let key = trade_key(&self.states[position].spec.address, trade.time_ms, &event);
             if self.is_live_repeat(Channel::Trades, key, trade.time_ms) {
                 return Outcome::Repeat;
@@ -219,8 +219,16 @@ impl Targets {
         )
     }
 
-    /// Records a live observation while stored copies may come; drops the records once none
-    /// can.
+    /// Returns whether live observations of `channel` are compared with stored ones, so that
+    /// the feed's hot path computes no key otherwise.
+    fn compares(&self, channel: Channel) -> bool {
+        self.repeats
+            .as_ref()
+            .is_some_and(|repeats| repeats.compares(channel))
+    }
+
+    /// Records a live observation while stored copies may come, and returns whether one came.
+    /// Drops the records once no copy can come any more.
     fn is_live_repeat(&mut self, channel: Channel, key: u64, time_ms: i64) -> bool {
         let Some(repeats) = &mut self.repeats else {
             return false;
@@ -396,7 +404,7 @@ impl Targets {
     }
 }
 
-/// What a stored event observed, and of which target.
+/// Observation read from a stored event, with the position of its target.
 struct StoredObservation {
     /// Position of the target in the batch.
     position: usize,
@@ -689,7 +697,7 @@ mod tests {
     }
 
     #[test]
-    fn trade_both_stored_and_received_live_counts_once() {
+    fn trade_stored_and_live_counts_once() {
         let mut targets = Targets::new(&[spec(1, WETH, None)], &[300]);
         targets.start_history();
         let first = trade(WETH, T0, Side::Buy, 100.0);
@@ -789,7 +797,7 @@ mod tests {
     }
 
     #[test]
-    fn new_window_reads_back_trades_counted_live() {
+    fn new_window_restores_live_trades() {
         let mut targets = Targets::new(&[spec(1, WETH, None)], &[60]);
         targets.start_history();
         let counted = trade(WETH, T0, Side::Buy, 100.0);

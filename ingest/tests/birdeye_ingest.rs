@@ -682,8 +682,8 @@ async fn epoch_switch_across_instances_keeps_old_batch() {
     nats.cleanup().await;
 }
 
-/// Returns the 300 s window figures of the event of trade `tx` that batch `batch_id` published, and the
-/// volume of trades `0..=tx` as published by any batch.
+/// Returns the 300 s window figures of the event of trade `tx` that batch `batch_id` published,
+/// and the volume of trades `0..=tx` as published by any batch.
 fn window_at_trade(frames: &[Published], batch_id: u64, tx: usize) -> (WindowStats, f64) {
     let hash = |event: &Event| match &event.kind {
         EventKind::Trade(trade) => trade.tx_hash.clone(),
@@ -748,10 +748,33 @@ impl WindowRun {
     }
 
     /// Sends WETH trade `tx` and waits until batch `batch_id` has published it.
-    async fn trade(&mut self, tx: usize, batch_id: u64, what: &str) {
+    async fn trade(&mut self, tx: usize, batch_id: u64, waiting_for: &str) {
         let frame = simple_trade_frame(WETH, &self.trades[tx], tx);
         self.server.push(FeedChannel::Trades, WETH, frame);
-        read_trade(&mut self.events, &mut self.frames, batch_id, tx, what).await;
+        read_trade(
+            &mut self.events,
+            &mut self.frames,
+            batch_id,
+            tx,
+            waiting_for,
+        )
+        .await;
+    }
+
+    /// Asserts that the 300 s window of batch `batch_id`'s event for trade `tx` counts trades 0
+    /// to `tx` once each: their number, and their volume as any batch published it.
+    fn assert_window_counts_trades_to(&self, batch_id: u64, tx: usize) {
+        let (window, volume) = window_at_trade(&self.frames, batch_id, tx);
+        assert_eq!(
+            window.trades as usize,
+            tx + 1,
+            "trades 0 to {tx}, each once: {window:?}"
+        );
+        assert!(
+            (window.volume_usd - volume).abs() < 1e-6,
+            "window volume {} against {volume} for trades 0 to {tx}",
+            window.volume_usd
+        );
     }
 }
 
@@ -776,16 +799,8 @@ async fn restarted_ingest_reads_its_windows_back() {
     run.wait_for(701, BatchStatus::Running).await;
     run.trade(2, 701, "the trade after the restart").await;
 
-    let (window, volume) = window_at_trade(&run.frames, 701, 2);
-    assert_eq!(
-        window.trades, 3,
-        "both earlier trades and the new one: {window:?}"
-    );
-    assert!(
-        (window.volume_usd - volume).abs() < 1e-6,
-        "window volume {} against {volume} for the three trades",
-        window.volume_usd
-    );
+    // Both earlier trades and the new one.
+    run.assert_window_counts_trades_to(701, 2);
 
     second.stop().await;
     nats.cleanup().await;
@@ -810,13 +825,7 @@ async fn epoch_switch_carries_windows_over_once() {
     run.wait_for(801, BatchStatus::Stopped).await;
     run.trade(3, 802, "the new batch after the switch").await;
 
-    let (window, volume) = window_at_trade(&run.frames, 802, 3);
-    assert_eq!(window.trades, 4, "trades 0 to 3, each once: {window:?}");
-    assert!(
-        (window.volume_usd - volume).abs() < 1e-6,
-        "window volume {} against {volume} for the four trades",
-        window.volume_usd
-    );
+    run.assert_window_counts_trades_to(802, 3);
 
     ingest.stop().await;
     nats.cleanup().await;
